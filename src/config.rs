@@ -1,0 +1,506 @@
+//! The guard's configuration: one TOML file, parsed strictly.
+//!
+//! The file is an interface operators write by hand, so every error must say
+//! where it is: the file, the line, the key, and why. Unknown keys are errors
+//! (a typo must never silently fall back to a default), and every value that
+//! could make the guard unsafe is range-checked here, once, so the rest of
+//! the code can trust it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The default configuration, shipped as `config/rtmp-guard.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/rtmp-guard.toml");
+/// The name the embedded default is reported under.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/rtmp-guard.toml>";
+
+/// Deepest AMF nesting a config may allow; the AMF reader recurses.
+pub const MAX_AMF_DEPTH_CAP: usize = 256;
+/// Largest chunk size RTMP can express (the top bit is reserved).
+pub const CHUNK_SIZE_CAP: u32 = 0x7FFF_FFFF;
+/// Largest message length a chunk header can express (24 bits).
+pub const MESSAGE_SIZE_CAP: u32 = 0xFF_FFFF;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default, rename = "app")]
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    #[serde(deserialize_with = "socket_addrs")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1935))],
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_chunk_size: u32,
+    pub max_command_size: u32,
+    pub max_message_size: u32,
+    pub max_chunk_streams: usize,
+    pub max_amf_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_chunk_size: 65_536,
+            max_command_size: 65_536,
+            max_message_size: MESSAGE_SIZE_CAP,
+            max_chunk_streams: 64,
+            max_amf_depth: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9935)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<String>,
+    #[serde(default = "default_upstream_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_upstream_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: String,
+    pub upstream: String,
+}
+
+impl Config {
+    /// Parses and validates a config; `source` names it in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|err| {
+            let key = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                source: source.to_string(),
+                line,
+                key: key_or_none(key),
+                why: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|invalid| ConfigError {
+            source: source.to_string(),
+            line: locate(text, &invalid.path),
+            key: Some(render_path(&invalid.path)),
+            why: invalid.why,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            line: None,
+            key: None,
+            why: format!("cannot read file: {e}"),
+        })?;
+        Config::parse(&text, &source)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let s = &self.server;
+        check(!s.listen.is_empty(), &["server", "listen"], "at least one address is needed")?;
+        for (key, d) in [
+            ("handshake_timeout", s.handshake_timeout),
+            ("connect_timeout", s.connect_timeout),
+            ("idle_timeout", s.idle_timeout),
+        ] {
+            check(!d.is_zero(), &["server", key], "must be greater than zero")?;
+        }
+        check(s.max_connections > 0, &["server", "max_connections"], "must be at least 1")?;
+
+        let l = &self.limits;
+        check(
+            (1..=CHUNK_SIZE_CAP).contains(&l.max_chunk_size),
+            &["limits", "max_chunk_size"],
+            "must be between 1 and 2147483647",
+        )?;
+        check(
+            (1..=MESSAGE_SIZE_CAP).contains(&l.max_message_size),
+            &["limits", "max_message_size"],
+            "must be between 1 and 16777215",
+        )?;
+        check(
+            (1..=l.max_message_size).contains(&l.max_command_size),
+            &["limits", "max_command_size"],
+            "must be between 1 and max_message_size",
+        )?;
+        check(
+            (1..=65_599).contains(&l.max_chunk_streams),
+            &["limits", "max_chunk_streams"],
+            "must be between 1 and 65599",
+        )?;
+        check(
+            (1..=MAX_AMF_DEPTH_CAP).contains(&l.max_amf_depth),
+            &["limits", "max_amf_depth"],
+            "must be between 1 and 256",
+        )?;
+
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = |key: &str| vec![seg("upstream"), PathSeg::Index(i), seg(key)];
+            check_at(!u.name.is_empty(), at("name"), "must not be empty")?;
+            check_at(
+                self.upstreams[..i].iter().all(|o| o.name != u.name),
+                at("name"),
+                &format!("upstream {:?} is defined twice", u.name),
+            )?;
+            check_at(!u.servers.is_empty(), at("servers"), "at least one server is needed")?;
+            for server in &u.servers {
+                check_at(
+                    has_port(server),
+                    at("servers"),
+                    &format!("{server:?} is not \"host:port\""),
+                )?;
+            }
+            check_at(!u.connect_timeout.is_zero(), at("connect_timeout"), "must be greater than zero")?;
+        }
+        for (i, a) in self.apps.iter().enumerate() {
+            let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
+            check_at(
+                !a.name.is_empty() && !a.name.contains(['?', '/']),
+                at("name"),
+                "must be a non-empty app name without '?' or '/'",
+            )?;
+            check_at(
+                self.apps[..i].iter().all(|o| o.name != a.name),
+                at("name"),
+                &format!("app {:?} is defined twice", a.name),
+            )?;
+            check_at(
+                self.upstream(&a.upstream).is_some(),
+                at("upstream"),
+                &format!("no [[upstream]] is named {:?}", a.upstream),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A config error, as the operator reads it:
+/// `FILE:LINE: key `KEY`: WHY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.why)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure, located by its key path.
+struct Invalid {
+    path: Vec<PathSeg>,
+    why: String,
+}
+
+enum PathSeg {
+    Key(String),
+    Index(usize),
+}
+
+fn seg(key: &str) -> PathSeg {
+    PathSeg::Key(key.to_string())
+}
+
+fn check(ok: bool, path: &[&str], why: &str) -> Result<(), Invalid> {
+    check_at(ok, path.iter().map(|k| seg(k)).collect(), why)
+}
+
+fn check_at(ok: bool, path: Vec<PathSeg>, why: &str) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid {
+            path,
+            why: why.to_string(),
+        })
+    }
+}
+
+fn render_path(path: &[PathSeg]) -> String {
+    let mut out = String::new();
+    for part in path {
+        match part {
+            PathSeg::Key(k) if out.is_empty() => out.push_str(k),
+            PathSeg::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            PathSeg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn key_or_none(key: String) -> Option<String> {
+    if key.is_empty() || key == "." {
+        None
+    } else {
+        Some(key)
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Finds the line of a key path in the document, for errors found after
+/// parsing (cross references, ranges). Falls back to the nearest parent that
+/// is written in the file, since a defaulted key has no line of its own.
+fn locate(text: &str, path: &[PathSeg]) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut best = None;
+    for part in path {
+        let next = match part {
+            PathSeg::Key(k) => {
+                let table = item.as_table_like()?;
+                if let Some(span) = item
+                    .as_table()
+                    .and_then(|t| t.key(k))
+                    .and_then(|key| key.span())
+                {
+                    best = Some(span.start);
+                }
+                table.get(k)
+            }
+            PathSeg::Index(i) => {
+                let entry = item.as_array_of_tables().and_then(|a| a.get(*i));
+                if let Some(span) = entry.and_then(|t| t.span()) {
+                    best = Some(span.start);
+                }
+                entry.map(|_| ()).and_then(|_| item.get(*i))
+            }
+        };
+        match next {
+            Some(n) => item = n,
+            None => break,
+        }
+    }
+    best.map(|offset| line_of(text, offset))
+}
+
+fn has_port(server: &str) -> bool {
+    match server.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Parses "500ms", "5s", "10m", "1h" (and combinations humantime accepts).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use a unit, like \"5s\" or \"10m\""))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_socket_addr(&text).map_err(serde::de::Error::custom)
+}
+
+fn socket_addrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| parse_socket_addr(t))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address and port, like \"0.0.0.0:1935\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        match Config::parse(text, "test.toml") {
+            Ok(_) => panic!("config should have been refused:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_contract() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.server.listen, vec!["0.0.0.0:1935".parse().unwrap()]);
+        assert_eq!(c.server.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9935".parse().unwrap());
+        assert_eq!(c.upstreams[0].servers, vec!["127.0.0.1:1936"]);
+        assert_eq!(c.app("live").unwrap().upstream, "origin");
+    }
+
+    #[test]
+    fn omitted_keys_take_the_documented_defaults() {
+        let shipped = Config::embedded_default().unwrap();
+        let minimal = Config::parse("", "empty.toml").unwrap();
+        assert_eq!(format!("{:?}", shipped.server), format!("{:?}", minimal.server));
+        assert_eq!(format!("{:?}", shipped.limits), format!("{:?}", minimal.limits));
+        assert_eq!(shipped.metrics.listen, minimal.metrics.listen);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err("[server]\nlisten = [\"127.0.0.1:1\"]\nhandshake_timout = \"5s\"\n");
+        assert_eq!(e.source, "test.toml");
+        assert_eq!(e.line, Some(3));
+        assert!(e.why.contains("handshake_timout"), "{e}");
+        assert!(e.to_string().starts_with("test.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let e = err("[servr]\nlisten = []\n");
+        assert_eq!(e.line, Some(1));
+        assert!(e.why.contains("servr"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let e = err("[server]\n\nidle_timeout = \"forever\"\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("server.idle_timeout"));
+        assert!(e.why.contains("forever"), "{e}");
+    }
+
+    #[test]
+    fn app_with_unknown_upstream_points_at_its_line() {
+        let text = "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\n[[app]]\nname = \"live\"\nupstream = \"b\"\n";
+        let e = err(text);
+        assert_eq!(e.key.as_deref(), Some("app[0].upstream"));
+        assert_eq!(e.line, Some(7));
+        assert!(e.why.contains("\"b\""), "{e}");
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        assert_eq!(err("[limits]\nmax_chunk_size = 0\n").line, Some(2));
+        assert!(err("[limits]\nmax_chunk_size = 2147483648\n").why.contains("2147483647"));
+        assert!(err("[limits]\nmax_amf_depth = 100000\n").why.contains("256"));
+        assert!(err("[limits]\nmax_message_size = 16777216\n").why.contains("16777215"));
+        assert!(err("[limits]\nmax_chunk_size = -1\n").key.is_some());
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_key() {
+        let e = err("[server]\nmax_connections = \"many\"\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("server.max_connections"));
+    }
+
+    #[test]
+    fn upstream_servers_need_a_port() {
+        let e = err("[[upstream]]\nname = \"a\"\nservers = [\"origin.example\"]\n");
+        assert_eq!(e.key.as_deref(), Some("upstream[0].servers"));
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("5").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! The `rtmp-guard` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rtmp_guard::config::{Config, DEFAULT_CONFIG_NAME};
+
+/// An inline, RTMP-aware reverse proxy that enforces a streaming host's
+/// acceptable-use rules in front of RTMP origins.
+///
+/// With no command, runs the guard: on --config FILE, or on the embedded
+/// default config (identical to config/rtmp-guard.toml: RTMP on
+/// 0.0.0.0:1935, app "live" to an origin at 127.0.0.1:1936, metrics on
+/// http://127.0.0.1:9935/metrics).
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Config file to run. Without it, the embedded default runs.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validates a config file and exits: 0 if valid; otherwise non-zero,
+    /// printing the file, line, key and why.
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        None => run(cli.config, cli.log_format),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} app(s), {} upstream(s))",
+                file.display(),
+                config.apps.len(),
+                config.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
+    init_logging(format);
+    let (config, source) = match &path {
+        Some(p) => (Config::load(p), p.display().to_string()),
+        None => (Config::embedded_default(), DEFAULT_CONFIG_NAME.to_string()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let running = match rtmp_guard::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listen: Vec<String> = running.rtmp_addrs.iter().map(|a| a.to_string()).collect();
+        tracing::info!(
+            event = "started",
+            version = env!("CARGO_PKG_VERSION"),
+            config = %source,
+            listen = %listen.join(","),
+            metrics = %format!("http://{}/metrics", running.metrics_addr),
+            "rtmp-guard running config {source}, RTMP on {}, metrics on http://{}/metrics",
+            listen.join(", "),
+            running.metrics_addr
+        );
+        wait_for_stop().await;
+        tracing::info!(event = "stopping", "rtmp-guard stopping");
+        running.stop();
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

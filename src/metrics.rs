@@ -1,0 +1,220 @@
+//! Prometheus metrics, and the HTTP endpoint that serves them.
+//!
+//! Metric names and labels are an interface: dashboards and alerts depend on
+//! them. Every label value comes from a fixed set (stage and reason enums,
+//! configured app and upstream names), never from what a client sent.
+
+use std::net::SocketAddr;
+
+use axum::{http::header, response::IntoResponse, routing::get, Router};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::report::{Reason, Stage};
+
+/// Kinds of upstream failure: the `kind` label.
+pub mod upstream_kind {
+    pub const CONNECT_REFUSED: &str = "connect_refused";
+    pub const CONNECT_TIMEOUT: &str = "connect_timeout";
+    pub const HANDSHAKE_FAILED: &str = "handshake_failed";
+    pub const PROTOCOL_VIOLATION: &str = "protocol_violation";
+    pub const IO_ERROR: &str = "io_error";
+    pub const ALL: [&str; 5] = [
+        CONNECT_REFUSED,
+        CONNECT_TIMEOUT,
+        HANDSHAKE_FAILED,
+        PROTOCOL_VIOLATION,
+        IO_ERROR,
+    ];
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_total: IntCounter,
+    pub connections_active: IntGauge,
+    pub sessions_active: IntGaugeVec,
+    pub sessions_total: IntCounterVec,
+    blocked_sessions_total: IntCounterVec,
+    upstream_errors_total: IntCounterVec,
+    pub bytes_client_to_upstream: IntCounter,
+    pub bytes_upstream_to_client: IntCounter,
+    pub handshake_duration: Histogram,
+    pub upstream_connect_duration: Histogram,
+}
+
+impl Metrics {
+    /// Builds and registers every metric. `apps` and `upstreams` are the
+    /// configured names, pre-created so dashboards show zeros, not gaps.
+    pub fn new(apps: &[&str], upstreams: &[&str]) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let connections_total = IntCounter::new(
+            "rtmp_guard_connections_total",
+            "TCP connections accepted on the RTMP listeners.",
+        )?;
+        let connections_active = IntGauge::new(
+            "rtmp_guard_connections_active",
+            "Client connections open now, at any stage.",
+        )?;
+        let sessions_active = IntGaugeVec::new(
+            Opts::new(
+                "rtmp_guard_sessions_active",
+                "Sessions relaying to an upstream, by configured app.",
+            ),
+            &["app"],
+        )?;
+        let sessions_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_sessions_total",
+                "Sessions that reached the relay, by configured app.",
+            ),
+            &["app"],
+        )?;
+        let blocked_sessions_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_blocked_sessions_total",
+                "Connections the guard refused, by stage and reason.",
+            ),
+            &["stage", "reason"],
+        )?;
+        let upstream_errors_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_upstream_errors_total",
+                "Failed attempts to reach or talk to an upstream server.",
+            ),
+            &["upstream", "kind"],
+        )?;
+        let bytes_total = IntCounterVec::new(
+            Opts::new("rtmp_guard_bytes_total", "Bytes relayed, by direction."),
+            &["direction"],
+        )?;
+        let handshake_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rtmp_guard_handshake_duration_seconds",
+                "Time from accept to a completed client handshake.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let upstream_connect_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rtmp_guard_upstream_connect_duration_seconds",
+                "Time to connect and handshake with an upstream server.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("rtmp_guard_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        registry.register(Box::new(sessions_total.clone()))?;
+        registry.register(Box::new(blocked_sessions_total.clone()))?;
+        registry.register(Box::new(upstream_errors_total.clone()))?;
+        registry.register(Box::new(bytes_total.clone()))?;
+        registry.register(Box::new(handshake_duration.clone()))?;
+        registry.register(Box::new(upstream_connect_duration.clone()))?;
+        registry.register(Box::new(build_info))?;
+
+        for stage in Stage::ALL {
+            for reason in Reason::ALL {
+                blocked_sessions_total.with_label_values(&[stage.as_str(), reason.as_str()]);
+            }
+        }
+        for app in apps {
+            sessions_active.with_label_values(&[app]);
+            sessions_total.with_label_values(&[app]);
+        }
+        for upstream in upstreams {
+            for kind in upstream_kind::ALL {
+                upstream_errors_total.with_label_values(&[upstream, kind]);
+            }
+        }
+        Ok(Metrics {
+            registry,
+            connections_total,
+            connections_active,
+            sessions_active,
+            sessions_total,
+            blocked_sessions_total,
+            upstream_errors_total,
+            bytes_client_to_upstream: bytes_total.with_label_values(&["client_to_upstream"]),
+            bytes_upstream_to_client: bytes_total.with_label_values(&["upstream_to_client"]),
+            handshake_duration,
+            upstream_connect_duration,
+        })
+    }
+
+    pub fn blocked(&self, stage: Stage, reason: Reason) {
+        self.blocked_sessions_total
+            .with_label_values(&[stage.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub fn blocked_count(&self, stage: Stage, reason: Reason) -> u64 {
+        self.blocked_sessions_total
+            .with_label_values(&[stage.as_str(), reason.as_str()])
+            .get()
+    }
+
+    /// `upstream` must be a configured upstream name; `kind` one of
+    /// [`upstream_kind::ALL`].
+    pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
+        self.upstream_errors_total
+            .with_label_values(&[upstream, kind])
+            .inc();
+    }
+
+    pub fn upstream_error_count(&self, upstream: &str, kind: &'static str) -> u64 {
+        self.upstream_errors_total
+            .with_label_values(&[upstream, kind])
+            .get()
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` on an already-bound listener until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Metrics>) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.render(),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

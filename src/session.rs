@@ -1,0 +1,346 @@
+//! One client connection, from accept to close: the state machine that ties
+//! the protocol code to sockets.
+//!
+//! handshake → connect → upstream → relay → report
+//!
+//! Each stage either hands a typed result to the next or ends the connection
+//! with a [`Block`]. No upstream connection exists until the client has
+//! finished the handshake and sent a valid `connect` for a configured app, so
+//! an origin never sees a client the guard has not read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::relay::{self, Direction};
+use crate::report::{self, Block, Reason, Stage};
+use crate::rtmp::chunk::{types, ChunkLimits, ChunkParser, MessageClass};
+use crate::rtmp::command::{self, ConnectRequest};
+use crate::rtmp::handshake::{HandshakeError, ServerHandshake};
+use crate::rtmp::reply;
+use crate::upstream;
+use crate::Guard;
+
+/// Handshake reads go into a buffer this size; C0+C1 is 1537 bytes.
+const HANDSHAKE_READ: usize = 4096;
+/// How long the guard waits to deliver a refusal before closing anyway.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a connection ended.
+enum Outcome {
+    /// Refused by the guard.
+    Blocked(Block),
+    /// The client went away before relaying started.
+    Gone,
+    /// No upstream server could be reached.
+    Unreachable,
+    /// The relay ran and ended.
+    Relayed,
+}
+
+/// Runs one connection to its end. Never panics on client input; a panic
+/// elsewhere would end only this task.
+pub async fn handle(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
+    let accepted = Instant::now();
+    guard.metrics.connections_active.inc();
+    let _ = client.set_nodelay(true);
+    if let Outcome::Blocked(block) = run(&guard, &mut client, peer, accepted).await {
+        report::blocked(&guard.metrics, peer, &block);
+    }
+    guard.metrics.connections_active.dec();
+}
+
+async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: Instant) -> Outcome {
+    let config = &guard.config;
+    let limits = &config.limits;
+
+    // Stage: handshake.
+    let deadline = accepted + config.server.handshake_timeout;
+    let leftover = match timeout_at(deadline, handshake(client)).await {
+        Err(_) => {
+            return Outcome::Blocked(Block::new(
+                Stage::Handshake,
+                Reason::HandshakeTimeout,
+                format!("no complete handshake within {:?}", config.server.handshake_timeout),
+            ))
+        }
+        Ok(Err(HandshakeEnd::Gone)) => return Outcome::Gone,
+        Ok(Err(HandshakeEnd::Refused(e))) => {
+            let reason = match e {
+                HandshakeError::NotRtmp(_) => Reason::NotRtmp,
+                HandshakeError::BadVersion(_) => Reason::BadVersion,
+                HandshakeError::Failed(_) => Reason::ProtocolViolation,
+            };
+            return Outcome::Blocked(Block::new(Stage::Handshake, reason, e));
+        }
+        Ok(Ok(leftover)) => leftover,
+    };
+    guard
+        .metrics
+        .handshake_duration
+        .observe(accepted.elapsed().as_secs_f64());
+
+    // Stage: connect.
+    let deadline = accepted + config.server.connect_timeout;
+    let mut parser = ChunkParser::new(ChunkLimits::from(limits));
+    let mut pending = leftover;
+    let budget = pre_connect_budget(limits.max_command_size);
+    let (request, parsed) = match timeout_at(
+        deadline,
+        read_connect(client, &mut parser, &mut pending, budget, limits.max_amf_depth),
+    )
+    .await
+    {
+        Err(_) => {
+            return Outcome::Blocked(Block::new(
+                Stage::Connect,
+                Reason::ConnectTimeout,
+                format!("no connect within {:?}", config.server.connect_timeout),
+            ))
+        }
+        Ok(Err(ConnectEnd::Gone)) => return Outcome::Gone,
+        Ok(Err(ConnectEnd::Violation(why))) => {
+            return Outcome::Blocked(Block::new(Stage::Connect, Reason::ProtocolViolation, why))
+        }
+        Ok(Ok(found)) => found,
+    };
+
+    // Stage: route the app.
+    let Some(app) = config.app(&request.app) else {
+        let shown = reply::sanitize(&request.app);
+        let description = format!("application \"{shown}\" is not served here");
+        send_reply(
+            client,
+            &reply::connect_error(request.transaction_id, reply::CONNECT_REJECTED, &description),
+        )
+        .await;
+        return Outcome::Blocked(Block::new(
+            Stage::Connect,
+            Reason::UnknownApp,
+            format!("unknown app {shown:?}"),
+        ));
+    };
+    let Some((up_index, up)) = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .find(|(_, u)| u.name == app.upstream)
+    else {
+        // Validation guarantees the upstream exists; refuse rather than panic.
+        return Outcome::Unreachable;
+    };
+
+    // Stage: upstream.
+    let rr = guard.round_robin.get(up_index);
+    let connected = match rr {
+        Some(rr) => upstream::connect(up, rr, &guard.metrics).await,
+        None => Err(upstream::Unreachable {
+            kind: crate::metrics::upstream_kind::CONNECT_REFUSED,
+            detail: "no round-robin state".into(),
+        }),
+    };
+    let mut connected = match connected {
+        Ok(c) => c,
+        Err(failure) => {
+            send_reply(
+                client,
+                &reply::connect_error(
+                    request.transaction_id,
+                    reply::CONNECT_FAILED,
+                    "upstream unavailable",
+                ),
+            )
+            .await;
+            report::upstream_unreachable(peer, &app.name, &up.name, &failure.detail);
+            return Outcome::Unreachable;
+        }
+    };
+    let up_stream = &mut connected.stream;
+    let head = pending.get(..parsed).unwrap_or_default();
+    if let Err(e) = up_stream.write_all(head).await {
+        guard
+            .metrics
+            .upstream_error(&up.name, crate::metrics::upstream_kind::IO_ERROR);
+        report::upstream_unreachable(peer, &app.name, &up.name, &e.to_string());
+        return Outcome::Unreachable;
+    }
+    guard
+        .metrics
+        .bytes_client_to_upstream
+        .inc_by(head.len() as u64);
+    let rest = pending.get(parsed..).unwrap_or_default().to_vec();
+
+    // Stage: relay.
+    let active = guard.metrics.sessions_active.with_label_values(&[&app.name]);
+    active.inc();
+    guard
+        .metrics
+        .sessions_total
+        .with_label_values(&[&app.name])
+        .inc();
+    let started = Instant::now();
+    let (end, totals) = relay::run(
+        client,
+        up_stream,
+        Direction {
+            parser,
+            pending: rest,
+        },
+        Direction {
+            parser: ChunkParser::new(ChunkLimits::from(limits)),
+            pending: std::mem::take(&mut connected.leftover),
+        },
+        relay::Settings {
+            idle_timeout: config.server.idle_timeout,
+            max_amf_depth: limits.max_amf_depth,
+            bytes_client_to_upstream: &guard.metrics.bytes_client_to_upstream,
+            bytes_upstream_to_client: &guard.metrics.bytes_upstream_to_client,
+        },
+    )
+    .await;
+    active.dec();
+    report::session_closed(
+        peer,
+        &app.name,
+        end.as_str(),
+        started.elapsed(),
+        totals.client_to_upstream + head.len() as u64,
+        totals.upstream_to_client,
+    );
+    match end {
+        relay::End::ClientViolation(why) => Outcome::Blocked(
+            Block::new(Stage::Session, Reason::ProtocolViolation, why).with_app(&app.name),
+        ),
+        relay::End::UpstreamViolation(why) => {
+            guard
+                .metrics
+                .upstream_error(&up.name, crate::metrics::upstream_kind::PROTOCOL_VIOLATION);
+            tracing::warn!(event = "upstream_protocol_violation", client = %peer, upstream = %up.name, detail = %why);
+            Outcome::Relayed
+        }
+        _ => Outcome::Relayed,
+    }
+}
+
+/// Bytes a client may send before its `connect` completes: the connect
+/// itself plus generous room for chunk headers and control messages.
+pub fn pre_connect_budget(max_command_size: u32) -> usize {
+    (max_command_size as usize).saturating_mul(2).saturating_add(4096)
+}
+
+enum HandshakeEnd {
+    Gone,
+    Refused(HandshakeError),
+}
+
+/// Runs the server handshake; returns the bytes read past it.
+async fn handshake(client: &mut TcpStream) -> Result<Vec<u8>, HandshakeEnd> {
+    let mut hs = ServerHandshake::new();
+    let mut buf = vec![0u8; HANDSHAKE_READ];
+    loop {
+        let n = match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
+            Ok(n) => n,
+        };
+        let mut input = buf.get(..n).unwrap_or_default();
+        while !input.is_empty() {
+            let step = hs.feed(input).map_err(HandshakeEnd::Refused)?;
+            if !step.response.is_empty() && client.write_all(&step.response).await.is_err() {
+                return Err(HandshakeEnd::Gone);
+            }
+            input = input.get(step.consumed..).unwrap_or_default();
+            if step.done {
+                return Ok(input.to_vec());
+            }
+        }
+    }
+}
+
+enum ConnectEnd {
+    Gone,
+    Violation(String),
+}
+
+/// Reads the chunk stream until a complete `connect`. Returns it and how
+/// many bytes of `pending` it took; bytes after that are not yet parsed.
+async fn read_connect(
+    client: &mut TcpStream,
+    parser: &mut ChunkParser,
+    pending: &mut Vec<u8>,
+    budget: usize,
+    max_amf_depth: usize,
+) -> Result<(ConnectRequest, usize), ConnectEnd> {
+    let mut parsed = 0;
+    loop {
+        while parsed < pending.len() {
+            let input = pending.get(parsed..).unwrap_or_default();
+            let progress = parser
+                .advance(input)
+                .map_err(|e| ConnectEnd::Violation(e.to_string()))?;
+            parsed += progress.consumed;
+            let found = match progress.message {
+                Some(m) => before_connect(m.header.type_id, m.payload, max_amf_depth)?,
+                None => None,
+            };
+            if parser.media_started() > 0 {
+                return Err(ConnectEnd::Violation("media before connect".into()));
+            }
+            if let Some(request) = found {
+                return Ok((request, parsed));
+            }
+        }
+        if pending.len() >= budget {
+            return Err(ConnectEnd::Violation(format!(
+                "more than {budget} bytes before connect"
+            )));
+        }
+        pending.reserve(HANDSHAKE_READ.min(budget - pending.len()));
+        let room = budget - pending.len();
+        match (&mut *client).take(room as u64).read_buf(pending).await {
+            Ok(0) | Err(_) => return Err(ConnectEnd::Gone),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Judges a kept message that arrived before `connect`: control messages
+/// are fine, a `connect` ends the wait, anything else is a violation.
+fn before_connect(
+    type_id: u8,
+    payload: &[u8],
+    max_amf_depth: usize,
+) -> Result<Option<ConnectRequest>, ConnectEnd> {
+    let violation = |why: String| Err(ConnectEnd::Violation(why));
+    match MessageClass::of(type_id) {
+        MessageClass::Control => Ok(None),
+        _ if type_id == types::COMMAND_AMF0 || type_id == types::COMMAND_AMF3 => {
+            let cmd = match command::decode(type_id, payload, max_amf_depth) {
+                Ok(cmd) => cmd,
+                Err(e) => return violation(format!("unreadable command: {e}")),
+            };
+            match ConnectRequest::from_command(&cmd) {
+                Some(Ok(request)) => Ok(Some(request)),
+                Some(Err(e)) => violation(format!("bad connect: {e}")),
+                None => violation(format!(
+                    "command {:?} before connect",
+                    reply::sanitize(&cmd.name)
+                )),
+            }
+        }
+        _ => violation(format!("message type {type_id} before connect")),
+    }
+}
+
+/// Sends a refusal, bounded in time so a client that stops reading cannot
+/// hold the task.
+async fn send_reply(client: &mut TcpStream, bytes: &[u8]) {
+    let _ = timeout(REPLY_TIMEOUT, async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    })
+    .await;
+}
