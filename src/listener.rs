@@ -39,7 +39,6 @@ pub async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
         };
         guard.metrics.connections_total.inc();
         let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
-            drop(stream);
             let block = Block::new(
                 Stage::Handshake,
                 Reason::TooManyConnections,
@@ -49,6 +48,7 @@ pub async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
                 ),
             );
             report::blocked(&guard.metrics, peer, &block);
+            drop(stream);
             continue;
         };
         let guard = guard.clone();

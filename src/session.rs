@@ -46,12 +46,27 @@ enum Outcome {
 /// elsewhere would end only this task.
 pub async fn handle(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
     let accepted = Instant::now();
-    guard.metrics.connections_active.inc();
+    let _open = GaugeHold::new(guard.metrics.connections_active.clone());
     let _ = client.set_nodelay(true);
     if let Outcome::Blocked(block) = run(&guard, &mut client, peer, accepted).await {
         report::blocked(&guard.metrics, peer, &block);
     }
-    guard.metrics.connections_active.dec();
+}
+
+/// Holds a gauge up while alive, so it stays right even if the task unwinds.
+struct GaugeHold(prometheus::IntGauge);
+
+impl GaugeHold {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        GaugeHold(gauge)
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: Instant) -> Outcome {
@@ -175,8 +190,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
     let rest = pending.get(parsed..).unwrap_or_default().to_vec();
 
     // Stage: relay.
-    let active = guard.metrics.sessions_active.with_label_values(&[&app.name]);
-    active.inc();
+    let active = GaugeHold::new(guard.metrics.sessions_active.with_label_values(&[&app.name]));
     guard
         .metrics
         .sessions_total
@@ -202,7 +216,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
         },
     )
     .await;
-    active.dec();
+    drop(active);
     report::session_closed(
         peer,
         &app.name,

@@ -64,7 +64,10 @@ fn command(name: &str, transaction_id: f64, stream_id: u32, info: Amf0Value) -> 
         Ok(p) => p,
         Err(_) => return Vec::new(),
     };
-    match ChunkSerializer::new().serialize(&payload, true, false) {
+    // A fresh serializer writes a full header first and fmt 3 continuations;
+    // `force_uncompressed = true` would put a full header on every chunk,
+    // which strict readers (this guard's own parser included) refuse.
+    match ChunkSerializer::new().serialize(&payload, false, false) {
         Ok(packet) => packet.bytes,
         Err(_) => Vec::new(),
     }
@@ -79,7 +82,10 @@ mod tests {
 
     #[test]
     fn connect_error_reads_back_as_a_rejection() {
-        let bytes = connect_error(1.0, CONNECT_REJECTED, "app \"nope\" is not served here");
+        // Long enough to span two 128-byte chunks.
+        let description = format!("application \"{}\" is not served here", "n".repeat(100));
+        let bytes = connect_error(1.0, CONNECT_REJECTED, &description);
+        assert!(bytes.len() > 200);
         let mut parser = ChunkParser::new(ChunkLimits {
             max_chunk_size: 65536,
             max_command_size: 65536,

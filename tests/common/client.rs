@@ -1,0 +1,153 @@
+//! A raw RTMP client for tests: it does a real handshake, then sends
+//! whatever bytes a case needs, valid or not.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use rtmp_guard::rtmp::amf0::{write, Amf0Value};
+use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
+use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser, MessageHeader};
+use rtmp_guard::rtmp::command;
+use rtmp_guard::rtmp::handshake::ClientHandshake;
+
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+/// How a connection ended, seen from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// EOF or reset within the deadline, after this many bytes.
+    Within(Duration, Vec<u8>),
+    /// Still open at the deadline.
+    StillOpen,
+}
+
+impl RawClient {
+    pub fn tcp(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect to the guard");
+        stream.set_nodelay(true).ok();
+        RawClient { stream }
+    }
+
+    /// TCP connect plus a full client handshake.
+    pub fn handshaken(addr: SocketAddr) -> RawClient {
+        let mut c = RawClient::tcp(addr);
+        let (mut hs, c0c1) = ClientHandshake::start().expect("handshake start");
+        c.send(&c0c1);
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .ok();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = c.stream.read(&mut buf).expect("read S0S1S2");
+            assert!(n > 0, "guard closed during the handshake");
+            let step = hs.feed(&buf[..n]).expect("server handshake");
+            if step.done {
+                c.send(&step.response);
+                assert_eq!(step.consumed, n, "server sent data before connect");
+                return c;
+            }
+        }
+    }
+
+    /// Sends bytes, ignoring errors (the guard may already have closed).
+    pub fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Waits for the guard to close the connection, collecting what it sent.
+    pub fn wait_closed(&mut self, within: Duration) -> Closed {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Closed::StillOpen;
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Closed::Within(start.elapsed(), got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Closed::StillOpen
+                }
+                Err(_) => return Closed::Within(start.elapsed(), got),
+            }
+        }
+    }
+}
+
+pub fn cmd_header(len: usize) -> MessageHeader {
+    MessageHeader {
+        csid: 3,
+        timestamp: 0,
+        type_id: 20,
+        stream_id: 0,
+        length: len as u32,
+    }
+}
+
+/// A chunked AMF0 command message.
+pub fn command_bytes(values: &[Amf0Value]) -> Vec<u8> {
+    let payload = write::all(values);
+    let mut out = Vec::new();
+    ChunkWriter::new().write(&mut out, &cmd_header(payload.len()), &payload);
+    out
+}
+
+/// The values of a `connect` for `app`, shaped like ffmpeg's.
+pub fn connect_values(app: &str) -> Vec<Amf0Value> {
+    vec![
+        Amf0Value::String("connect".into()),
+        Amf0Value::Number(1.0),
+        Amf0Value::Object(vec![
+            ("app".into(), Amf0Value::String(app.into())),
+            ("type".into(), Amf0Value::String("nonprivate".into())),
+            ("flashVer".into(), Amf0Value::String("FMLE/3.0".into())),
+            (
+                "tcUrl".into(),
+                Amf0Value::String(format!("rtmp://127.0.0.1/{app}")),
+            ),
+        ]),
+    ]
+}
+
+pub fn connect_bytes(app: &str) -> Vec<u8> {
+    command_bytes(&connect_values(app))
+}
+
+/// Decodes the commands in bytes the guard sent (its replies).
+pub fn commands_in(bytes: &[u8]) -> Vec<command::Command> {
+    let mut parser = ChunkParser::new(ChunkLimits {
+        max_chunk_size: 65_536,
+        max_command_size: 65_536,
+        max_message_size: 0xFF_FFFF,
+        max_chunk_streams: 64,
+    });
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let Ok(p) = parser.advance(&bytes[pos..]) else {
+            break;
+        };
+        pos += p.consumed;
+        if let Some(m) = p.message {
+            if let Ok(c) = command::decode(m.header.type_id, m.payload, 64) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The `code` of the status object in a reply command.
+pub fn status_code(cmd: &command::Command) -> Option<String> {
+    cmd.arguments
+        .first()?
+        .get("code")?
+        .as_str()
+        .map(str::to_string)
+}

@@ -1,0 +1,98 @@
+//! Helpers shared by the integration and end-to-end tests: free ports, a
+//! raw RTMP client, HTTP scraping, the hostile input set, and harnesses for
+//! the real programs (nginx-rtmp, the guard binary, ffmpeg).
+#![allow(dead_code)]
+
+pub mod client;
+pub mod hostile;
+pub mod procs;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// GET over HTTP/1.0; returns the body, or None if the server is not up.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200") {
+        return None;
+    }
+    Some(body.to_string())
+}
+
+/// The value of one sample in a Prometheus text exposition, e.g.
+/// `rtmp_guard_blocked_sessions_total{stage="connect",reason="unknown_app"}`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn blocked_sample(stage: &str, reason: &str) -> String {
+    format!("rtmp_guard_blocked_sessions_total{{reason=\"{reason}\",stage=\"{stage}\"}}")
+}
+
+/// Polls `f` until it returns Some or `within` passes.
+pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the end-to-end tests must run (scripts/test.sh sets this).
+pub fn e2e_required() -> bool {
+    std::env::var("RTMP_GUARD_E2E").is_ok_and(|v| v == "require")
+}
+
+/// True when every tool is present. Otherwise prints SKIPPED with the
+/// reason, or fails the test under RTMP_GUARD_E2E=require.
+pub fn have_tools(test: &str, tools: &[&str]) -> bool {
+    let mut missing: Vec<String> = tools
+        .iter()
+        .filter(|t| which(t).is_none())
+        .map(|t| t.to_string())
+        .collect();
+    if tools.contains(&"nginx") && !PathBuf::from(procs::RTMP_MODULE).exists() {
+        missing.push(format!("libnginx-mod-rtmp ({})", procs::RTMP_MODULE));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "SKIPPED: {test}: missing {} (scripts/install-test-deps.sh installs them)",
+        missing.join(", ")
+    );
+    if e2e_required() {
+        panic!("RTMP_GUARD_E2E=require but {msg}");
+    }
+    eprintln!("{msg}");
+    println!("{msg}");
+    false
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,228 @@
+//! Harnesses for the real programs the end-to-end tests run. Each binds to
+//! free ports on 127.0.0.1 and is killed when dropped.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::{free_port, http_get, wait_for};
+
+pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// Kills the child when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx with the RTMP module, as an origin.
+pub struct Nginx {
+    _proc: Proc,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx-rtmp with app `live` and `/stat`; `extra_app` is
+    /// pasted into the rtmp server block.
+    pub fn start(extra_app: &str) -> Nginx {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rtmp_port = free_port();
+        let http_port = free_port();
+        let d = dir.path().display();
+        fs::create_dir_all(dir.path().join("tmp")).expect("tmp dir");
+        let conf = format!(
+            "load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
+             error_log {d}/error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
+             rtmp {{\n  server {{\n    listen 127.0.0.1:{rtmp_port};\n    chunk_size 4096;\n\
+             application live {{ live on; record off; }}\n    {extra_app}\n  }}\n}}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+             fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+             server {{\n    listen 127.0.0.1:{http_port};\n    location /stat {{ rtmp_stat all; }}\n  }}\n}}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new(super::which("nginx").unwrap_or_else(|| "nginx".into()))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let nginx = Nginx {
+            _proc: Proc {
+                child,
+                name: "nginx",
+            },
+            rtmp: SocketAddr::from(([127, 0, 0, 1], rtmp_port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            _dir: dir,
+        };
+        // Poll the HTTP side only: touching the RTMP port would count as
+        // an accepted connection.
+        wait_for(Duration::from_secs(10), || http_get(nginx.http, "/stat"))
+            .unwrap_or_else(|| panic!("nginx did not start: {}", nginx.error_log()));
+        nginx
+    }
+
+    pub fn stat(&self) -> String {
+        http_get(self.http, "/stat").unwrap_or_default()
+    }
+
+    /// RTMP connections nginx has accepted since it started.
+    pub fn naccepted(&self) -> u64 {
+        let stat = self.stat();
+        xml_value(&stat, "naccepted").unwrap_or_else(|| panic!("no naccepted in /stat: {stat}"))
+    }
+
+    /// Whether `/stat` lists a stream of this name that has a publisher.
+    pub fn publishing(&self, name: &str) -> bool {
+        let stat = self.stat();
+        stat.split("<stream>")
+            .skip(1)
+            .any(|s| s.contains(&format!("<name>{name}</name>")) && s.contains("<publishing/>"))
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+pub fn xml_value(xml: &str, tag: &str) -> Option<u64> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find('<')? + start;
+    xml[start..end].trim().parse().ok()
+}
+
+/// The guard binary, run on a config file.
+pub struct GuardProc {
+    _proc: Proc,
+    pub rtmp: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GuardProc {
+    /// `body` is the config after `[server]`/`[metrics]`, which this fills
+    /// in; `server_extra` goes into `[server]`.
+    pub fn start(config_without_listen: impl Fn(SocketAddr) -> String) -> GuardProc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = format!(
+            "{}\n[metrics]\nlisten = \"{metrics}\"\n",
+            config_without_listen(rtmp)
+        );
+        let path = dir.path().join("rtmp-guard.toml");
+        fs::write(&path, config).expect("write config");
+        let log = dir.path().join("guard.log");
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--log-format")
+            .arg("json")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn rtmp-guard");
+        let guard = GuardProc {
+            _proc: Proc {
+                child,
+                name: "rtmp-guard",
+            },
+            rtmp,
+            metrics,
+            log,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(10), || guard.metrics_text())
+            .unwrap_or_else(|| panic!("guard did not start: {}", guard.log_text()));
+        guard
+    }
+
+    pub fn metrics_text(&self) -> Option<String> {
+        http_get(self.metrics, "/metrics")
+    }
+
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics_text().unwrap_or_default();
+        super::metric(&text, sample).unwrap_or(0.0)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The `[[upstream]]` and `[[app]]` tables for one origin and app `live`.
+pub fn origin_tables(origin: SocketAddr) -> String {
+    format!(
+        "[[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nconnect_timeout = \"3s\"\n\n\
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
+    )
+}
+
+/// ffmpeg publishing a synthetic H.264/AAC stream in real time.
+pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
+    let out = fs::File::create(log).expect("ffmpeg log");
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25"])
+        .args(["-c:a", "aac", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("spawn ffmpeg publisher");
+    Proc {
+        child,
+        name: "ffmpeg-publish",
+    }
+}
+
+/// ffmpeg playing `url` for up to `seconds`; returns frames decoded and
+/// its output.
+pub fn ffmpeg_play(url: &str, seconds: u32) -> (u64, Output) {
+    let out = Command::new("timeout")
+        .arg((seconds + 15).to_string())
+        .arg("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-rw_timeout", "5000000", "-i", url])
+        .args(["-t", &seconds.to_string(), "-map", "0:v", "-f", "null", "-"])
+        .output()
+        .expect("run ffmpeg player");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (last_frame_count(&stderr), out)
+}
+
+fn last_frame_count(stderr: &str) -> u64 {
+    stderr
+        .rsplit("frame=")
+        .next()
+        .filter(|_| stderr.contains("frame="))
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits for a child to exit, killing it after `within`.
+pub fn wait_exit(p: &mut Proc, within: Duration) -> Option<std::process::ExitStatus> {
+    wait_for(within, || p.child.try_wait().ok().flatten())
+}

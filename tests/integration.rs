@@ -1,0 +1,305 @@
+//! The guard in-process on loopback, in front of an in-process test origin
+//! that records every connection and byte it receives.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::client::{commands_in, connect_bytes, status_code, Closed, RawClient};
+use common::hostile;
+use rtmp_guard::config::Config;
+use rtmp_guard::report::{Reason, Stage};
+use rtmp_guard::rtmp::handshake::ServerHandshake;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Window Acknowledgement Size, as an origin sends after the handshake.
+const ORIGIN_HELLO: [u8; 16] = [0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0, 0x26, 0x25, 0xa0];
+
+/// An RTMP origin that handshakes and records what it is sent.
+struct TestOrigin {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl TestOrigin {
+    async fn start() -> TestOrigin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (accepted.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let slot = {
+                    let mut all = r.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut hs = ServerHandshake::new();
+                    let mut buf = vec![0u8; 65536];
+                    let mut done = false;
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut input = &buf[..n];
+                        if !done {
+                            let Ok(step) = hs.feed(input) else { break };
+                            if s.write_all(&step.response).await.is_err() {
+                                break;
+                            }
+                            input = &input[step.consumed..];
+                            done = step.done;
+                            if !done {
+                                continue;
+                            }
+                            r.lock().unwrap()[slot].extend_from_slice(input);
+                            // An origin says hello first, like nginx does.
+                            let _ = s.write_all(&ORIGIN_HELLO).await;
+                            continue;
+                        }
+                        r.lock().unwrap()[slot].extend_from_slice(input);
+                    }
+                });
+            }
+        });
+        TestOrigin {
+            addr,
+            accepted,
+            received,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    _rt: tokio::runtime::Runtime,
+    origin: TestOrigin,
+    guard: rtmp_guard::Running,
+}
+
+impl Harness {
+    fn new(extra: &str) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let origin = rt.block_on(TestOrigin::start());
+        let text = format!(
+            "{}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"origin\"\n\
+             servers = [\"{}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+            hostile::config_tables("127.0.0.1:0".parse().unwrap()),
+            origin.addr
+        );
+        let config = Config::parse(&text, "integration.toml").unwrap();
+        let guard = rt.block_on(rtmp_guard::start(config)).unwrap();
+        Harness {
+            _rt: rt,
+            origin,
+            guard,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.guard.rtmp_addrs[0]
+    }
+
+    fn blocked(&self, stage: Stage, reason: Reason) -> u64 {
+        self.guard.guard.metrics.blocked_count(stage, reason)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.guard.stop();
+    }
+}
+
+#[test]
+fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {
+    let h = Harness::new("");
+    let mut c = RawClient::handshaken(h.addr());
+    let mut sent = connect_bytes("live/?token=abc");
+    // Media after connect is relayed too.
+    sent.extend([0x06, 0, 0, 0, 0, 0, 3, 9, 1, 0, 0, 0, 0x17, 0, 0]);
+    c.send(&sent);
+    let received = common::wait_for(Duration::from_secs(5), || {
+        let all = h.origin.received.lock().unwrap();
+        all.first().filter(|r| r.len() >= sent.len()).cloned()
+    })
+    .expect("origin received the client's bytes");
+    assert_eq!(received, sent, "bytes must reach the origin unchanged");
+    // The origin's hello reaches the client.
+    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut c.stream, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &ORIGIN_HELLO);
+    assert_eq!(h.origin.accepted(), 1);
+}
+
+#[test]
+fn unknown_app_is_refused_before_the_origin_sees_it() {
+    let h = Harness::new("");
+    let mut c = RawClient::handshaken(h.addr());
+    c.send(&connect_bytes("vod?x=1"));
+    let Closed::Within(_, reply) = c.wait_closed(Duration::from_secs(2)) else {
+        panic!("guard kept an unknown-app connection open");
+    };
+    let cmds = commands_in(&reply);
+    assert_eq!(cmds.len(), 1, "exactly one reply");
+    assert_eq!(cmds[0].name, "_error");
+    assert_eq!(cmds[0].transaction_id, 1.0);
+    assert_eq!(status_code(&cmds[0]).as_deref(), Some("NetConnection.Connect.Rejected"));
+    let info = &cmds[0].arguments[0];
+    assert_eq!(info.get("level").and_then(|v| v.as_str()), Some("error"));
+    let description = info.get("description").and_then(|v| v.as_str()).unwrap();
+    assert!(description.contains("\"vod\""), "{description}");
+    assert_eq!(h.origin.accepted(), 0);
+    assert_eq!(h.blocked(Stage::Connect, Reason::UnknownApp), 1);
+}
+
+#[test]
+fn hostile_set_is_closed_in_time_and_never_reaches_the_origin() {
+    let h = Harness::new("");
+    let failures = hostile::run_all(h.addr());
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(h.origin.accepted(), 0, "a hostile client reached the origin");
+    // Every case is counted once, under its own stage and reason.
+    let mut expected: std::collections::HashMap<(&str, &str), u64> = Default::default();
+    for case in hostile::cases() {
+        *expected.entry((case.stage, case.reason)).or_default() += 1;
+    }
+    let text = h.guard.guard.metrics.render();
+    for ((stage, reason), n) in expected {
+        let got = common::metric(&text, &common::blocked_sample(stage, reason));
+        assert_eq!(got, Some(n as f64), "{stage}/{reason}");
+    }
+}
+
+#[test]
+fn upstream_unreachable_gets_connect_failed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dead = common::free_port();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\"]\nconnect_timeout = \"1s\"\n\
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
+    );
+    let running = rt
+        .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
+        .unwrap();
+    let mut c = RawClient::handshaken(running.rtmp_addrs[0]);
+    c.send(&connect_bytes("live"));
+    let Closed::Within(_, reply) = c.wait_closed(Duration::from_secs(3)) else {
+        panic!("still open");
+    };
+    let cmds = commands_in(&reply);
+    assert_eq!(status_code(&cmds[0]).as_deref(), Some("NetConnection.Connect.Failed"));
+    assert_eq!(
+        running.guard.metrics.upstream_error_count("origin", "connect_refused"),
+        1
+    );
+}
+
+#[test]
+fn round_robin_skips_a_refusing_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let dead = common::free_port();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\n\
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+        origin.addr
+    );
+    let running = rt
+        .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = RawClient::handshaken(running.rtmp_addrs[0]);
+        c.send(&connect_bytes("live"));
+        clients.push(c);
+    }
+    assert!(common::wait_for(Duration::from_secs(5), || (origin.accepted() == 4).then_some(())).is_some());
+    // Two of the four started at the dead server and were moved on.
+    assert_eq!(running.guard.metrics.upstream_error_count("origin", "connect_refused"), 2);
+}
+
+#[test]
+fn idle_session_is_closed_after_idle_timeout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nidle_timeout = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"{}\"]\n\
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+        origin.addr
+    );
+    let running = rt
+        .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
+        .unwrap();
+    let mut c = RawClient::handshaken(running.rtmp_addrs[0]);
+    c.send(&connect_bytes("live"));
+    let start = std::time::Instant::now();
+    match c.wait_closed(Duration::from_secs(4)) {
+        Closed::Within(..) => {}
+        Closed::StillOpen => panic!("idle session not closed"),
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+    assert_eq!(origin.accepted(), 1);
+}
+
+#[test]
+fn session_stage_violation_closes_a_relaying_session() {
+    let h = Harness::new("");
+    let mut c = RawClient::handshaken(h.addr());
+    let mut bytes = connect_bytes("live");
+    // A command with an unknown AMF marker after a valid connect.
+    bytes.extend([0x03, 0, 0, 0, 0, 0, 3, 20, 0, 0, 0, 0, 0x42, 0, 0]);
+    c.send(&bytes);
+    assert!(matches!(c.wait_closed(Duration::from_secs(2)), Closed::Within(..)));
+    assert_eq!(h.blocked(Stage::Session, Reason::ProtocolViolation), 1);
+    // The origin saw the connect but never the bad command.
+    let expected = connect_bytes("live");
+    let got = common::wait_for(Duration::from_secs(2), || {
+        let all = h.origin.received.lock().unwrap();
+        all.first().filter(|r| r.len() >= expected.len()).cloned()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(got, Some(expected.clone()));
+    assert_eq!(h.origin.received.lock().unwrap()[0], expected);
+}
+
+#[test]
+fn connections_over_max_connections_are_refused_at_accept() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let running = rt
+        .block_on(rtmp_guard::start(Config::parse(text, "t.toml").unwrap()))
+        .unwrap();
+    let _a = RawClient::tcp(running.rtmp_addrs[0]);
+    let _b = RawClient::tcp(running.rtmp_addrs[0]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = RawClient::tcp(running.rtmp_addrs[0]);
+    assert!(matches!(third.wait_closed(Duration::from_secs(1)), Closed::Within(..)));
+    assert_eq!(
+        running
+            .guard
+            .metrics
+            .blocked_count(Stage::Handshake, Reason::TooManyConnections),
+        1
+    );
+}
