@@ -108,7 +108,10 @@ impl Default for Metrics {
 pub struct Upstream {
     pub name: String,
     pub servers: Vec<String>,
-    #[serde(default = "default_upstream_connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_upstream_connect_timeout",
+        deserialize_with = "duration"
+    )]
     pub connect_timeout: Duration,
 }
 
@@ -174,7 +177,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), Invalid> {
         let s = &self.server;
-        check(!s.listen.is_empty(), &["server", "listen"], "at least one address is needed")?;
+        check(
+            !s.listen.is_empty(),
+            &["server", "listen"],
+            "at least one address is needed",
+        )?;
         for (key, d) in [
             ("handshake_timeout", s.handshake_timeout),
             ("connect_timeout", s.connect_timeout),
@@ -182,7 +189,11 @@ impl Config {
         ] {
             check(!d.is_zero(), &["server", key], "must be greater than zero")?;
         }
-        check(s.max_connections > 0, &["server", "max_connections"], "must be at least 1")?;
+        check(
+            s.max_connections > 0,
+            &["server", "max_connections"],
+            "must be at least 1",
+        )?;
 
         let l = &self.limits;
         check(
@@ -219,7 +230,11 @@ impl Config {
                 at("name"),
                 &format!("upstream {:?} is defined twice", u.name),
             )?;
-            check_at(!u.servers.is_empty(), at("servers"), "at least one server is needed")?;
+            check_at(
+                !u.servers.is_empty(),
+                at("servers"),
+                "at least one server is needed",
+            )?;
             for server in &u.servers {
                 check_at(
                     has_port(server),
@@ -227,7 +242,11 @@ impl Config {
                     &format!("{server:?} is not \"host:port\""),
                 )?;
             }
-            check_at(!u.connect_timeout.is_zero(), at("connect_timeout"), "must be greater than zero")?;
+            check_at(
+                !u.connect_timeout.is_zero(),
+                at("connect_timeout"),
+                "must be greater than zero",
+            )?;
         }
         for (i, a) in self.apps.iter().enumerate() {
             let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
@@ -332,7 +351,11 @@ fn key_or_none(key: String) -> Option<String> {
 /// 1-based line number of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Finds the line of a key path in the document, for errors found after
@@ -436,8 +459,14 @@ mod tests {
     fn omitted_keys_take_the_documented_defaults() {
         let shipped = Config::embedded_default().unwrap();
         let minimal = Config::parse("", "empty.toml").unwrap();
-        assert_eq!(format!("{:?}", shipped.server), format!("{:?}", minimal.server));
-        assert_eq!(format!("{:?}", shipped.limits), format!("{:?}", minimal.limits));
+        assert_eq!(
+            format!("{:?}", shipped.server),
+            format!("{:?}", minimal.server)
+        );
+        assert_eq!(
+            format!("{:?}", shipped.limits),
+            format!("{:?}", minimal.limits)
+        );
         assert_eq!(shipped.metrics.listen, minimal.metrics.listen);
     }
 
@@ -477,9 +506,15 @@ mod tests {
     #[test]
     fn limits_are_range_checked() {
         assert_eq!(err("[limits]\nmax_chunk_size = 0\n").line, Some(2));
-        assert!(err("[limits]\nmax_chunk_size = 2147483648\n").why.contains("2147483647"));
-        assert!(err("[limits]\nmax_amf_depth = 100000\n").why.contains("256"));
-        assert!(err("[limits]\nmax_message_size = 16777216\n").why.contains("16777215"));
+        assert!(err("[limits]\nmax_chunk_size = 2147483648\n")
+            .why
+            .contains("2147483647"));
+        assert!(err("[limits]\nmax_amf_depth = 100000\n")
+            .why
+            .contains("256"));
+        assert!(err("[limits]\nmax_message_size = 16777216\n")
+            .why
+            .contains("16777215"));
         assert!(err("[limits]\nmax_chunk_size = -1\n").key.is_some());
     }
 

@@ -83,7 +83,11 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let metrics_addr = metrics_listener.local_addr()?;
 
     let guard = Arc::new(Guard {
-        round_robin: config.upstreams.iter().map(|_| RoundRobin::default()).collect(),
+        round_robin: config
+            .upstreams
+            .iter()
+            .map(|_| RoundRobin::default())
+            .collect(),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         metrics: metrics.clone(),
         config,

@@ -198,11 +198,15 @@ fn inspect_all(parser: &mut ChunkParser, buf: &[u8], max_amf_depth: usize) -> Re
 pub fn inspect(message: &Message<'_>, max_amf_depth: usize) -> Result<(), String> {
     let t = message.header.type_id;
     match t {
-        types::COMMAND_AMF0 | types::COMMAND_AMF3 => command::decode(t, message.payload, max_amf_depth)
-            .map(|_| ())
-            .map_err(|e| format!("unreadable command: {e}")),
-        types::DATA_AMF0 | types::DATA_AMF3 => command::check_data(t, message.payload, max_amf_depth)
-            .map_err(|e| format!("unreadable data message: {e}")),
+        types::COMMAND_AMF0 | types::COMMAND_AMF3 => {
+            command::decode(t, message.payload, max_amf_depth)
+                .map(|_| ())
+                .map_err(|e| format!("unreadable command: {e}"))
+        }
+        types::DATA_AMF0 | types::DATA_AMF3 => {
+            command::check_data(t, message.payload, max_amf_depth)
+                .map_err(|e| format!("unreadable data message: {e}"))
+        }
         _ => Ok(()),
     }
 }

@@ -69,7 +69,12 @@ impl Drop for GaugeHold {
     }
 }
 
-async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: Instant) -> Outcome {
+async fn run(
+    guard: &Guard,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Outcome {
     let config = &guard.config;
     let limits = &config.limits;
 
@@ -80,7 +85,10 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
             return Outcome::Blocked(Block::new(
                 Stage::Handshake,
                 Reason::HandshakeTimeout,
-                format!("no complete handshake within {:?}", config.server.handshake_timeout),
+                format!(
+                    "no complete handshake within {:?}",
+                    config.server.handshake_timeout
+                ),
             ))
         }
         Ok(Err(HandshakeEnd::Gone)) => return Outcome::Gone,
@@ -106,7 +114,13 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
     let budget = pre_connect_budget(limits.max_command_size);
     let (request, parsed) = match timeout_at(
         deadline,
-        read_connect(client, &mut parser, &mut pending, budget, limits.max_amf_depth),
+        read_connect(
+            client,
+            &mut parser,
+            &mut pending,
+            budget,
+            limits.max_amf_depth,
+        ),
     )
     .await
     {
@@ -130,7 +144,11 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
         let description = format!("application \"{shown}\" is not served here");
         send_reply(
             client,
-            &reply::connect_error(request.transaction_id, reply::CONNECT_REJECTED, &description),
+            &reply::connect_error(
+                request.transaction_id,
+                reply::CONNECT_REJECTED,
+                &description,
+            ),
         )
         .await;
         return Outcome::Blocked(Block::new(
@@ -190,7 +208,12 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
     let rest = pending.get(parsed..).unwrap_or_default().to_vec();
 
     // Stage: relay.
-    let active = GaugeHold::new(guard.metrics.sessions_active.with_label_values(&[&app.name]));
+    let active = GaugeHold::new(
+        guard
+            .metrics
+            .sessions_active
+            .with_label_values(&[&app.name]),
+    );
     guard
         .metrics
         .sessions_total
@@ -243,7 +266,9 @@ async fn run(guard: &Guard, client: &mut TcpStream, peer: SocketAddr, accepted: 
 /// Bytes a client may send before its `connect` completes: the connect
 /// itself plus generous room for chunk headers and control messages.
 pub fn pre_connect_budget(max_command_size: u32) -> usize {
-    (max_command_size as usize).saturating_mul(2).saturating_add(4096)
+    (max_command_size as usize)
+        .saturating_mul(2)
+        .saturating_add(4096)
 }
 
 enum HandshakeEnd {

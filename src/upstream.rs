@@ -100,7 +100,10 @@ async fn attempt(server: &str) -> Result<(TcpStream, Vec<u8>), Unreachable> {
         .map_err(|e| failed(e.to_string()))?;
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = stream.read(&mut buf).await.map_err(|e| failed(e.to_string()))?;
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         if n == 0 {
             return Err(failed("closed during handshake".into()));
         }

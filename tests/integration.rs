@@ -141,7 +141,9 @@ fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {
     .expect("origin received the client's bytes");
     assert_eq!(received, sent, "bytes must reach the origin unchanged");
     // The origin's hello reaches the client.
-    c.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = [0u8; 64];
     let n = std::io::Read::read(&mut c.stream, &mut buf).unwrap();
     assert_eq!(&buf[..n], &ORIGIN_HELLO);
@@ -160,7 +162,10 @@ fn unknown_app_is_refused_before_the_origin_sees_it() {
     assert_eq!(cmds.len(), 1, "exactly one reply");
     assert_eq!(cmds[0].name, "_error");
     assert_eq!(cmds[0].transaction_id, 1.0);
-    assert_eq!(status_code(&cmds[0]).as_deref(), Some("NetConnection.Connect.Rejected"));
+    assert_eq!(
+        status_code(&cmds[0]).as_deref(),
+        Some("NetConnection.Connect.Rejected")
+    );
     let info = &cmds[0].arguments[0];
     assert_eq!(info.get("level").and_then(|v| v.as_str()), Some("error"));
     let description = info.get("description").and_then(|v| v.as_str()).unwrap();
@@ -174,7 +179,11 @@ fn hostile_set_is_closed_in_time_and_never_reaches_the_origin() {
     let h = Harness::new("");
     let failures = hostile::run_all(h.addr());
     assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(h.origin.accepted(), 0, "a hostile client reached the origin");
+    assert_eq!(
+        h.origin.accepted(),
+        0,
+        "a hostile client reached the origin"
+    );
     // Every case is counted once, under its own stage and reason.
     let mut expected: std::collections::HashMap<(&str, &str), u64> = Default::default();
     for case in hostile::cases() {
@@ -205,9 +214,15 @@ fn upstream_unreachable_gets_connect_failed() {
         panic!("still open");
     };
     let cmds = commands_in(&reply);
-    assert_eq!(status_code(&cmds[0]).as_deref(), Some("NetConnection.Connect.Failed"));
     assert_eq!(
-        running.guard.metrics.upstream_error_count("origin", "connect_refused"),
+        status_code(&cmds[0]).as_deref(),
+        Some("NetConnection.Connect.Failed")
+    );
+    assert_eq!(
+        running
+            .guard
+            .metrics
+            .upstream_error_count("origin", "connect_refused"),
         1
     );
 }
@@ -232,9 +247,19 @@ fn round_robin_skips_a_refusing_server() {
         c.send(&connect_bytes("live"));
         clients.push(c);
     }
-    assert!(common::wait_for(Duration::from_secs(5), || (origin.accepted() == 4).then_some(())).is_some());
+    assert!(
+        common::wait_for(Duration::from_secs(5), || (origin.accepted() == 4)
+            .then_some(()))
+        .is_some()
+    );
     // Two of the four started at the dead server and were moved on.
-    assert_eq!(running.guard.metrics.upstream_error_count("origin", "connect_refused"), 2);
+    assert_eq!(
+        running
+            .guard
+            .metrics
+            .upstream_error_count("origin", "connect_refused"),
+        2
+    );
 }
 
 #[test]
@@ -258,7 +283,10 @@ fn idle_session_is_closed_after_idle_timeout() {
         Closed::StillOpen => panic!("idle session not closed"),
     }
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
     assert_eq!(origin.accepted(), 1);
 }
 
@@ -270,7 +298,10 @@ fn session_stage_violation_closes_a_relaying_session() {
     // A command with an unknown AMF marker after a valid connect.
     bytes.extend([0x03, 0, 0, 0, 0, 0, 3, 20, 0, 0, 0, 0, 0x42, 0, 0]);
     c.send(&bytes);
-    assert!(matches!(c.wait_closed(Duration::from_secs(2)), Closed::Within(..)));
+    assert!(matches!(
+        c.wait_closed(Duration::from_secs(2)),
+        Closed::Within(..)
+    ));
     assert_eq!(h.blocked(Stage::Session, Reason::ProtocolViolation), 1);
     // The origin saw the connect but never the bad command.
     let expected = connect_bytes("live");
@@ -294,7 +325,10 @@ fn connections_over_max_connections_are_refused_at_accept() {
     let _b = RawClient::tcp(running.rtmp_addrs[0]);
     std::thread::sleep(Duration::from_millis(200));
     let mut third = RawClient::tcp(running.rtmp_addrs[0]);
-    assert!(matches!(third.wait_closed(Duration::from_secs(1)), Closed::Within(..)));
+    assert!(matches!(
+        third.wait_closed(Duration::from_secs(1)),
+        Closed::Within(..)
+    ));
     assert_eq!(
         running
             .guard

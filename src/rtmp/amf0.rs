@@ -40,7 +40,10 @@ pub enum Amf0Value {
     Reference(u16),
     EcmaArray(Vec<(String, Amf0Value)>),
     StrictArray(Vec<Amf0Value>),
-    Date { millis: f64, timezone: i16 },
+    Date {
+        millis: f64,
+        timezone: i16,
+    },
     LongString(String),
     Unsupported,
     XmlDocument(String),
@@ -378,7 +381,10 @@ mod tests {
     fn truncated_string_is_an_error_not_padding() {
         let mut bytes = vec![2, 0, 10];
         bytes.extend_from_slice(b"abc");
-        assert_eq!(read_all(&bytes, 32), Err(Amf0Error::Truncated { offset: 3 }));
+        assert_eq!(
+            read_all(&bytes, 32),
+            Err(Amf0Error::Truncated { offset: 3 })
+        );
     }
 
     #[test]
@@ -418,7 +424,10 @@ mod tests {
     fn object_without_end_marker_is_truncated() {
         let mut bytes = vec![3];
         bytes.extend_from_slice(&[0, 1, b'a', 5]);
-        assert!(matches!(read_all(&bytes, 32), Err(Amf0Error::Truncated { .. })));
+        assert!(matches!(
+            read_all(&bytes, 32),
+            Err(Amf0Error::Truncated { .. })
+        ));
     }
 
     fn value_strategy() -> impl Strategy<Value = Amf0Value> {
@@ -434,7 +443,8 @@ mod tests {
         ];
         leaf.prop_recursive(4, 64, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(("[a-z]{1,6}", inner.clone()), 0..6).prop_map(Amf0Value::Object),
+                prop::collection::vec(("[a-z]{1,6}", inner.clone()), 0..6)
+                    .prop_map(Amf0Value::Object),
                 prop::collection::vec(("[a-z]{1,6}", inner.clone()), 0..6)
                     .prop_map(Amf0Value::EcmaArray),
                 prop::collection::vec(inner, 0..6).prop_map(Amf0Value::StrictArray),

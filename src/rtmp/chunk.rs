@@ -112,20 +112,32 @@ impl fmt::Display for ChunkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChunkError::UnknownChunkStream { csid, fmt: t } => {
-                write!(f, "chunk header fmt {t} on csid {csid} with no earlier header")
+                write!(
+                    f,
+                    "chunk header fmt {t} on csid {csid} with no earlier header"
+                )
             }
             ChunkError::TooManyChunkStreams { limit } => {
                 write!(f, "more than {limit} chunk streams")
             }
             ChunkError::HeaderMidMessage { csid } => {
-                write!(f, "new message header on csid {csid} before its message ended")
+                write!(
+                    f,
+                    "new message header on csid {csid} before its message ended"
+                )
             }
             ChunkError::BadChunkSize { size } => write!(f, "chunk size {size} out of range"),
             ChunkError::MessageTooLarge { type_id, length } => {
-                write!(f, "message type {type_id} of {length} bytes is over the limit")
+                write!(
+                    f,
+                    "message type {type_id} of {length} bytes is over the limit"
+                )
             }
             ChunkError::CommandTooLarge { type_id, length } => {
-                write!(f, "command/data message type {type_id} of {length} bytes is over the limit")
+                write!(
+                    f,
+                    "command/data message type {type_id} of {length} bytes is over the limit"
+                )
             }
             ChunkError::BadControlMessage { type_id, length } => {
                 write!(f, "control message type {type_id} with bad length {length}")
@@ -775,8 +787,12 @@ mod tests {
     #[test]
     fn chunk_sizes_out_of_range_are_refused() {
         for size in [0, 0x8000_0000, 0xFFFF_FFFF, 65_537] {
-            let err = parse_all(&mut ChunkParser::new(limits()), &set_chunk_size_bytes(size), 64)
-                .unwrap_err();
+            let err = parse_all(
+                &mut ChunkParser::new(limits()),
+                &set_chunk_size_bytes(size),
+                64,
+            )
+            .unwrap_err();
             assert_eq!(err, ChunkError::BadChunkSize { size });
         }
     }
@@ -836,7 +852,11 @@ mod tests {
         let mut bytes = basic_header(0, 5);
         bytes.extend_from_slice(&[0, 0, 0, 0, 1, 0, 20, 0, 0, 0, 0]); // 256-byte command
         bytes.extend_from_slice(&[9; 128]);
-        ChunkWriter::new().write(&mut bytes, &header(2, 0, types::ABORT, 0, 4), &5u32.to_be_bytes());
+        ChunkWriter::new().write(
+            &mut bytes,
+            &header(2, 0, types::ABORT, 0, 4),
+            &5u32.to_be_bytes(),
+        );
         // A fresh, complete command on csid 5 must now be accepted.
         bytes.extend_from_slice(&basic_header(0, 5));
         bytes.extend_from_slice(&[0, 0, 0, 0, 0, 3, 20, 0, 0, 0, 0, 1, 2, 3]);
@@ -976,7 +996,9 @@ mod tests {
             if queues.is_empty() {
                 break;
             }
-            *rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let pick = (*rng >> 33) as usize % queues.len();
             if let Some(chunk) = queues[pick].pop_front() {
                 out.extend_from_slice(&chunk);

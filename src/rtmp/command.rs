@@ -49,7 +49,9 @@ pub fn amf0_body(type_id: u8, payload: &[u8]) -> Result<&[u8], CommandError> {
         types::COMMAND_AMF3 | types::DATA_AMF3 => match payload.split_first() {
             Some((0, rest)) => Ok(rest),
             None => Ok(payload),
-            Some(_) => Err(CommandError::Malformed("AMF3 message without AMF0 format byte")),
+            Some(_) => Err(CommandError::Malformed(
+                "AMF3 message without AMF0 format byte",
+            )),
         },
         _ => Ok(payload),
     }
@@ -101,9 +103,16 @@ impl ConnectRequest {
         if cmd.name != "connect" {
             return None;
         }
-        let field = |k: &str| cmd.object.get(k).and_then(Amf0Value::as_str).map(str::to_string);
+        let field = |k: &str| {
+            cmd.object
+                .get(k)
+                .and_then(Amf0Value::as_str)
+                .map(str::to_string)
+        };
         if cmd.object.properties().is_none() {
-            return Some(Err(CommandError::Malformed("connect without a command object")));
+            return Some(Err(CommandError::Malformed(
+                "connect without a command object",
+            )));
         }
         let Some(app_raw) = field("app") else {
             return Some(Err(CommandError::Malformed("connect without an app")));

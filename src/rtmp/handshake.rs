@@ -263,8 +263,14 @@ mod tests {
             ServerHandshake::new().feed(b"SSH-2.0-OpenSSH_9.2\r\n"),
             Err(HandshakeError::NotRtmp(OtherProtocol::Ssh))
         );
-        assert_eq!(ServerHandshake::new().feed(&[6]), Err(HandshakeError::BadVersion(6)));
-        assert_eq!(ServerHandshake::new().feed(&[8, 0, 0]), Err(HandshakeError::BadVersion(8)));
+        assert_eq!(
+            ServerHandshake::new().feed(&[6]),
+            Err(HandshakeError::BadVersion(6))
+        );
+        assert_eq!(
+            ServerHandshake::new().feed(&[8, 0, 0]),
+            Err(HandshakeError::BadVersion(8))
+        );
     }
 
     proptest! {

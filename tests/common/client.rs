@@ -36,9 +36,7 @@ impl RawClient {
         let mut c = RawClient::tcp(addr);
         let (mut hs, c0c1) = ClientHandshake::start().expect("handshake start");
         c.send(&c0c1);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .ok();
+        c.stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let mut buf = [0u8; 4096];
         loop {
             let n = c.stream.read(&mut buf).expect("read S0S1S2");

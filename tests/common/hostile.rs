@@ -67,7 +67,12 @@ fn case(name: &'static str, act: Act, stage: &'static str, reason: &'static str)
 }
 
 fn violation(name: &'static str, bytes: Vec<u8>) -> Case {
-    case(name, Act::AfterHandshake(bytes), "connect", "protocol_violation")
+    case(
+        name,
+        Act::AfterHandshake(bytes),
+        "connect",
+        "protocol_violation",
+    )
 }
 
 /// A control message (Acknowledgement) on `csid`, full header.
@@ -134,8 +139,12 @@ fn nested_objects(depth: usize) -> Vec<u8> {
 pub fn cases() -> Vec<Case> {
     let mut rtmpe = vec![6u8];
     rtmpe.extend((0..1536u32).map(|i| (i * 7) as u8));
-    let random: Vec<u8> = (0..2000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80).collect();
-    let mut tls = vec![0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03];
+    let random: Vec<u8> = (0..2000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80)
+        .collect();
+    let mut tls = vec![
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
     tls.extend([0x42u8; 160]);
 
     let truncated_string = connect_with_raw_object(&[3, 0, 3, b'a', b'p', b'p', 2, 0, 200, b'l']);
@@ -161,10 +170,25 @@ pub fn cases() -> Vec<Case> {
             "handshake",
             "not_rtmp",
         ),
-        case("rtmpe_version_6", Act::Raw(rtmpe), "handshake", "bad_version"),
-        case("rtmpe_version_8", Act::Raw(vec![8; 1537]), "handshake", "bad_version"),
+        case(
+            "rtmpe_version_6",
+            Act::Raw(rtmpe),
+            "handshake",
+            "bad_version",
+        ),
+        case(
+            "rtmpe_version_8",
+            Act::Raw(vec![8; 1537]),
+            "handshake",
+            "bad_version",
+        ),
         case("random_bytes", Act::Raw(random), "handshake", "bad_version"),
-        case("idle_after_tcp", Act::Raw(Vec::new()), "handshake", "handshake_timeout"),
+        case(
+            "idle_after_tcp",
+            Act::Raw(Vec::new()),
+            "handshake",
+            "handshake_timeout",
+        ),
         case(
             "drip_fed_handshake",
             Act::Drip {
@@ -197,14 +221,20 @@ pub fn cases() -> Vec<Case> {
             "command_over_max_command_size",
             announce(3, 20, MAX_COMMAND_SIZE + 1),
         ),
-        violation("data_over_max_command_size", announce(3, 18, MAX_COMMAND_SIZE + 1)),
+        violation(
+            "data_over_max_command_size",
+            announce(3, 18, MAX_COMMAND_SIZE + 1),
+        ),
         violation(
             "message_over_max_message_size",
             announce(6, 9, MAX_MESSAGE_SIZE + 1),
         ),
         violation("too_many_chunk_streams", too_many_csids),
         violation("header_mid_message", mid_message),
-        violation("amf_depth_over_limit", connect_with_raw_object(&nested_objects(40))),
+        violation(
+            "amf_depth_over_limit",
+            connect_with_raw_object(&nested_objects(40)),
+        ),
         violation(
             "connect_nesting_12000_strict_arrays",
             connect_with_raw_object(&write::nested_strict_arrays(12_000)),
@@ -317,6 +347,9 @@ pub fn run_all(guard: SocketAddr) -> Vec<String> {
         .collect();
     handles
         .into_iter()
-        .filter_map(|h| h.join().unwrap_or_else(|_| Some("case thread panicked".into())))
+        .filter_map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Some("case thread panicked".into()))
+        })
         .collect()
 }

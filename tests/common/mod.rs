@@ -35,9 +35,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 /// The value of one sample in a Prometheus text exposition, e.g.
 /// `rtmp_guard_blocked_sessions_total{stage="connect",reason="unknown_app"}`.
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub fn blocked_sample(stage: &str, reason: &str) -> String {

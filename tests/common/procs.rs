@@ -186,7 +186,16 @@ pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
         .args(["-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+        ])
         .args(["-c:a", "aac", "-f", "flv", url])
         .stdout(Stdio::null())
         .stderr(out)
@@ -204,7 +213,14 @@ pub fn ffmpeg_play(url: &str, seconds: u32) -> (u64, Output) {
     let out = Command::new("timeout")
         .arg((seconds + 15).to_string())
         .arg("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-rw_timeout", "5000000", "-i", url])
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-rw_timeout",
+            "5000000",
+            "-i",
+            url,
+        ])
         .args(["-t", &seconds.to_string(), "-map", "0:v", "-f", "null", "-"])
         .output()
         .expect("run ffmpeg player");

@@ -1,0 +1,62 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the corpus
+//! replay test (`tests/fuzz_replay.rs`), so a crash found by either is the
+//! same code path. Each takes arbitrary bytes and must never panic.
+
+use super::chunk::{ChunkLimits, ChunkParser};
+use super::handshake::{ClientHandshake, ServerHandshake};
+use super::{amf0, command};
+
+/// The chunk parser, fed in pieces whose size is the first input byte,
+/// with every kept message run through the relay's inspection.
+pub fn chunk_parser(data: &[u8]) {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let mut parser = ChunkParser::new(ChunkLimits {
+        max_chunk_size: 65_536,
+        max_command_size: 65_536,
+        max_message_size: 1 << 20,
+        max_chunk_streams: 64,
+    });
+    for piece in data.chunks(usize::from(step).max(1)) {
+        let mut pos = 0;
+        while pos < piece.len() {
+            let Ok(p) = parser.advance(&piece[pos..]) else {
+                return;
+            };
+            assert!(p.consumed > 0, "advance made no progress");
+            pos += p.consumed;
+            if let Some(m) = p.message {
+                let _ = crate::relay::inspect(&m, 32);
+            }
+        }
+    }
+}
+
+/// The AMF0 reader and the command decoder.
+pub fn amf0(data: &[u8]) {
+    let _ = amf0::read_all(data, 32);
+    if let Ok(cmd) = command::decode(20, data, 32) {
+        let _ = command::ConnectRequest::from_command(&cmd);
+    }
+}
+
+/// Both handshake wrappers, fed in pieces.
+pub fn handshake(data: &[u8]) {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1) * 16;
+    let mut server = ServerHandshake::new();
+    for piece in data.chunks(step) {
+        match server.feed(piece) {
+            Ok(s) => assert!(s.consumed <= piece.len()),
+            Err(_) => break,
+        }
+    }
+    if let Ok((mut client, _)) = ClientHandshake::start() {
+        let mut input = vec![3u8];
+        input.extend_from_slice(data);
+        let _ = client.feed(&input);
+    }
+}

@@ -1,0 +1,203 @@
+//! End to end with the programs operators run: nginx-rtmp as the origin,
+//! ffmpeg and rtmpdump as clients, the guard binary in between.
+//!
+//! Each test prints SKIPPED when a tool is missing, and fails instead under
+//! RTMP_GUARD_E2E=require (scripts/test.sh sets it).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::procs::{ffmpeg_play, ffmpeg_publish, origin_tables, wait_exit, GuardProc, Nginx};
+use common::{blocked_sample, have_tools, hostile, wait_for};
+
+fn guard_for(nginx: &Nginx) -> GuardProc {
+    let origin = nginx.rtmp;
+    GuardProc::start(move |listen| {
+        format!(
+            "{}\n{}",
+            hostile::config_tables(listen),
+            origin_tables(origin)
+        )
+    })
+}
+
+/// ffmpeg publishes through the guard while ffmpeg and rtmpdump play it
+/// back through the guard.
+#[test]
+fn ffmpeg_publishes_and_ffmpeg_and_rtmpdump_play_through_the_guard() {
+    if !have_tools("ffmpeg_publish_play", &["nginx", "ffmpeg", "rtmpdump"]) {
+        return;
+    }
+    let nginx = Nginx::start("");
+    let guard = guard_for(&nginx);
+    let url = format!("rtmp://{}/live/e2e", guard.rtmp);
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = ffmpeg_publish(&url, 12, &dir.path().join("publish.log"));
+    assert!(
+        wait_for(Duration::from_secs(10), || nginx
+            .publishing("e2e")
+            .then_some(()))
+        .is_some(),
+        "nginx never saw the stream; guard log:\n{}",
+        guard.log_text()
+    );
+
+    let flv = dir.path().join("out.flv");
+    let rtmpdump = std::thread::spawn({
+        let url = url.clone();
+        let flv = flv.clone();
+        move || {
+            Command::new("timeout")
+                .args(["6", "rtmpdump", "--live", "-q", "-r", &url, "-o"])
+                .arg(&flv)
+                .status()
+        }
+    });
+    let (frames, out) = ffmpeg_play(&url, 7);
+    let _ = rtmpdump.join();
+    assert!(
+        frames >= 100,
+        "player decoded {frames} frames:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tags = flv_tags(&std::fs::read(&flv).unwrap_or_default());
+    assert!(
+        tags.video >= 50 && tags.audio >= 50,
+        "rtmpdump FLV is not a valid stream: {tags:?}"
+    );
+
+    let status = wait_exit(&mut publisher, Duration::from_secs(20)).expect("publisher finished");
+    assert!(
+        status.success(),
+        "publisher failed: {}",
+        std::fs::read_to_string(dir.path().join("publish.log")).unwrap_or_default()
+    );
+    // Bytes really went through the guard, in both directions.
+    assert!(guard.metric("rtmp_guard_bytes_total{direction=\"client_to_upstream\"}") > 100_000.0);
+    assert!(guard.metric("rtmp_guard_bytes_total{direction=\"upstream_to_client\"}") > 100_000.0);
+    assert_eq!(nginx.naccepted(), 3, "publisher, ffmpeg player, rtmpdump");
+}
+
+/// A publish to an app the guard does not serve fails, and nginx never
+/// accepts that connection.
+#[test]
+fn unknown_app_never_reaches_nginx() {
+    if !have_tools("unknown_app_never_reaches_nginx", &["nginx", "ffmpeg"]) {
+        return;
+    }
+    let nginx = Nginx::start("application secret { live on; }");
+    let guard = guard_for(&nginx);
+    let before = nginx.naccepted();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("rtmp://{}/secret/s1", guard.rtmp);
+    let mut publisher = ffmpeg_publish(&url, 3, &dir.path().join("publish.log"));
+    let status = wait_exit(&mut publisher, Duration::from_secs(15)).expect("ffmpeg exited");
+    assert!(!status.success(), "publish to an unknown app succeeded");
+    let log = std::fs::read_to_string(dir.path().join("publish.log")).unwrap_or_default();
+    // ffmpeg prints the `_error` description it was sent.
+    assert!(
+        log.contains("application \"secret\" is not served here"),
+        "ffmpeg should show the rejection: {log}"
+    );
+    assert_eq!(
+        nginx.naccepted(),
+        before,
+        "nginx accepted a connection for an unknown app"
+    );
+    assert_eq!(guard.metric(&blocked_sample("connect", "unknown_app")), 1.0);
+}
+
+/// The whole hostile set against a live guard while ffmpeg publishes
+/// through it: every case closes within its deadline, nginx accepts none of
+/// them, and the publisher and a new player are served throughout.
+#[test]
+fn hostile_set_never_reaches_nginx_while_a_publisher_streams() {
+    if !have_tools("hostile_set_against_nginx", &["nginx", "ffmpeg"]) {
+        return;
+    }
+    let nginx = Nginx::start("");
+    let guard = guard_for(&nginx);
+    let url = format!("rtmp://{}/live/hostile", guard.rtmp);
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = ffmpeg_publish(&url, 14, &dir.path().join("publish.log"));
+    assert!(wait_for(Duration::from_secs(10), || nginx
+        .publishing("hostile")
+        .then_some(()))
+    .is_some());
+    let accepted_before = nginx.naccepted();
+    assert_eq!(accepted_before, 1);
+
+    let failures = hostile::run_all(guard.rtmp);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(
+        nginx.naccepted(),
+        accepted_before,
+        "a hostile client reached nginx"
+    );
+
+    // Each case was counted under its reason.
+    let mut expected: std::collections::HashMap<(&str, &str), f64> = Default::default();
+    for case in hostile::cases() {
+        *expected.entry((case.stage, case.reason)).or_default() += 1.0;
+    }
+    for ((stage, reason), n) in expected {
+        assert_eq!(
+            guard.metric(&blocked_sample(stage, reason)),
+            n,
+            "{stage}/{reason}"
+        );
+    }
+    // Blocked sessions are logged as structured events.
+    let log = guard.log_text();
+    assert!(
+        log.contains("\"event\":\"blocked\"") && log.contains("\"reason\":\"protocol_violation\"")
+    );
+
+    // The guard still serves: a new player gets frames, the publisher
+    // finishes cleanly.
+    let (frames, _) = ffmpeg_play(&url, 3);
+    assert!(
+        frames >= 25,
+        "player after the hostile set got {frames} frames"
+    );
+    let status = wait_exit(&mut publisher, Duration::from_secs(25)).expect("publisher finished");
+    assert!(
+        status.success(),
+        "publisher was disturbed by the hostile set"
+    );
+}
+
+#[derive(Debug, Default)]
+struct FlvTags {
+    audio: usize,
+    video: usize,
+    script: usize,
+}
+
+/// Walks an FLV file's tags; stops at the first malformed one.
+fn flv_tags(data: &[u8]) -> FlvTags {
+    let mut tags = FlvTags::default();
+    if data.len() < 13 || &data[..3] != b"FLV" {
+        return tags;
+    }
+    let header_len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;
+    let mut pos = header_len + 4;
+    while pos + 11 <= data.len() {
+        let kind = data[pos];
+        let size = u32::from_be_bytes([0, data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+        let end = pos + 11 + size + 4;
+        if end > data.len() {
+            break;
+        }
+        match kind {
+            8 => tags.audio += 1,
+            9 => tags.video += 1,
+            18 => tags.script += 1,
+            _ => break,
+        }
+        pos = end;
+    }
+    tags
+}
