@@ -99,6 +99,7 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,6 +134,12 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
         running.stop();
         ExitCode::SUCCESS
     })
+}
+
+/// Each relayed session holds two sockets; raise the soft descriptor limit
+/// to the hard one so `max_connections` is not capped by a default of 1024.
+fn raise_file_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 async fn wait_for_stop() {
