@@ -41,6 +41,9 @@ pub mod types {
 
 /// Protocol control messages are a few bytes; anything longer is abuse.
 pub const MAX_CONTROL_SIZE: u32 = 64;
+/// A kept buffer larger than this is released after its message, so one
+/// large command does not pin memory for the rest of the session.
+const RETAINED_BUFFER: usize = 4096;
 /// The chunk size every RTMP stream starts with.
 pub const DEFAULT_CHUNK_SIZE: u32 = 128;
 /// Longest chunk header: 3-byte basic header, 11-byte message header,
@@ -106,6 +109,9 @@ pub enum ChunkError {
     CommandTooLarge { type_id: u8, length: u32 },
     /// A protocol control message of the wrong length.
     BadControlMessage { type_id: u8, length: u32 },
+    /// Unfinished kept messages, across all csids, hold more than
+    /// twice `max_command_size`.
+    TooMuchBuffered { limit: usize },
 }
 
 impl fmt::Display for ChunkError {
@@ -141,6 +147,9 @@ impl fmt::Display for ChunkError {
             }
             ChunkError::BadControlMessage { type_id, length } => {
                 write!(f, "control message type {type_id} with bad length {length}")
+            }
+            ChunkError::TooMuchBuffered { limit } => {
+                write!(f, "more than {limit} bytes of unfinished commands")
             }
         }
     }
@@ -212,6 +221,8 @@ pub struct ChunkParser {
     /// Stream whose kept message was returned last; its buffer is cleared
     /// on the next call.
     returned: Option<usize>,
+    /// Bytes held in `kept` buffers of unfinished messages, all csids.
+    buffered: usize,
     bytes: u64,
     messages_started: u64,
     media_started: u64,
@@ -227,6 +238,7 @@ impl ChunkParser {
             header: [0; MAX_HEADER],
             header_len: 0,
             returned: None,
+            buffered: 0,
             bytes: 0,
             messages_started: 0,
             media_started: 0,
@@ -263,7 +275,7 @@ impl ChunkParser {
     pub fn advance(&mut self, input: &[u8]) -> Result<Progress<'_>, ChunkError> {
         if let Some(index) = self.returned.take() {
             if let Some(stream) = self.streams.get_mut(index) {
-                stream.kept.clear();
+                release(&mut stream.kept);
             }
         }
         let mut pos = 0;
@@ -453,10 +465,15 @@ impl ChunkParser {
         left_in_chunk: u32,
         input: &[u8],
     ) -> Result<(usize, bool), ChunkError> {
-        let stream = &mut self.streams[index];
         let n = (left_in_chunk as usize).min(input.len());
-        let class = MessageClass::of(stream.type_id);
-        if class != MessageClass::Media {
+        let limit = (self.limits.max_command_size as usize).saturating_mul(2);
+        let stream = &mut self.streams[index];
+        let kept = MessageClass::of(stream.type_id) != MessageClass::Media;
+        if kept {
+            self.buffered += n;
+            if self.buffered > limit {
+                return Err(ChunkError::TooMuchBuffered { limit });
+            }
             stream.kept.extend_from_slice(&input[..n]);
         }
         // n <= left_in_chunk <= remaining, so these cannot underflow.
@@ -464,20 +481,21 @@ impl ChunkParser {
         let left = left_in_chunk - n as u32;
         if stream.remaining == 0 {
             self.state = State::Header;
-            if class == MessageClass::Media {
+            if !kept {
                 return Ok((n, false));
             }
+            self.buffered = self.buffered.saturating_sub(stream.kept.len());
             self.on_kept_message(index)?;
             return Ok((n, true));
         }
-        if left == 0 {
-            self.state = State::Header;
+        self.state = if left == 0 {
+            State::Header
         } else {
-            self.state = State::Payload {
+            State::Payload {
                 index,
                 left_in_chunk: left,
-            };
-        }
+            }
+        };
         Ok((n, false))
     }
 
@@ -495,8 +513,10 @@ impl ChunkParser {
             (types::ABORT, Some(csid)) => {
                 if let Some(i) = self.find(csid) {
                     if i != index {
-                        self.streams[i].remaining = 0;
-                        self.streams[i].kept.clear();
+                        let aborted = &mut self.streams[i];
+                        self.buffered = self.buffered.saturating_sub(aborted.kept.len());
+                        aborted.remaining = 0;
+                        release(&mut aborted.kept);
                     }
                 }
             }
@@ -527,6 +547,14 @@ impl ChunkParser {
             kept: Vec::new(),
         });
         Ok(self.streams.len() - 1)
+    }
+}
+
+/// Empties a kept buffer, giving back memory a large message took.
+fn release(kept: &mut Vec<u8>) {
+    kept.clear();
+    if kept.capacity() > RETAINED_BUFFER {
+        kept.shrink_to(RETAINED_BUFFER);
     }
 }
 
@@ -875,6 +903,33 @@ mod tests {
         assert_eq!(bytes.len(), 3 + 11 + 4 + 300 + 2 * (3 + 4));
         let got = parse_all(&mut ChunkParser::new(limits()), &bytes, 3).unwrap();
         assert_eq!(got, vec![(h, payload)]);
+    }
+
+    #[test]
+    fn unfinished_commands_on_many_csids_are_bounded() {
+        let mut l = limits();
+        l.max_command_size = 1000;
+        let mut bytes = Vec::new();
+        for csid in 3..30 {
+            // The first 128 of 1000 bytes of a command, never finished.
+            bytes.extend(basic_header(0, csid));
+            bytes.extend_from_slice(&[0, 0, 0, 0, 0x03, 0xE8, 20, 0, 0, 0, 0]);
+            bytes.extend_from_slice(&[0; 128]);
+        }
+        let mut p = ChunkParser::new(l);
+        let err = parse_all(&mut p, &bytes, 64).unwrap_err();
+        assert_eq!(err, ChunkError::TooMuchBuffered { limit: 2000 });
+    }
+
+    #[test]
+    fn zero_length_messages_complete_at_their_header() {
+        let mut bytes = basic_header(0, 3);
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 0]);
+        let mut p = ChunkParser::new(limits());
+        let got = parse_all(&mut p, &bytes, 64).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].1.is_empty());
+        assert!(p.at_chunk_boundary());
     }
 
     #[test]
