@@ -6,11 +6,13 @@
 //! could make the guard unsafe is range-checked here, once, so the rest of
 //! the code can trust it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
 /// The default configuration, shipped as `config/rtmp-guard.toml`.
@@ -34,6 +36,12 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub access: Access,
+    #[serde(default)]
+    pub bans: Bans,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolIn,
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Upstream>,
     #[serde(default, rename = "app")]
@@ -52,6 +60,19 @@ pub struct Server {
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub mode: Mode,
+}
+
+/// Whether the guard enforces what it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Refuse what the rules refuse.
+    #[default]
+    Enforce,
+    /// Count and log what would be refused, refuse nothing that can be let
+    /// through (see the config file).
+    DryRun,
 }
 
 impl Default for Server {
@@ -62,6 +83,7 @@ impl Default for Server {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            mode: Mode::Enforce,
         }
     }
 }
@@ -74,6 +96,120 @@ pub struct Limits {
     pub max_message_size: u32,
     pub max_chunk_streams: usize,
     pub max_amf_depth: usize,
+    pub per_ip: PerIp,
+    pub global: Global,
+    pub session: SessionLimits,
+}
+
+/// `[limits.per_ip]`: limits per client prefix.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerIp {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub connections_per_second: u32,
+    pub burst: u32,
+    pub max_concurrent: u32,
+    pub max_tracked: usize,
+}
+
+impl Default for PerIp {
+    fn default() -> Self {
+        PerIp {
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            connections_per_second: 5,
+            burst: 20,
+            max_concurrent: 50,
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// `[limits.global]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Global {
+    pub max_pending: usize,
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Global { max_pending: 1000 }
+    }
+}
+
+/// `[limits.session]`: limits on one client's commands.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionLimits {
+    pub commands_per_second: u32,
+    pub commands_burst: u32,
+    pub max_streams: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            commands_per_second: 20,
+            commands_burst: 60,
+            max_streams: 8,
+        }
+    }
+}
+
+/// `[access]`: address rules applied at accept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    #[serde(deserialize_with = "cidrs")]
+    pub deny: Vec<IpNet>,
+    #[serde(deserialize_with = "cidrs")]
+    pub allow: Vec<IpNet>,
+}
+
+/// `[bans]`: learning bans.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bans {
+    pub auto: bool,
+    pub threshold: u32,
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub duration: Duration,
+    /// Score per block reason; reasons not listed use the defaults.
+    pub scores: BTreeMap<String, u32>,
+}
+
+impl Default for Bans {
+    fn default() -> Self {
+        Bans {
+            auto: true,
+            threshold: 10,
+            window: Duration::from_secs(60),
+            duration: Duration::from_secs(600),
+            scores: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[proxy_protocol]`: peers whose PROXY header is required and believed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolIn {
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted: Vec<IpNet>,
+}
+
+/// PROXY protocol towards an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolOut {
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 impl Default for Limits {
@@ -84,6 +220,9 @@ impl Default for Limits {
             max_message_size: MESSAGE_SIZE_CAP,
             max_chunk_streams: 64,
             max_amf_depth: 32,
+            per_ip: PerIp::default(),
+            global: Global::default(),
+            session: SessionLimits::default(),
         }
     }
 }
@@ -113,6 +252,8 @@ pub struct Upstream {
         deserialize_with = "duration"
     )]
     pub connect_timeout: Duration,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolOut,
 }
 
 fn default_upstream_connect_timeout() -> Duration {
@@ -221,6 +362,83 @@ impl Config {
             &["limits", "max_amf_depth"],
             "must be between 1 and 256",
         )?;
+
+        let p = &l.per_ip;
+        check(
+            p.ipv4_prefix <= 32,
+            &["limits", "per_ip", "ipv4_prefix"],
+            "must be between 0 and 32",
+        )?;
+        check(
+            p.ipv6_prefix <= 128,
+            &["limits", "per_ip", "ipv6_prefix"],
+            "must be between 0 and 128",
+        )?;
+        check(
+            p.connections_per_second > 0,
+            &["limits", "per_ip", "connections_per_second"],
+            "must be at least 1",
+        )?;
+        check(
+            p.burst > 0,
+            &["limits", "per_ip", "burst"],
+            "must be at least 1",
+        )?;
+        check(
+            p.max_concurrent > 0,
+            &["limits", "per_ip", "max_concurrent"],
+            "must be at least 1",
+        )?;
+        check(
+            p.max_tracked >= 16,
+            &["limits", "per_ip", "max_tracked"],
+            "must be at least 16",
+        )?;
+        check(
+            l.global.max_pending > 0,
+            &["limits", "global", "max_pending"],
+            "must be at least 1",
+        )?;
+        let sl = &l.session;
+        check(
+            sl.commands_per_second > 0,
+            &["limits", "session", "commands_per_second"],
+            "must be at least 1",
+        )?;
+        check(
+            sl.commands_burst > 0,
+            &["limits", "session", "commands_burst"],
+            "must be at least 1",
+        )?;
+        check(
+            sl.max_streams > 0,
+            &["limits", "session", "max_streams"],
+            "must be at least 1",
+        )?;
+
+        let b = &self.bans;
+        check(
+            b.threshold > 0,
+            &["bans", "threshold"],
+            "must be at least 1",
+        )?;
+        check(
+            !b.window.is_zero(),
+            &["bans", "window"],
+            "must be greater than zero",
+        )?;
+        check(
+            !b.duration.is_zero(),
+            &["bans", "duration"],
+            "must be greater than zero",
+        )?;
+        for reason in b.scores.keys() {
+            check(
+                crate::report::Reason::from_name(reason).is_some(),
+                &["bans", "scores", reason],
+                &format!("{reason:?} is not a block reason"),
+            )?;
+        }
 
         for (i, u) in self.upstreams.iter().enumerate() {
             let at = |key: &str| vec![seg("upstream"), PathSeg::Index(i), seg(key)];
@@ -412,6 +630,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {text:?} ({e}); use a unit, like \"5s\" or \"10m\""))
 }
 
+fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|t| parse_cidr(t))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// Parses "203.0.113.0/24", or a bare address as a single-host network.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR like \"203.0.113.0/24\" or an IP address"))
+}
+
 fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(de)?;
     parse_socket_addr(&text).map_err(serde::de::Error::custom)
@@ -530,6 +766,35 @@ mod tests {
         let e = err("[[upstream]]\nname = \"a\"\nservers = [\"origin.example\"]\n");
         assert_eq!(e.key.as_deref(), Some("upstream[0].servers"));
         assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn abuse_limits_and_access_rules_parse() {
+        let c = Config::parse(
+            "[server]\nmode = \"dry_run\"\n[access]\ndeny = [\"203.0.113.0/24\", \"2001:db8::1\"]\n\
+             [limits.per_ip]\nipv6_prefix = 48\n[bans.scores]\nunknown_app = 7\n\
+             [proxy_protocol]\ntrusted = [\"10.0.0.0/8\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.mode, Mode::DryRun);
+        assert_eq!(c.access.deny[1].to_string(), "2001:db8::1/128");
+        assert_eq!(c.limits.per_ip.ipv6_prefix, 48);
+        assert_eq!(c.limits.per_ip.connections_per_second, 5);
+        assert_eq!(c.bans.scores.get("unknown_app"), Some(&7));
+        assert_eq!(c.proxy_protocol.trusted.len(), 1);
+    }
+
+    #[test]
+    fn bad_cidrs_and_scores_are_located() {
+        let e = err("[access]\ndeny = [\"10.0.0.0/33\"]\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("access.deny"));
+        let e = err("[bans.scores]\nno_such_reason = 1\n");
+        assert_eq!(e.key.as_deref(), Some("bans.scores.no_such_reason"));
+        assert_eq!(e.line, Some(2));
+        let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\nproxy_protocol = \"v3\"\n");
+        assert_eq!(e.line, Some(4));
     }
 
     #[test]

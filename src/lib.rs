@@ -9,9 +9,11 @@
 //! [`session`] is the per-connection state machine that ties them together;
 //! [`rtmp`] holds the sans-IO protocol code they all use.
 
+pub mod admit;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod report;
 pub mod rtmp;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use admit::Admission;
 use config::Config;
 use metrics::Metrics;
 use upstream::RoundRobin;
@@ -36,6 +39,31 @@ pub struct Guard {
     pub round_robin: Vec<RoundRobin>,
     /// Permits for `server.max_connections`.
     pub connections: Arc<Semaphore>,
+    /// Address rules, rate limits and bans.
+    pub admission: Admission,
+}
+
+/// How often stale address state and expired bans are dropped.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Periodic upkeep of the admission tables, and the gauges that show them.
+async fn housekeeping(guard: Arc<Guard>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        guard.admission.sweep(now);
+        publish_gauges(&guard);
+    }
+}
+
+/// Copies table sizes into their gauges.
+pub fn publish_gauges(guard: &Guard) {
+    let m = &guard.metrics;
+    m.tracked_addresses
+        .set(guard.admission.tracked_addresses() as i64);
+    m.bans_active.set(guard.admission.bans().len() as i64);
+    m.pending_connections.set(guard.admission.pending() as i64);
 }
 
 /// A started guard: where it listens, and its tasks.
@@ -89,10 +117,14 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             .map(|_| RoundRobin::default())
             .collect(),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        admission: Admission::new(&config),
         metrics: metrics.clone(),
         config,
     });
-    let mut tasks = vec![tokio::spawn(metrics::serve(metrics_listener, metrics))];
+    let mut tasks = vec![
+        tokio::spawn(metrics::serve(metrics_listener, metrics)),
+        tokio::spawn(housekeeping(guard.clone())),
+    ];
     for l in listeners {
         tasks.push(tokio::spawn(listener::accept_loop(l, guard.clone())));
     }

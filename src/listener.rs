@@ -6,10 +6,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::admit::Ticket;
 use crate::report::{self, Block, Reason, Stage};
 use crate::{session, Guard};
 
@@ -39,22 +40,58 @@ pub async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
         };
         guard.metrics.connections_total.inc();
         let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
-            let block = Block::new(
-                Stage::Handshake,
-                Reason::TooManyConnections,
-                format!(
-                    "{} connections already open",
-                    guard.config.server.max_connections
-                ),
+            let detail = format!(
+                "{} connections already open",
+                guard.config.server.max_connections
             );
-            report::blocked(&guard.metrics, peer, &block);
-            drop(stream);
+            let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
+            report::refuse(&guard, peer, &block);
+            close_now(stream);
             continue;
+        };
+        // A trusted load balancer names the real client in its PROXY
+        // header; the session admits that address once it has read it.
+        let ticket = if guard.admission.is_trusted_proxy(peer.ip()) {
+            None
+        } else {
+            match admit(&guard, peer) {
+                Some(ticket) => Some(ticket),
+                None => {
+                    close_now(stream);
+                    continue;
+                }
+            }
         };
         let guard = guard.clone();
         tokio::spawn(async move {
-            session::handle(guard, stream, peer).await;
+            session::handle(guard, stream, peer, ticket).await;
             drop(permit);
         });
     }
+}
+
+/// Runs admission for `client`. `None`: refused (and reported).
+pub fn admit(guard: &Guard, client: SocketAddr) -> Option<Ticket> {
+    let (ticket, refusal) = guard.admission.admit(client.ip(), Instant::now());
+    if let Some(reason) = refusal {
+        let block = Block::new(Stage::Accept, reason, "refused at accept");
+        let block = if reason == Reason::Overloaded {
+            block.always()
+        } else {
+            block
+        };
+        if report::refuse(guard, client, &block) {
+            return None;
+        }
+    }
+    Some(ticket)
+}
+
+/// Closes a refused connection with a reset: no lingering state, no
+/// TIME_WAIT on the guard.
+fn close_now(stream: TcpStream) {
+    // Deprecated because a non-zero linger blocks on drop; zero does not.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
 }

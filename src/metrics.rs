@@ -37,7 +37,12 @@ pub struct Metrics {
     pub sessions_active: IntGaugeVec,
     pub sessions_total: IntCounterVec,
     blocked_sessions_total: IntCounterVec,
+    would_block_total: IntCounterVec,
     upstream_errors_total: IntCounterVec,
+    pub tracked_addresses: IntGauge,
+    pub pending_connections: IntGauge,
+    pub bans_active: IntGauge,
+    bans_total: IntCounterVec,
     pub bytes_client_to_upstream: IntCounter,
     pub bytes_upstream_to_client: IntCounter,
     pub handshake_duration: Histogram,
@@ -77,6 +82,29 @@ impl Metrics {
                 "Connections the guard refused, by stage and reason.",
             ),
             &["stage", "reason"],
+        )?;
+        let would_block_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_would_block_total",
+                "Connections dry-run mode let through that enforce mode would refuse.",
+            ),
+            &["stage", "reason"],
+        )?;
+        let tracked_addresses = IntGauge::new(
+            "rtmp_guard_tracked_addresses",
+            "Client prefixes with rate, concurrency or ban-score state.",
+        )?;
+        let pending_connections = IntGauge::new(
+            "rtmp_guard_pending_connections",
+            "Connections not yet past connect (limited by max_pending).",
+        )?;
+        let bans_active = IntGauge::new("rtmp_guard_bans_active", "Prefixes banned now.")?;
+        let bans_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_bans_total",
+                "Bans started, by the refusal reason that triggered them.",
+            ),
+            &["reason"],
         )?;
         let upstream_errors_total = IntCounterVec::new(
             Opts::new(
@@ -120,6 +148,11 @@ impl Metrics {
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_total.clone()))?;
         registry.register(Box::new(blocked_sessions_total.clone()))?;
+        registry.register(Box::new(would_block_total.clone()))?;
+        registry.register(Box::new(tracked_addresses.clone()))?;
+        registry.register(Box::new(pending_connections.clone()))?;
+        registry.register(Box::new(bans_active.clone()))?;
+        registry.register(Box::new(bans_total.clone()))?;
         registry.register(Box::new(upstream_errors_total.clone()))?;
         registry.register(Box::new(bytes_total.clone()))?;
         registry.register(Box::new(handshake_duration.clone()))?;
@@ -129,7 +162,11 @@ impl Metrics {
         for stage in Stage::ALL {
             for reason in Reason::ALL {
                 blocked_sessions_total.with_label_values(&[stage.as_str(), reason.as_str()]);
+                would_block_total.with_label_values(&[stage.as_str(), reason.as_str()]);
             }
+        }
+        for reason in Reason::ALL {
+            bans_total.with_label_values(&[reason.as_str()]);
         }
         for app in apps {
             sessions_active.with_label_values(&[app]);
@@ -147,7 +184,12 @@ impl Metrics {
             sessions_active,
             sessions_total,
             blocked_sessions_total,
+            would_block_total,
             upstream_errors_total,
+            tracked_addresses,
+            pending_connections,
+            bans_active,
+            bans_total,
             bytes_client_to_upstream: bytes_total.with_label_values(&["client_to_upstream"]),
             bytes_upstream_to_client: bytes_total.with_label_values(&["upstream_to_client"]),
             handshake_duration,
@@ -159,6 +201,23 @@ impl Metrics {
         self.blocked_sessions_total
             .with_label_values(&[stage.as_str(), reason.as_str()])
             .inc();
+    }
+
+    pub fn would_block(&self, stage: Stage, reason: Reason) {
+        self.would_block_total
+            .with_label_values(&[stage.as_str(), reason.as_str()])
+            .inc();
+    }
+
+    pub fn would_block_count(&self, stage: Stage, reason: Reason) -> u64 {
+        self.would_block_total
+            .with_label_values(&[stage.as_str(), reason.as_str()])
+            .get()
+    }
+
+    pub fn banned(&self, reason: Reason) {
+        self.bans_total.with_label_values(&[reason.as_str()]).inc();
+        self.bans_active.inc();
     }
 
     pub fn blocked_count(&self, stage: Stage, reason: Reason) -> u64 {

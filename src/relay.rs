@@ -18,6 +18,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::config::SessionLimits;
+use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
 use crate::rtmp::command;
 
@@ -30,7 +36,73 @@ pub struct Direction {
     pub parser: ChunkParser,
     /// Bytes already read but not yet parsed or forwarded.
     pub pending: Vec<u8>,
+    /// Limits on commands; the client's direction only.
+    pub rules: Option<ClientRules>,
 }
+
+/// `[limits.session]`: how fast a client may send commands, and how many
+/// streams it may create. Audio, video and data are never limited here.
+pub struct ClientRules {
+    limiter: DefaultDirectRateLimiter,
+    streams: u32,
+    max_streams: u32,
+}
+
+impl ClientRules {
+    pub fn new(limits: &SessionLimits) -> ClientRules {
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_second(NonZeroU32::new(limits.commands_per_second).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(limits.commands_burst).unwrap_or(one));
+        ClientRules {
+            limiter: RateLimiter::direct(quota),
+            streams: 0,
+            max_streams: limits.max_streams,
+        }
+    }
+
+    /// Checks one command from the client.
+    pub fn check(&mut self, command: &str) -> Result<(), Refusal> {
+        if self.limiter.check().is_err() {
+            return Err(Refusal {
+                reason: Reason::CommandFlood,
+                detail: "commands over the session rate".into(),
+            });
+        }
+        if command == "createStream" {
+            self.streams += 1;
+            if self.streams > self.max_streams {
+                return Err(Refusal {
+                    reason: Reason::TooManyStreams,
+                    detail: format!(
+                        "createStream number {} of {}",
+                        self.streams, self.max_streams
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the relay refuses what a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Refusal {
+    fn violation(detail: String) -> Refusal {
+        Refusal {
+            reason: Reason::ProtocolViolation,
+            detail,
+        }
+    }
+}
+
+/// Reports a client refusal; returns whether to enforce it (false in dry
+/// run for limits dry run lets through).
+pub type OnRefusal<'a> = &'a (dyn Fn(&Refusal) -> bool + Sync);
 
 /// Why the relay ended.
 #[derive(Debug)]
@@ -40,8 +112,8 @@ pub enum End {
     Idle,
     ClientError(std::io::Error),
     UpstreamError(std::io::Error),
-    /// The client sent something the guard cannot read.
-    ClientViolation(String),
+    /// The client was refused (already reported).
+    ClientRefused(Refusal),
     /// The upstream sent something the guard cannot read.
     UpstreamViolation(String),
 }
@@ -54,7 +126,7 @@ impl End {
             End::Idle => "idle_timeout",
             End::ClientError(_) => "client_error",
             End::UpstreamError(_) => "upstream_error",
-            End::ClientViolation(_) => "client_protocol_violation",
+            End::ClientRefused(_) => "client_refused",
             End::UpstreamViolation(_) => "upstream_protocol_violation",
         }
     }
@@ -89,7 +161,7 @@ enum PumpEnd {
     Eof,
     Read(std::io::Error),
     Write(std::io::Error),
-    Violation(String),
+    Refused(Refusal),
 }
 
 /// Settings for a relay.
@@ -98,6 +170,14 @@ pub struct Settings<'a> {
     pub max_amf_depth: usize,
     pub bytes_client_to_upstream: &'a IntCounter,
     pub bytes_upstream_to_client: &'a IntCounter,
+    /// Called for each refusal of the client; true to enforce it.
+    pub on_refusal: OnRefusal<'a>,
+}
+
+/// The upstream is trusted to the extent that a refusal only ends the
+/// session; it is reported as an upstream error, not a client block.
+fn always_enforce(_: &Refusal) -> bool {
+    true
 }
 
 /// Relays until either side closes, a peer breaks the protocol, or the
@@ -118,18 +198,32 @@ pub async fn run(
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let depth = settings.max_amf_depth;
+    let client_side = Side {
+        max_amf_depth: depth,
+        activity: &activity,
+        moved: &c2u,
+        counter: settings.bytes_client_to_upstream,
+        on_refusal: settings.on_refusal,
+    };
+    let upstream_side = Side {
+        max_amf_depth: depth,
+        activity: &activity,
+        moved: &u2c,
+        counter: settings.bytes_upstream_to_client,
+        on_refusal: &always_enforce,
+    };
     let end = tokio::select! {
-        end = pump(client_read, upstream_write, &mut from_client, depth, &activity, &c2u, settings.bytes_client_to_upstream) => match end {
+        end = pump(client_read, upstream_write, &mut from_client, &client_side) => match end {
             PumpEnd::Eof => End::ClientClosed,
             PumpEnd::Read(e) => End::ClientError(e),
             PumpEnd::Write(e) => End::UpstreamError(e),
-            PumpEnd::Violation(why) => End::ClientViolation(why),
+            PumpEnd::Refused(r) => End::ClientRefused(r),
         },
-        end = pump(upstream_read, client_write, &mut from_upstream, depth, &activity, &u2c, settings.bytes_upstream_to_client) => match end {
+        end = pump(upstream_read, client_write, &mut from_upstream, &upstream_side) => match end {
             PumpEnd::Eof => End::UpstreamClosed,
             PumpEnd::Read(e) => End::UpstreamError(e),
             PumpEnd::Write(e) => End::ClientError(e),
-            PumpEnd::Violation(why) => End::UpstreamViolation(why),
+            PumpEnd::Refused(r) => End::UpstreamViolation(r.detail),
         },
         _ = idle(&activity, settings.idle_timeout) => End::Idle,
     };
@@ -140,16 +234,17 @@ pub async fn run(
     (end, totals)
 }
 
-/// Copies one direction, parsing and inspecting everything it forwards.
-async fn pump<R, W>(
-    mut reader: R,
-    mut writer: W,
-    dir: &mut Direction,
+/// What one direction needs besides its sockets.
+struct Side<'a> {
     max_amf_depth: usize,
-    activity: &Activity,
-    moved: &AtomicU64,
-    counter: &IntCounter,
-) -> PumpEnd
+    activity: &'a Activity,
+    moved: &'a AtomicU64,
+    counter: &'a IntCounter,
+    on_refusal: OnRefusal<'a>,
+}
+
+/// Copies one direction, parsing and inspecting everything it forwards.
+async fn pump<R, W>(mut reader: R, mut writer: W, dir: &mut Direction, side: &Side<'_>) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -160,52 +255,66 @@ where
         if buf.is_empty() {
             match reader.read_buf(&mut buf).await {
                 Ok(0) => return PumpEnd::Eof,
-                Ok(_) => activity.touch(),
+                Ok(_) => side.activity.touch(),
                 Err(e) => return PumpEnd::Read(e),
             }
         }
-        if let Err(why) = inspect_all(&mut dir.parser, &buf, max_amf_depth) {
-            return PumpEnd::Violation(why);
+        if let Err(refusal) = inspect_all(dir, &buf, side) {
+            return PumpEnd::Refused(refusal);
         }
         if let Err(e) = writer.write_all(&buf).await {
             return PumpEnd::Write(e);
         }
         let n = buf.len() as u64;
-        moved.fetch_add(n, Ordering::Relaxed);
-        counter.inc_by(n);
-        activity.touch();
+        side.moved.fetch_add(n, Ordering::Relaxed);
+        side.counter.inc_by(n);
+        side.activity.touch();
         buf.clear();
     }
 }
 
-/// Parses `buf` to its end, checking every kept message.
-fn inspect_all(parser: &mut ChunkParser, buf: &[u8], max_amf_depth: usize) -> Result<(), String> {
+/// Parses `buf` to its end, checking every kept message. A refusal the
+/// callback does not enforce (dry run) is counted and passed.
+fn inspect_all(dir: &mut Direction, buf: &[u8], side: &Side<'_>) -> Result<(), Refusal> {
     let mut pos = 0;
     while pos < buf.len() {
-        let progress = parser
+        let progress = dir
+            .parser
             .advance(buf.get(pos..).unwrap_or_default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::violation(e.to_string()))?;
         pos += progress.consumed;
         if let Some(message) = progress.message {
-            inspect(&message, max_amf_depth)?;
+            if let Err(refusal) = inspect(&message, side.max_amf_depth, dir.rules.as_mut()) {
+                if (side.on_refusal)(&refusal) {
+                    return Err(refusal);
+                }
+            }
         }
     }
     Ok(())
 }
 
 /// Checks one message the relay is about to forward: commands and data must
-/// be well-formed AMF0 within the depth limit.
-pub fn inspect(message: &Message<'_>, max_amf_depth: usize) -> Result<(), String> {
+/// be well-formed AMF0 within the depth limit, and commands within the
+/// client's rules.
+pub fn inspect(
+    message: &Message<'_>,
+    max_amf_depth: usize,
+    rules: Option<&mut ClientRules>,
+) -> Result<(), Refusal> {
     let t = message.header.type_id;
     match t {
         types::COMMAND_AMF0 | types::COMMAND_AMF3 => {
-            command::decode(t, message.payload, max_amf_depth)
-                .map(|_| ())
-                .map_err(|e| format!("unreadable command: {e}"))
+            let cmd = command::decode(t, message.payload, max_amf_depth)
+                .map_err(|e| Refusal::violation(format!("unreadable command: {e}")))?;
+            match rules {
+                Some(rules) => rules.check(&cmd.name),
+                None => Ok(()),
+            }
         }
         types::DATA_AMF0 | types::DATA_AMF3 => {
             command::check_data(t, message.payload, max_amf_depth)
-                .map_err(|e| format!("unreadable data message: {e}"))
+                .map_err(|e| Refusal::violation(format!("unreadable data message: {e}")))
         }
         _ => Ok(()),
     }

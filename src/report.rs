@@ -7,23 +7,33 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use crate::config::Mode;
+use crate::Guard;
 
 /// Where on the connection's path it was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Refused at accept, before a byte is read (or, for a trusted proxy,
+    /// right after its PROXY header).
+    Accept,
     Handshake,
     Connect,
     Session,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Handshake, Stage::Connect, Stage::Session];
+    pub const ALL: [Stage; 4] = [
+        Stage::Accept,
+        Stage::Handshake,
+        Stage::Connect,
+        Stage::Session,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Stage::Accept => "accept",
             Stage::Handshake => "handshake",
             Stage::Connect => "connect",
             Stage::Session => "session",
@@ -42,11 +52,26 @@ pub enum Reason {
     ConnectTimeout,
     ProtocolViolation,
     UnknownApp,
+    /// Over `max_connections`, or over `max_concurrent` for the prefix.
     TooManyConnections,
+    /// In `[access] deny`, or not in a non-empty `[access] allow`.
+    IpDenied,
+    /// The prefix is banned.
+    Banned,
+    /// Over the prefix's connection rate.
+    RateLimited,
+    /// Over `max_pending`: shed while the guard is busy.
+    Overloaded,
+    /// A PROXY header from a peer that is not trusted.
+    ForgedProxyHeader,
+    /// Commands faster than the session rate.
+    CommandFlood,
+    /// `createStream` past `max_streams`.
+    TooManyStreams,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -54,6 +79,13 @@ impl Reason {
         Reason::ProtocolViolation,
         Reason::UnknownApp,
         Reason::TooManyConnections,
+        Reason::IpDenied,
+        Reason::Banned,
+        Reason::RateLimited,
+        Reason::Overloaded,
+        Reason::ForgedProxyHeader,
+        Reason::CommandFlood,
+        Reason::TooManyStreams,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +97,48 @@ impl Reason {
             Reason::ProtocolViolation => "protocol_violation",
             Reason::UnknownApp => "unknown_app",
             Reason::TooManyConnections => "too_many_connections",
+            Reason::IpDenied => "ip_denied",
+            Reason::Banned => "banned",
+            Reason::RateLimited => "rate_limited",
+            Reason::Overloaded => "overloaded",
+            Reason::ForgedProxyHeader => "forged_proxy_header",
+            Reason::CommandFlood => "command_flood",
+            Reason::TooManyStreams => "too_many_streams",
+        }
+    }
+
+    /// Whether dry run lets such a connection through. Policy limits do;
+    /// protocol failures cannot be relayed, an unknown app has no
+    /// upstream, and a forged PROXY header is not RTMP.
+    pub fn dry_run_passes(self) -> bool {
+        matches!(
+            self,
+            Reason::IpDenied
+                | Reason::Banned
+                | Reason::RateLimited
+                | Reason::TooManyConnections
+                | Reason::CommandFlood
+                | Reason::TooManyStreams
+        )
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// What one such event adds to the prefix's ban score, unless
+    /// `[bans.scores]` says otherwise. Refusals that are the guard's own
+    /// state (denied, banned, overloaded, full) score nothing.
+    pub fn default_ban_score(self) -> u32 {
+        match self {
+            Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
+            Reason::ForgedProxyHeader | Reason::CommandFlood => 5,
+            Reason::UnknownApp | Reason::TooManyStreams => 3,
+            Reason::HandshakeTimeout | Reason::ConnectTimeout => 2,
+            Reason::RateLimited => 1,
+            Reason::TooManyConnections | Reason::IpDenied | Reason::Banned | Reason::Overloaded => {
+                0
+            }
         }
     }
 }
@@ -84,6 +158,9 @@ pub struct Block {
     pub detail: String,
     /// The configured app, once the connect named one.
     pub app: Option<String>,
+    /// Enforced even in dry run: the guard's own capacity limits, and
+    /// refusals after which there is nothing to let through.
+    pub always: bool,
 }
 
 impl Block {
@@ -93,7 +170,14 @@ impl Block {
             reason,
             detail: detail.to_string(),
             app: None,
+            always: !reason.dry_run_passes(),
         }
+    }
+
+    /// Marks a refusal that dry run must enforce too.
+    pub fn always(mut self) -> Block {
+        self.always = true;
+        self
     }
 
     pub fn with_app(mut self, app: &str) -> Block {
@@ -102,18 +186,44 @@ impl Block {
     }
 }
 
-/// Counts and logs one refused connection.
-pub fn blocked(metrics: &Metrics, client: SocketAddr, block: &Block) {
-    metrics.blocked(block.stage, block.reason);
+/// Reports a refusal: counts it, logs one event, adds its score to the
+/// client's prefix (which may ban it). Returns whether to enforce it: false
+/// only in dry run, for refusals dry run lets through (then it is counted
+/// in `rtmp_guard_would_block_total` instead).
+pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
+    let enforce = block.always || guard.config.server.mode == Mode::Enforce;
+    let event = if enforce {
+        guard.metrics.blocked(block.stage, block.reason);
+        "blocked"
+    } else {
+        guard.metrics.would_block(block.stage, block.reason);
+        "would_block"
+    };
     tracing::warn!(
-        event = "blocked",
-        client = %client,
+        event,
+        client = %client.ip(),
+        client_port = client.port(),
         stage = block.stage.as_str(),
         reason = block.reason.as_str(),
         app = block.app.as_deref().unwrap_or(""),
         detail = %block.detail,
-        "session blocked"
+        "session {}", if enforce { "blocked" } else { "would be blocked (dry run)" }
     );
+    if let Some(ban) = guard
+        .admission
+        .record(client.ip(), block.reason, Instant::now())
+    {
+        guard.metrics.banned(ban.reason);
+        tracing::warn!(
+            event = "ban",
+            prefix = %ban.prefix,
+            reason = ban.reason.as_str(),
+            duration_seconds = ban.duration.as_secs(),
+            dry_run = guard.config.server.mode == Mode::DryRun,
+            "prefix banned"
+        );
+    }
+    enforce
 }
 
 /// Logs the end of a session that reached the relay.

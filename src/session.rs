@@ -16,11 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::admit::Ticket;
+use crate::config::ProxyProtocolOut;
+use crate::proxy_protocol;
 use crate::relay::{self, Direction};
 use crate::report::{self, Block, Reason, Stage};
 use crate::rtmp::chunk::{types, ChunkLimits, ChunkParser, MessageClass};
 use crate::rtmp::command::{self, ConnectRequest};
-use crate::rtmp::handshake::{HandshakeError, ServerHandshake};
+use crate::rtmp::handshake::{HandshakeError, OtherProtocol, ServerHandshake};
 use crate::rtmp::reply;
 use crate::upstream;
 use crate::Guard;
@@ -32,8 +35,10 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a connection ended.
 enum Outcome {
-    /// Refused by the guard.
+    /// Refused by the guard; not yet reported.
     Blocked(Block),
+    /// Refused and already reported.
+    Refused,
     /// The client went away before relaying started.
     Gone,
     /// No upstream server could be reached.
@@ -44,12 +49,34 @@ enum Outcome {
 
 /// Runs one connection to its end. Never panics on client input; a panic
 /// elsewhere would end only this task.
-pub async fn handle(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
+///
+/// `ticket` is the admission already granted at accept; `None` for a
+/// trusted load balancer, whose PROXY header names the client to admit.
+pub async fn handle(
+    guard: Arc<Guard>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ticket: Option<Ticket>,
+) {
     let accepted = Instant::now();
     let _open = GaugeHold::new(guard.metrics.connections_active.clone());
     let _ = client.set_nodelay(true);
-    if let Outcome::Blocked(block) = run(&guard, &mut client, peer, accepted).await {
-        report::blocked(&guard.metrics, peer, &block);
+    let local = client.local_addr().unwrap_or(peer);
+    let mut conn = Conn {
+        client: peer,
+        local,
+        ticket,
+        early: Vec::new(),
+    };
+    let outcome = match conn.ticket {
+        Some(_) => run(&guard, &mut client, &mut conn, accepted).await,
+        None => match proxy_header(&guard, &mut client, &mut conn, accepted).await {
+            Ok(()) => run(&guard, &mut client, &mut conn, accepted).await,
+            Err(outcome) => outcome,
+        },
+    };
+    if let Outcome::Blocked(block) = outcome {
+        report::refuse(&guard, conn.client, &block);
     }
 }
 
@@ -69,18 +96,101 @@ impl Drop for GaugeHold {
     }
 }
 
-async fn run(
+/// Who a connection is for.
+struct Conn {
+    /// The client: the peer, or the address a trusted PROXY header named.
+    client: SocketAddr,
+    /// The address the client connected to.
+    local: SocketAddr,
+    /// Admission slots, released when the connection ends.
+    ticket: Option<Ticket>,
+    /// Client bytes read before the handshake (after a PROXY header).
+    early: Vec<u8>,
+}
+
+/// Reads a trusted peer's PROXY header, then admits the client it names.
+async fn proxy_header(
     guard: &Guard,
     client: &mut TcpStream,
-    peer: SocketAddr,
+    conn: &mut Conn,
     accepted: Instant,
-) -> Outcome {
+) -> Result<(), Outcome> {
+    let deadline = accepted + guard.config.server.handshake_timeout;
+    let header = match timeout_at(deadline, read_proxy_header(client)).await {
+        Err(_) => {
+            return Err(Outcome::Blocked(Block::new(
+                Stage::Handshake,
+                Reason::HandshakeTimeout,
+                "no PROXY header from a trusted proxy in time",
+            )))
+        }
+        Ok(Err(None)) => return Err(Outcome::Gone),
+        Ok(Err(Some(e))) => {
+            return Err(Outcome::Blocked(Block::new(
+                Stage::Handshake,
+                Reason::ProtocolViolation,
+                format!("trusted proxy {}: {e}", conn.client),
+            )))
+        }
+        Ok(Ok((header, rest))) => {
+            conn.early = rest;
+            header
+        }
+    };
+    if let proxy_protocol::Header::Proxied {
+        source,
+        destination,
+    } = header
+    {
+        conn.client = source;
+        conn.local = destination;
+    }
+    match crate::listener::admit(guard, conn.client) {
+        Some(ticket) => {
+            conn.ticket = Some(ticket);
+            Ok(())
+        }
+        None => Err(Outcome::Refused),
+    }
+}
+
+/// Reads one PROXY header, at most [`proxy_protocol::V2_MAX`] bytes; bytes
+/// read past it are kept for the handshake. `Err(None)`: the peer left.
+async fn read_proxy_header(
+    client: &mut TcpStream,
+) -> Result<(proxy_protocol::Header, Vec<u8>), Option<proxy_protocol::ProxyError>> {
+    let mut buf = Vec::with_capacity(proxy_protocol::V2_MAX);
+    loop {
+        let room = proxy_protocol::V2_MAX.saturating_sub(buf.len()) as u64;
+        match (&mut *client).take(room).read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+        match proxy_protocol::parse(&buf) {
+            Ok(Some((header, used))) => {
+                let rest = buf.get(used..).unwrap_or_default().to_vec();
+                return Ok((header, rest));
+            }
+            Ok(None) if buf.len() < proxy_protocol::V2_MAX => {}
+            Ok(None) => {
+                return Err(Some(proxy_protocol::ProxyError::Malformed(
+                    "header too long",
+                )))
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+}
+
+async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: Instant) -> Outcome {
     let config = &guard.config;
     let limits = &config.limits;
+    let peer = conn.client;
 
     // Stage: handshake.
     let deadline = accepted + config.server.handshake_timeout;
-    let leftover = match timeout_at(deadline, handshake(client)).await {
+    let early = std::mem::take(&mut conn.early);
+    let leftover = match timeout_at(deadline, handshake(client, early)).await {
         Err(_) => {
             return Outcome::Blocked(Block::new(
                 Stage::Handshake,
@@ -94,6 +204,7 @@ async fn run(
         Ok(Err(HandshakeEnd::Gone)) => return Outcome::Gone,
         Ok(Err(HandshakeEnd::Refused(e))) => {
             let reason = match e {
+                HandshakeError::NotRtmp(OtherProtocol::Proxy) => Reason::ForgedProxyHeader,
                 HandshakeError::NotRtmp(_) => Reason::NotRtmp,
                 HandshakeError::BadVersion(_) => Reason::BadVersion,
                 HandshakeError::Failed(_) => Reason::ProtocolViolation,
@@ -167,10 +278,20 @@ async fn run(
         return Outcome::Unreachable;
     };
 
+    // Past `connect`: no longer pending.
+    if let Some(ticket) = conn.ticket.as_mut() {
+        ticket.connected();
+    }
+
     // Stage: upstream.
     let rr = guard.round_robin.get(up_index);
+    let header = match up.proxy_protocol {
+        ProxyProtocolOut::Off => Vec::new(),
+        ProxyProtocolOut::V1 => proxy_protocol::encode_v1(conn.client, conn.local),
+        ProxyProtocolOut::V2 => proxy_protocol::encode_v2(conn.client, conn.local),
+    };
     let connected = match rr {
-        Some(rr) => upstream::connect(up, rr, &guard.metrics).await,
+        Some(rr) => upstream::connect(up, rr, &header, &guard.metrics).await,
         None => Err(upstream::Unreachable {
             kind: crate::metrics::upstream_kind::CONNECT_REFUSED,
             detail: "no round-robin state".into(),
@@ -220,22 +341,29 @@ async fn run(
         .with_label_values(&[&app.name])
         .inc();
     let started = Instant::now();
+    let on_refusal = |r: &relay::Refusal| {
+        let block = Block::new(Stage::Session, r.reason, &r.detail).with_app(&app.name);
+        report::refuse(guard, peer, &block)
+    };
     let (end, totals) = relay::run(
         client,
         up_stream,
         Direction {
             parser,
             pending: rest,
+            rules: Some(relay::ClientRules::new(&limits.session)),
         },
         Direction {
             parser: ChunkParser::new(ChunkLimits::from(limits)),
             pending: std::mem::take(&mut connected.leftover),
+            rules: None,
         },
         relay::Settings {
             idle_timeout: config.server.idle_timeout,
             max_amf_depth: limits.max_amf_depth,
             bytes_client_to_upstream: &guard.metrics.bytes_client_to_upstream,
             bytes_upstream_to_client: &guard.metrics.bytes_upstream_to_client,
+            on_refusal: &on_refusal,
         },
     )
     .await;
@@ -249,9 +377,7 @@ async fn run(
         totals.upstream_to_client,
     );
     match end {
-        relay::End::ClientViolation(why) => Outcome::Blocked(
-            Block::new(Stage::Session, Reason::ProtocolViolation, why).with_app(&app.name),
-        ),
+        relay::End::ClientRefused(_) => Outcome::Refused,
         relay::End::UpstreamViolation(why) => {
             guard
                 .metrics
@@ -276,26 +402,32 @@ enum HandshakeEnd {
     Refused(HandshakeError),
 }
 
-/// Runs the server handshake; returns the bytes read past it.
-async fn handshake(client: &mut TcpStream) -> Result<Vec<u8>, HandshakeEnd> {
+/// Runs the server handshake, starting with `early` bytes already read;
+/// returns the bytes read past it.
+async fn handshake(client: &mut TcpStream, early: Vec<u8>) -> Result<Vec<u8>, HandshakeEnd> {
     let mut hs = ServerHandshake::new();
+    let mut input = early;
     let mut buf = vec![0u8; HANDSHAKE_READ];
     loop {
-        let n = match client.read(&mut buf).await {
-            Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
-            Ok(n) => n,
-        };
-        let mut input = buf.get(..n).unwrap_or_default();
-        while !input.is_empty() {
-            let step = hs.feed(input).map_err(HandshakeEnd::Refused)?;
+        if input.is_empty() {
+            let n = match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
+                Ok(n) => n,
+            };
+            input.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let mut rest = input.as_slice();
+        while !rest.is_empty() {
+            let step = hs.feed(rest).map_err(HandshakeEnd::Refused)?;
             if !step.response.is_empty() && client.write_all(&step.response).await.is_err() {
                 return Err(HandshakeEnd::Gone);
             }
-            input = input.get(step.consumed..).unwrap_or_default();
+            rest = rest.get(step.consumed..).unwrap_or_default();
             if step.done {
-                return Ok(input.to_vec());
+                return Ok(rest.to_vec());
             }
         }
+        input.clear();
     }
 }
 

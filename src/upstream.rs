@@ -45,9 +45,11 @@ impl RoundRobin {
 }
 
 /// Connects to the first server of `up` that accepts and handshakes.
+/// `proxy_header` (possibly empty) is sent first, before C0+C1.
 pub async fn connect(
     up: &config::Upstream,
     rr: &RoundRobin,
+    proxy_header: &[u8],
     metrics: &Metrics,
 ) -> Result<Connected, Unreachable> {
     let mut last = Unreachable {
@@ -59,7 +61,7 @@ pub async fn connect(
             continue;
         };
         let started = Instant::now();
-        let failure = match timeout(up.connect_timeout, attempt(server)).await {
+        let failure = match timeout(up.connect_timeout, attempt(server, proxy_header)).await {
             Ok(Ok((stream, leftover))) => {
                 metrics
                     .upstream_connect_duration
@@ -83,7 +85,7 @@ pub async fn connect(
 }
 
 /// One server: TCP connect, then the RTMP handshake as a client.
-async fn attempt(server: &str) -> Result<(TcpStream, Vec<u8>), Unreachable> {
+async fn attempt(server: &str, proxy_header: &[u8]) -> Result<(TcpStream, Vec<u8>), Unreachable> {
     let mut stream = TcpStream::connect(server).await.map_err(|e| Unreachable {
         kind: upstream_kind::CONNECT_REFUSED,
         detail: format!("{server}: {e}"),
@@ -94,8 +96,10 @@ async fn attempt(server: &str) -> Result<(TcpStream, Vec<u8>), Unreachable> {
         detail: format!("{server}: {detail}"),
     };
     let (mut hs, c0c1) = ClientHandshake::start().map_err(|e| failed(e.to_string()))?;
+    let mut first = proxy_header.to_vec();
+    first.extend_from_slice(&c0c1);
     stream
-        .write_all(&c0c1)
+        .write_all(&first)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let mut buf = vec![0u8; 4096];

@@ -333,7 +333,7 @@ fn connections_over_max_connections_are_refused_at_accept() {
         running
             .guard
             .metrics
-            .blocked_count(Stage::Handshake, Reason::TooManyConnections),
+            .blocked_count(Stage::Accept, Reason::TooManyConnections),
         1
     );
 }

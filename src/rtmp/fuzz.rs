@@ -27,7 +27,7 @@ pub fn chunk_parser(data: &[u8]) {
             assert!(p.consumed > 0, "advance made no progress");
             pos += p.consumed;
             if let Some(m) = p.message {
-                let _ = crate::relay::inspect(&m, 32);
+                let _ = crate::relay::inspect(&m, 32, None);
             }
         }
     }

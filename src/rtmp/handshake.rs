@@ -24,6 +24,8 @@ pub enum OtherProtocol {
     Http,
     Tls,
     Ssh,
+    /// A PROXY protocol header (only trusted peers may send one).
+    Proxy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,9 @@ pub fn classify(first: &[u8]) -> HandshakeError {
     };
     match first.first() {
         None => HandshakeError::BadVersion(0),
+        Some(_) if crate::proxy_protocol::looks_like_header(first) => {
+            HandshakeError::NotRtmp(OtherProtocol::Proxy)
+        }
         Some(0x16) => HandshakeError::NotRtmp(OtherProtocol::Tls),
         Some(_) if prefix_matches(b"SSH-") => HandshakeError::NotRtmp(OtherProtocol::Ssh),
         Some(_) if HTTP.iter().any(|p| prefix_matches(p)) => {

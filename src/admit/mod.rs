@@ -1,0 +1,328 @@
+//! Admission: who may connect at all, decided at accept from the client's
+//! address alone. Address rules, bans, the per-prefix connection rate and
+//! concurrency, and the global pending limit, in that order.
+//!
+//! Everything here decides and counts; nothing does I/O. The caller turns a
+//! refusal into a closed socket (or, in dry run, into a count).
+
+pub mod bans;
+pub mod prefix;
+pub mod table;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::Quota;
+use ipnet::IpNet;
+
+use crate::config::Config;
+use crate::report::Reason;
+use bans::BanList;
+use prefix::PrefixRule;
+use table::{AddressTable, Entry};
+
+/// A ban that just started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBan {
+    pub prefix: IpNet,
+    pub reason: Reason,
+    pub duration: Duration,
+}
+
+pub struct Admission {
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
+    trusted_proxies: Vec<IpNet>,
+    rule: PrefixRule,
+    table: AddressTable,
+    bans: BanList,
+    max_concurrent: u32,
+    max_pending: usize,
+    pending: Arc<AtomicUsize>,
+    auto_ban: bool,
+    threshold: u32,
+    window: Duration,
+    ban_for: Duration,
+    scores: Vec<(Reason, u32)>,
+}
+
+/// A connection that was admitted (or, in dry run, would have been
+/// refused): it holds the prefix's concurrency slot and, until the
+/// client's `connect` is accepted, a pending slot.
+pub struct Ticket {
+    pub prefix: IpNet,
+    entry: Arc<Entry>,
+    pending: Option<Arc<AtomicUsize>>,
+}
+
+impl Ticket {
+    /// The client got past `connect`; it no longer counts as pending.
+    pub fn connected(&mut self) {
+        if let Some(p) = self.pending.take() {
+            p.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.entry.concurrent.fetch_sub(1, Ordering::Relaxed);
+        self.connected();
+    }
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let per_ip = &config.limits.per_ip;
+        let one = NonZeroU32::MIN;
+        let quota =
+            Quota::per_second(NonZeroU32::new(per_ip.connections_per_second).unwrap_or(one))
+                .allow_burst(NonZeroU32::new(per_ip.burst).unwrap_or(one));
+        let scores = Reason::ALL
+            .into_iter()
+            .map(|r| {
+                let points = config
+                    .bans
+                    .scores
+                    .get(r.as_str())
+                    .copied()
+                    .unwrap_or(r.default_ban_score());
+                (r, points)
+            })
+            .collect();
+        Admission {
+            deny: config.access.deny.clone(),
+            allow: config.access.allow.clone(),
+            trusted_proxies: config.proxy_protocol.trusted.clone(),
+            rule: PrefixRule {
+                ipv4: per_ip.ipv4_prefix,
+                ipv6: per_ip.ipv6_prefix,
+            },
+            table: AddressTable::new(quota, per_ip.max_tracked),
+            bans: BanList::default(),
+            max_concurrent: per_ip.max_concurrent,
+            max_pending: config.limits.global.max_pending,
+            pending: Arc::new(AtomicUsize::new(0)),
+            auto_ban: config.bans.auto,
+            threshold: config.bans.threshold,
+            window: config.bans.window,
+            ban_for: config.bans.duration,
+            scores,
+        }
+    }
+
+    /// Whether `peer` is a load balancer whose PROXY header is required.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        prefix::in_any(&self.trusted_proxies, peer)
+    }
+
+    /// Decides on a new connection from `client`. The ticket is returned
+    /// even when refused, so that dry run can let the connection through
+    /// with its slots counted; dropping it releases them.
+    pub fn admit(&self, client: IpAddr, now: Instant) -> (Ticket, Option<Reason>) {
+        let prefix = self.rule.key(client);
+        let entry = self.table.entry(prefix, now);
+        let open = entry.concurrent.fetch_add(1, Ordering::Relaxed);
+        let pending = self.pending.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            prefix,
+            entry,
+            pending: Some(self.pending.clone()),
+        };
+        let refusal = if prefix::in_any(&self.deny, client)
+            || (!self.allow.is_empty() && !prefix::in_any(&self.allow, client))
+        {
+            Some(Reason::IpDenied)
+        } else if self.bans.is_banned(&prefix, now) {
+            Some(Reason::Banned)
+        } else if !self.table.allow_connection(&prefix) {
+            Some(Reason::RateLimited)
+        } else if open >= self.max_concurrent {
+            Some(Reason::TooManyConnections)
+        } else if pending >= self.max_pending {
+            Some(Reason::Overloaded)
+        } else {
+            None
+        };
+        (ticket, refusal)
+    }
+
+    /// Adds a refusal's score to the client's prefix; returns the ban it
+    /// caused, if any.
+    pub fn record(&self, client: IpAddr, reason: Reason, now: Instant) -> Option<NewBan> {
+        let points = self.score_of(reason);
+        if points == 0 || !self.auto_ban {
+            return None;
+        }
+        let prefix = self.rule.key(client);
+        if self.bans.is_banned(&prefix, now) {
+            return None;
+        }
+        let entry = self.table.entry(prefix, now);
+        let mut score = entry.score.lock().unwrap_or_else(|p| p.into_inner());
+        if score.add(now, points, self.window, self.threshold) < self.threshold {
+            return None;
+        }
+        score.reset();
+        self.bans
+            .ban(prefix, now + self.ban_for, reason)
+            .then_some(NewBan {
+                prefix,
+                reason,
+                duration: self.ban_for,
+            })
+    }
+
+    fn score_of(&self, reason: Reason) -> u32 {
+        self.scores
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, p)| *p)
+    }
+
+    /// Periodic upkeep: drops stale address state and expired bans.
+    pub fn sweep(&self, now: Instant) {
+        self.table.sweep(now, self.window);
+        self.bans.expire(now);
+    }
+
+    pub fn tracked_addresses(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn bans(&self) -> &BanList {
+        &self.bans
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn is_banned(&self, client: IpAddr, now: Instant) -> bool {
+        self.bans.is_banned(&self.rule.key(client), now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(extra: &str) -> Admission {
+        Admission::new(&Config::parse(extra, "t.toml").unwrap())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn denied_and_not_allowed_addresses_are_refused() {
+        let a = admission("[access]\ndeny = [\"192.0.2.0/24\"]\n");
+        assert_eq!(
+            a.admit(ip("192.0.2.9"), Instant::now()).1,
+            Some(Reason::IpDenied)
+        );
+        assert_eq!(a.admit(ip("198.51.100.1"), Instant::now()).1, None);
+        let a = admission("[access]\nallow = [\"10.0.0.0/8\"]\n");
+        assert_eq!(
+            a.admit(ip("192.0.2.9"), Instant::now()).1,
+            Some(Reason::IpDenied)
+        );
+        assert_eq!(a.admit(ip("10.1.2.3"), Instant::now()).1, None);
+    }
+
+    #[test]
+    fn connection_rate_is_per_prefix() {
+        let a = admission("[limits.per_ip]\nconnections_per_second = 1\nburst = 2\n");
+        let now = Instant::now();
+        let results: Vec<_> = (0..4).map(|_| a.admit(ip("192.0.2.1"), now).1).collect();
+        assert_eq!(
+            results,
+            vec![
+                None,
+                None,
+                Some(Reason::RateLimited),
+                Some(Reason::RateLimited)
+            ]
+        );
+        assert_eq!(a.admit(ip("192.0.2.2"), now).1, None);
+    }
+
+    #[test]
+    fn concurrency_is_per_prefix_and_released_on_drop() {
+        let a = admission("[limits.per_ip]\nmax_concurrent = 2\nburst = 100\n");
+        let now = Instant::now();
+        let (t1, r1) = a.admit(ip("2001:db8::1"), now);
+        let (_t2, r2) = a.admit(ip("2001:db8::2"), now);
+        let (_t3, r3) = a.admit(ip("2001:db8::3"), now);
+        assert_eq!((r1, r2, r3), (None, None, Some(Reason::TooManyConnections)));
+        drop(t1);
+        drop(_t3);
+        assert_eq!(a.admit(ip("2001:db8::4"), now).1, None);
+    }
+
+    #[test]
+    fn pending_connections_are_shed_past_max_pending() {
+        let a = admission("[limits.global]\nmax_pending = 2\n[limits.per_ip]\nburst = 100\n");
+        let now = Instant::now();
+        let (mut t1, _) = a.admit(ip("192.0.2.1"), now);
+        let (_t2, _) = a.admit(ip("192.0.2.2"), now);
+        assert_eq!(a.admit(ip("192.0.2.3"), now).1, Some(Reason::Overloaded));
+        t1.connected();
+        assert_eq!(a.pending(), 1);
+        assert_eq!(a.admit(ip("192.0.2.4"), now).1, None);
+    }
+
+    #[test]
+    fn repeated_refusals_ban_the_prefix_for_the_duration() {
+        let a = admission("[bans]\nthreshold = 10\nwindow = \"60s\"\nduration = \"10m\"\n");
+        let now = Instant::now();
+        let client = ip("2001:db8:1:2::99");
+        assert_eq!(a.record(client, Reason::NotRtmp, now), None);
+        let ban = a
+            .record(ip("2001:db8:1:2::7"), Reason::ProtocolViolation, now)
+            .unwrap();
+        assert_eq!(ban.prefix.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(ban.reason, Reason::ProtocolViolation);
+        assert_eq!(a.admit(client, now).1, Some(Reason::Banned));
+        assert_eq!(a.admit(client, now + Duration::from_secs(601)).1, None);
+    }
+
+    #[test]
+    fn scores_outside_the_window_do_not_add_up() {
+        let a = admission("[bans]\nthreshold = 10\nwindow = \"60s\"\n");
+        let now = Instant::now();
+        for i in 0..5 {
+            let at = now + Duration::from_secs(61 * i);
+            assert_eq!(a.record(ip("192.0.2.1"), Reason::NotRtmp, at), None);
+        }
+    }
+
+    #[test]
+    fn auto_off_and_zero_scores_never_ban() {
+        let a = admission("[bans]\nauto = false\n");
+        for _ in 0..100 {
+            assert_eq!(
+                a.record(ip("192.0.2.1"), Reason::NotRtmp, Instant::now()),
+                None
+            );
+        }
+        let a = admission("[bans.scores]\nnot_rtmp = 0\n");
+        for _ in 0..100 {
+            assert_eq!(
+                a.record(ip("192.0.2.1"), Reason::NotRtmp, Instant::now()),
+                None
+            );
+        }
+        let a = admission("");
+        for _ in 0..100 {
+            assert_eq!(
+                a.record(ip("192.0.2.1"), Reason::Overloaded, Instant::now()),
+                None
+            );
+        }
+    }
+}
