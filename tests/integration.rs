@@ -3,128 +3,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::client::{commands_in, connect_bytes, status_code, Closed, RawClient};
 use common::hostile;
+use common::origin::{Harness, TestOrigin, ORIGIN_HELLO};
 use rtmp_guard::config::Config;
 use rtmp_guard::report::{Reason, Stage};
-use rtmp_guard::rtmp::handshake::ServerHandshake;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Window Acknowledgement Size, as an origin sends after the handshake.
-const ORIGIN_HELLO: [u8; 16] = [0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0, 0x26, 0x25, 0xa0];
-
-/// An RTMP origin that handshakes and records what it is sent.
-struct TestOrigin {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    received: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl TestOrigin {
-    async fn start() -> TestOrigin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let (a, r) = (accepted.clone(), received.clone());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                let slot = {
-                    let mut all = r.lock().unwrap();
-                    all.push(Vec::new());
-                    all.len() - 1
-                };
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let mut hs = ServerHandshake::new();
-                    let mut buf = vec![0u8; 65536];
-                    let mut done = false;
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut input = &buf[..n];
-                        if !done {
-                            let Ok(step) = hs.feed(input) else { break };
-                            if s.write_all(&step.response).await.is_err() {
-                                break;
-                            }
-                            input = &input[step.consumed..];
-                            done = step.done;
-                            if !done {
-                                continue;
-                            }
-                            r.lock().unwrap()[slot].extend_from_slice(input);
-                            // An origin says hello first, like nginx does.
-                            let _ = s.write_all(&ORIGIN_HELLO).await;
-                            continue;
-                        }
-                        r.lock().unwrap()[slot].extend_from_slice(input);
-                    }
-                });
-            }
-        });
-        TestOrigin {
-            addr,
-            accepted,
-            received,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-struct Harness {
-    _rt: tokio::runtime::Runtime,
-    origin: TestOrigin,
-    guard: rtmp_guard::Running,
-}
-
-impl Harness {
-    fn new(extra: &str) -> Harness {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let origin = rt.block_on(TestOrigin::start());
-        let text = format!(
-            "{}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"origin\"\n\
-             servers = [\"{}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\n",
-            hostile::config_tables("127.0.0.1:0".parse().unwrap()),
-            origin.addr
-        );
-        let config = Config::parse(&text, "integration.toml").unwrap();
-        let guard = rt.block_on(rtmp_guard::start(config)).unwrap();
-        Harness {
-            _rt: rt,
-            origin,
-            guard,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.guard.rtmp_addrs[0]
-    }
-
-    fn blocked(&self, stage: Stage, reason: Reason) -> u64 {
-        self.guard.guard.metrics.blocked_count(stage, reason)
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.guard.stop();
-    }
-}
 
 #[test]
 fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {

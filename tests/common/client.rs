@@ -15,6 +15,21 @@ pub struct RawClient {
     pub stream: TcpStream,
 }
 
+/// A TCP connection bound to `source` before connecting.
+pub fn connect_from(addr: SocketAddr, source: &str) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+    socket.bind(&source.into())?;
+    match socket.connect_timeout(&addr.into(), Duration::from_secs(5)) {
+        // Refused at accept can reset before connect returns; the caller
+        // sees it as closed.
+        Err(e) if e.kind() != ErrorKind::ConnectionReset => return Err(e),
+        _ => {}
+    }
+    Ok(socket.into())
+}
+
 /// How a connection ended, seen from the client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Closed {
@@ -31,9 +46,31 @@ impl RawClient {
         RawClient { stream }
     }
 
+    /// TCP connect from a chosen loopback source address (127.x.y.z).
+    pub fn tcp_from(addr: SocketAddr, source: &str) -> RawClient {
+        let stream = connect_from(addr, source).expect("connect from a source address");
+        stream.set_nodelay(true).ok();
+        RawClient { stream }
+    }
+
     /// TCP connect plus a full client handshake.
     pub fn handshaken(addr: SocketAddr) -> RawClient {
+        RawClient::handshake_on(RawClient::tcp(addr))
+    }
+
+    /// A full client handshake from a chosen source address.
+    pub fn handshaken_from(addr: SocketAddr, source: &str) -> RawClient {
+        RawClient::handshake_on(RawClient::tcp_from(addr, source))
+    }
+
+    /// A full client handshake after sending `prefix` (a PROXY header).
+    pub fn handshaken_after(addr: SocketAddr, prefix: &[u8]) -> RawClient {
         let mut c = RawClient::tcp(addr);
+        c.send(prefix);
+        RawClient::handshake_on(c)
+    }
+
+    fn handshake_on(mut c: RawClient) -> RawClient {
         let (mut hs, c0c1) = ClientHandshake::start().expect("handshake start");
         c.send(&c0c1);
         c.stream.set_read_timeout(Some(Duration::from_secs(5))).ok();

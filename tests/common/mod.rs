@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod hostile;
+pub mod origin;
 pub mod procs;
 
 use std::io::{Read, Write};

@@ -1,0 +1,146 @@
+//! An in-process RTMP origin that records what the guard sends it, and a
+//! harness running the guard in-process in front of it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rtmp_guard::config::Config;
+use rtmp_guard::proxy_protocol::{self, Header};
+use rtmp_guard::report::{Reason, Stage};
+use rtmp_guard::rtmp::handshake::ServerHandshake;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::hostile;
+
+/// Window Acknowledgement Size, as an origin sends after the handshake.
+pub const ORIGIN_HELLO: [u8; 16] = [0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0, 0x26, 0x25, 0xa0];
+
+/// An RTMP origin that handshakes and records what it is sent.
+pub struct TestOrigin {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// PROXY headers the guard sent, in order.
+    pub proxy_headers: Arc<Mutex<Vec<Header>>>,
+}
+
+impl TestOrigin {
+    pub async fn start() -> TestOrigin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let proxy_headers = Arc::new(Mutex::new(Vec::new()));
+        let (a, r, h) = (accepted.clone(), received.clone(), proxy_headers.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let slot = {
+                    let mut all = r.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let r = r.clone();
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut hs = ServerHandshake::new();
+                    let mut buf = vec![0u8; 65536];
+                    let mut done = false;
+                    let mut first = true;
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut input = &buf[..n];
+                        if std::mem::take(&mut first) && proxy_protocol::looks_like_header(input) {
+                            // The guard sends its header and C0+C1 in one write.
+                            let Ok(Some((header, used))) = proxy_protocol::parse(input) else {
+                                break;
+                            };
+                            h.lock().unwrap().push(header);
+                            input = &input[used..];
+                        }
+                        if !done {
+                            let Ok(step) = hs.feed(input) else { break };
+                            if s.write_all(&step.response).await.is_err() {
+                                break;
+                            }
+                            input = &input[step.consumed..];
+                            done = step.done;
+                            if !done {
+                                continue;
+                            }
+                            r.lock().unwrap()[slot].extend_from_slice(input);
+                            // An origin says hello first, like nginx does.
+                            let _ = s.write_all(&ORIGIN_HELLO).await;
+                            continue;
+                        }
+                        r.lock().unwrap()[slot].extend_from_slice(input);
+                    }
+                });
+            }
+        });
+        TestOrigin {
+            addr,
+            accepted,
+            received,
+            proxy_headers,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+pub struct Harness {
+    pub _rt: tokio::runtime::Runtime,
+    pub origin: TestOrigin,
+    pub guard: rtmp_guard::Running,
+}
+
+impl Harness {
+    /// The hostile-set limits plus `extra` tables, in front of a test origin.
+    pub fn new(extra: &str) -> Harness {
+        Harness::with_config(|origin| {
+            format!(
+                "{}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"origin\"\n\
+                 servers = [\"{origin}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+                hostile::config_tables("127.0.0.1:0".parse().unwrap()),
+            )
+        })
+    }
+
+    /// A guard on the config `config(origin)` returns.
+    pub fn with_config(config: impl Fn(SocketAddr) -> String) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let origin = rt.block_on(TestOrigin::start());
+        let text = config(origin.addr);
+        let config = Config::parse(&text, "integration.toml").unwrap();
+        let guard = rt.block_on(rtmp_guard::start(config)).unwrap();
+        Harness {
+            _rt: rt,
+            origin,
+            guard,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.guard.rtmp_addrs[0]
+    }
+
+    pub fn blocked(&self, stage: Stage, reason: Reason) -> u64 {
+        self.guard.guard.metrics.blocked_count(stage, reason)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.guard.stop();
+    }
+}
