@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the programs the end-to-end tests run, if they are missing:
-# ffmpeg, nginx with libnginx-mod-rtmp, rtmpdump. Debian/Ubuntu only (apt).
-# Extra package names may be passed as arguments (the benchmarks add haproxy).
+# ffmpeg, nginx with libnginx-mod-rtmp, rtmpdump, haproxy. Debian/Ubuntu
+# only (apt). Extra package names may be passed as arguments.
 set -euo pipefail
 
 need=()
@@ -9,6 +9,7 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 command -v rtmpdump >/dev/null || need+=(rtmpdump)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -28,8 +29,9 @@ fi
 echo "install-test-deps: installing ${need[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# The Debian package starts nginx on port 80; the tests run their own.
+# The Debian packages start nginx and haproxy as services; the tests run
+# their own.
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+    $sudo systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
 fi
 echo "install-test-deps: done"

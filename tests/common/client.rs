@@ -127,10 +127,42 @@ pub fn cmd_header(len: usize) -> MessageHeader {
 
 /// A chunked AMF0 command message.
 pub fn command_bytes(values: &[Amf0Value]) -> Vec<u8> {
+    command_on(0, values)
+}
+
+/// A chunked AMF0 command message on message stream `stream_id`.
+pub fn command_on(stream_id: u32, values: &[Amf0Value]) -> Vec<u8> {
     let payload = write::all(values);
+    let mut header = cmd_header(payload.len());
+    header.stream_id = stream_id;
     let mut out = Vec::new();
-    ChunkWriter::new().write(&mut out, &cmd_header(payload.len()), &payload);
+    ChunkWriter::new().write(&mut out, &header, &payload);
     out
+}
+
+impl RawClient {
+    /// connect, createStream and publish `name` on app `live`, as a
+    /// minimal publisher does, pausing for the server between steps.
+    pub fn publish(&mut self, name: &str) {
+        self.send(&connect_bytes("live"));
+        std::thread::sleep(Duration::from_millis(300));
+        self.send(&command_bytes(&[
+            Amf0Value::String("createStream".into()),
+            Amf0Value::Number(2.0),
+            Amf0Value::Null,
+        ]));
+        std::thread::sleep(Duration::from_millis(300));
+        self.send(&command_on(
+            1,
+            &[
+                Amf0Value::String("publish".into()),
+                Amf0Value::Number(3.0),
+                Amf0Value::Null,
+                Amf0Value::String(name.into()),
+                Amf0Value::String("live".into()),
+            ],
+        ));
+    }
 }
 
 /// The values of a `connect` for `app`, shaped like ffmpeg's.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod flood;
 pub mod hostile;
 pub mod origin;
 pub mod procs;

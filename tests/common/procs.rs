@@ -36,6 +36,12 @@ impl Nginx {
     /// Starts nginx-rtmp with app `live` and `/stat`; `extra_app` is
     /// pasted into the rtmp server block.
     pub fn start(extra_app: &str) -> Nginx {
+        Nginx::start_with(extra_app, "")
+    }
+
+    /// As `start`, with `listen_options` on the RTMP listen line (for
+    /// example " proxy_protocol").
+    pub fn start_with(extra_app: &str, listen_options: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir");
         let rtmp_port = free_port();
         let http_port = free_port();
@@ -44,7 +50,7 @@ impl Nginx {
         let conf = format!(
             "load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
              error_log {d}/error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
-             rtmp {{\n  server {{\n    listen 127.0.0.1:{rtmp_port};\n    chunk_size 4096;\n\
+             rtmp {{\n  server {{\n    listen 127.0.0.1:{rtmp_port}{listen_options};\n    chunk_size 4096;\n\
              application live {{ live on; record off; }}\n    {extra_app}\n  }}\n}}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
@@ -107,6 +113,61 @@ pub fn xml_value(xml: &str, tag: &str) -> Option<u64> {
     xml[start..end].trim().parse().ok()
 }
 
+/// HAProxy in TCP mode in front of `backend`, sending PROXY v2.
+pub struct Haproxy {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(backend: SocketAddr) -> Haproxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let conf = format!(
+            "global\n    maxconn 1000\ndefaults\n    mode tcp\n    timeout connect 3s\n\
+             timeout client 60s\n    timeout server 60s\nfrontend rtmp\n    bind {addr}\n\
+             default_backend guard\nbackend guard\n    server guard {backend} send-proxy-v2\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        fs::write(&path, conf).expect("write haproxy.cfg");
+        let child = Command::new(super::which("haproxy").unwrap_or_else(|| "haproxy".into()))
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        let h = Haproxy {
+            _proc: Proc {
+                child,
+                name: "haproxy",
+            },
+            addr,
+            _dir: dir,
+        };
+        // Connecting to its frontend would reach the guard; wait for the
+        // listening socket instead.
+        wait_for(Duration::from_secs(10), || listening(addr).then_some(()))
+            .expect("haproxy did not start");
+        h
+    }
+}
+
+/// Whether something listens on `addr` (from /proc/net/tcp; no connect).
+pub fn listening(addr: SocketAddr) -> bool {
+    let port = format!(":{:04X}", addr.port());
+    fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1).is_some_and(|a| a.ends_with(&port)) && f.get(3) == Some(&"0A")
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// The guard binary, run on a config file.
 pub struct GuardProc {
     _proc: Proc,
@@ -117,6 +178,10 @@ pub struct GuardProc {
 }
 
 impl GuardProc {
+    pub fn pid(&self) -> u32 {
+        self._proc.child.id()
+    }
+
     /// `body` is the config after `[server]`/`[metrics]`, which this fills
     /// in; `server_extra` goes into `[server]`.
     pub fn start(config_without_listen: impl Fn(SocketAddr) -> String) -> GuardProc {
@@ -182,7 +247,14 @@ pub fn origin_tables(origin: SocketAddr) -> String {
 pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
     let out = fs::File::create(log).expect("ffmpeg log");
     let child = Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-re"])
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "warning",
+            "-stats",
+            "-re",
+        ])
         .args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
         .args(["-t", &seconds.to_string()])
@@ -205,6 +277,23 @@ pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
         child,
         name: "ffmpeg-publish",
     }
+}
+
+/// The last `speed=` ffmpeg reported in its log (1.0 is real time).
+pub fn final_speed(log: &Path) -> Option<f64> {
+    let text = fs::read_to_string(log).ok()?;
+    let tail = text.rsplit("speed=").next()?;
+    tail.trim_start().split('x').next()?.trim().parse().ok()
+}
+
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// ffmpeg playing `url` for up to `seconds`; returns frames decoded and
