@@ -97,7 +97,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
     let metrics = Metrics::new(&apps, &upstreams).map_err(std::io::Error::other)?;
     let metrics = Arc::new(metrics);
 
-    let listeners = listener::bind(&config.server.listen).await?;
+    let listeners = listener::bind(&config.server.listen)?;
     let metrics_listener = metrics::bind(config.metrics.listen).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),

@@ -1,78 +1,157 @@
 //! The accept loop: one per listening address.
 //!
-//! It admits connections under `max_connections` (all listeners together)
-//! and gives each its own task, so a fault in one session can never stop the
-//! guard. A connection over the limit is closed at once, without reading.
+//! Admission happens here, before a byte is read: `max_connections` (all
+//! listeners together), then the address rules, bans and per-prefix limits.
+//! Refused sockets are taken with a raw accept(2) and reset at once, never
+//! registered with the async reactor, so a flood of refusals costs two
+//! system calls each. Admitted ones get their own task, so a fault in one
+//! session can never stop the guard.
 
-use std::net::SocketAddr;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use crate::admit::Ticket;
+use crate::config::Mode;
 use crate::report::{self, Block, Reason, Stage};
 use crate::{session, Guard};
 
-/// Binds every `[server] listen` address.
-pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        listeners.push(listener);
+/// Pending-connection queue requested from the kernel (capped by
+/// net.core.somaxconn).
+const BACKLOG: i32 = 4096;
+
+/// A bound, listening, non-blocking socket.
+pub struct Listener {
+    inner: StdListener,
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
     }
-    Ok(listeners)
+}
+
+/// Binds every `[server] listen` address.
+pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<Listener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            bind_one(*addr).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })
+        })
+        .collect()
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<Listener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // "[::]" serves IPv4 too, as operators expect.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(Listener {
+        inner: socket.into(),
+    })
 }
 
 /// Accepts connections forever.
-pub async fn accept_loop(listener: TcpListener, guard: Arc<Guard>) {
+pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
+    // SAFETY: the AsyncFd takes ownership of the std listener, so its fd
+    // stays open and unchanged until the AsyncFd is dropped, and
+    // `as_raw_fd` always returns that same fd.
+    let registered = unsafe { AsyncFd::register_with_interest(listener.inner, Interest::READABLE) };
+    let listener = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the listening socket");
+            return;
+        }
+    };
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let mut ready = match listener.readable().await {
+            Ok(ready) => ready,
             Err(e) => {
-                // Usually EMFILE: back off instead of spinning.
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                tracing::error!(error = %e, "listener failed");
+                return;
             }
         };
-        guard.metrics.connections_total.inc();
-        let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
-            let detail = format!(
-                "{} connections already open",
-                guard.config.server.max_connections
-            );
-            let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
-            report::refuse(&guard, peer, &block);
-            close_now(stream);
-            continue;
-        };
-        // A trusted load balancer names the real client in its PROXY
-        // header; the session admits that address once it has read it.
-        let ticket = if guard.admission.is_trusted_proxy(peer.ip()) {
-            None
-        } else {
-            match admit(&guard, peer) {
-                Some(ticket) => Some(ticket),
-                None => {
-                    close_now(stream);
-                    continue;
+        // Drain the accept queue, then wait for readiness again.
+        loop {
+            match ready.get_inner().accept() {
+                Ok((stream, peer)) => on_accept(&guard, stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
                 }
             }
-        };
-        let guard = guard.clone();
-        tokio::spawn(async move {
-            session::handle(guard, stream, peer, ticket).await;
-            drop(permit);
-        });
+        }
     }
+}
+
+/// Admits or refuses one accepted connection.
+fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
+    guard.metrics.connections_total.inc();
+    let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
+        let detail = format!(
+            "{} connections already open",
+            guard.config.server.max_connections
+        );
+        let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
+        report::refuse(guard, peer, &block);
+        close_now(stream);
+        return;
+    };
+    // A trusted load balancer names the real client in its PROXY header;
+    // the session admits that address once it has read it.
+    let ticket = if guard.admission.is_trusted_proxy(peer.ip()) {
+        None
+    } else {
+        match admit(guard, peer) {
+            Some(ticket) => Some(ticket),
+            None => {
+                close_now(stream);
+                return;
+            }
+        }
+    };
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(stream))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, client = %peer, "cannot register connection");
+            return;
+        }
+    };
+    let guard = guard.clone();
+    tokio::spawn(async move {
+        session::handle(guard, stream, peer, ticket).await;
+        drop(permit);
+    });
 }
 
 /// Runs admission for `client`. `None`: refused (and reported).
 pub fn admit(guard: &Guard, client: SocketAddr) -> Option<Ticket> {
-    let (ticket, refusal) = guard.admission.admit(client.ip(), Instant::now());
+    let dry_run = guard.config.server.mode == Mode::DryRun;
+    let (ticket, refusal) = guard.admission.admit(client.ip(), Instant::now(), dry_run);
     if let Some(reason) = refusal {
         let block = Block::new(Stage::Accept, reason, "refused at accept");
         let block = if reason == Reason::Overloaded {
@@ -84,14 +163,12 @@ pub fn admit(guard: &Guard, client: SocketAddr) -> Option<Ticket> {
             return None;
         }
     }
-    Some(ticket)
+    ticket
 }
 
 /// Closes a refused connection with a reset: no lingering state, no
 /// TIME_WAIT on the guard.
-fn close_now(stream: TcpStream) {
-    // Deprecated because a non-zero linger blocks on drop; zero does not.
-    #[allow(deprecated)]
-    let _ = stream.set_linger(Some(Duration::ZERO));
+fn close_now(stream: StdStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

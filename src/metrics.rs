@@ -36,8 +36,10 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     pub sessions_active: IntGaugeVec,
     pub sessions_total: IntCounterVec,
-    blocked_sessions_total: IntCounterVec,
-    would_block_total: IntCounterVec,
+    /// Children of the (stage, reason) counters, resolved once: a flood
+    /// of refusals must not pay for a label lookup each.
+    blocked: ReasonCounters,
+    would_block: ReasonCounters,
     upstream_errors_total: IntCounterVec,
     pub tracked_addresses: IntGauge,
     pub pending_connections: IntGauge,
@@ -183,8 +185,8 @@ impl Metrics {
             connections_active,
             sessions_active,
             sessions_total,
-            blocked_sessions_total,
-            would_block_total,
+            blocked: ReasonCounters::new(&blocked_sessions_total),
+            would_block: ReasonCounters::new(&would_block_total),
             upstream_errors_total,
             tracked_addresses,
             pending_connections,
@@ -198,21 +200,15 @@ impl Metrics {
     }
 
     pub fn blocked(&self, stage: Stage, reason: Reason) {
-        self.blocked_sessions_total
-            .with_label_values(&[stage.as_str(), reason.as_str()])
-            .inc();
+        self.blocked.get(stage, reason).inc();
     }
 
     pub fn would_block(&self, stage: Stage, reason: Reason) {
-        self.would_block_total
-            .with_label_values(&[stage.as_str(), reason.as_str()])
-            .inc();
+        self.would_block.get(stage, reason).inc();
     }
 
     pub fn would_block_count(&self, stage: Stage, reason: Reason) -> u64 {
-        self.would_block_total
-            .with_label_values(&[stage.as_str(), reason.as_str()])
-            .get()
+        self.would_block.get(stage, reason).get()
     }
 
     pub fn banned(&self, reason: Reason) {
@@ -221,9 +217,7 @@ impl Metrics {
     }
 
     pub fn blocked_count(&self, stage: Stage, reason: Reason) -> u64 {
-        self.blocked_sessions_total
-            .with_label_values(&[stage.as_str(), reason.as_str()])
-            .get()
+        self.blocked.get(stage, reason).get()
     }
 
     /// `upstream` must be a configured upstream name; `kind` one of
@@ -250,6 +244,24 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// One counter per (stage, reason), indexed without hashing. The arrays
+/// are sized by the enums, so every discriminant is in range.
+struct ReasonCounters([[IntCounter; Reason::ALL.len()]; Stage::ALL.len()]);
+
+impl ReasonCounters {
+    fn new(vec: &IntCounterVec) -> ReasonCounters {
+        ReasonCounters(std::array::from_fn(|s| {
+            std::array::from_fn(|r| {
+                vec.with_label_values(&[Stage::ALL[s].as_str(), Reason::ALL[r].as_str()])
+            })
+        }))
+    }
+
+    fn get(&self, stage: Stage, reason: Reason) -> &IntCounter {
+        &self.0[stage as usize][reason as usize]
     }
 }
 

@@ -264,6 +264,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_arrays_are_in_declaration_order() {
+        // The metrics index counters by `as usize`.
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+        }
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i);
+        }
+    }
+
+    #[test]
     fn labels_are_prometheus_style_and_unique() {
         let mut seen = std::collections::HashSet::new();
         for r in Reason::ALL {

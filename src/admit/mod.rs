@@ -119,11 +119,30 @@ impl Admission {
         prefix::in_any(&self.trusted_proxies, peer)
     }
 
-    /// Decides on a new connection from `client`. The ticket is returned
-    /// even when refused, so that dry run can let the connection through
-    /// with its slots counted; dropping it releases them.
-    pub fn admit(&self, client: IpAddr, now: Instant) -> (Ticket, Option<Reason>) {
+    /// Decides on a new connection from `client`. Address rules and bans
+    /// are checked first, without touching the address table, so a denied
+    /// or banned flood costs a lookup. With `keep_refused` (dry run) a
+    /// ticket is returned even for a refusal, so the connection can go on
+    /// with its slots counted; dropping a ticket releases them.
+    pub fn admit(
+        &self,
+        client: IpAddr,
+        now: Instant,
+        keep_refused: bool,
+    ) -> (Option<Ticket>, Option<Reason>) {
         let prefix = self.rule.key(client);
+        let early = if prefix::in_any(&self.deny, client)
+            || (!self.allow.is_empty() && !prefix::in_any(&self.allow, client))
+        {
+            Some(Reason::IpDenied)
+        } else if self.bans.is_banned(&prefix, now) {
+            Some(Reason::Banned)
+        } else {
+            None
+        };
+        if early.is_some() && !keep_refused {
+            return (None, early);
+        }
         let entry = self.table.entry(prefix, now);
         let open = entry.concurrent.fetch_add(1, Ordering::Relaxed);
         let pending = self.pending.fetch_add(1, Ordering::Relaxed);
@@ -132,13 +151,7 @@ impl Admission {
             entry,
             pending: Some(self.pending.clone()),
         };
-        let refusal = if prefix::in_any(&self.deny, client)
-            || (!self.allow.is_empty() && !prefix::in_any(&self.allow, client))
-        {
-            Some(Reason::IpDenied)
-        } else if self.bans.is_banned(&prefix, now) {
-            Some(Reason::Banned)
-        } else if !self.table.allow_connection(&prefix) {
+        let refusal = early.or(if !self.table.allow_connection(&prefix) {
             Some(Reason::RateLimited)
         } else if open >= self.max_concurrent {
             Some(Reason::TooManyConnections)
@@ -146,8 +159,8 @@ impl Admission {
             Some(Reason::Overloaded)
         } else {
             None
-        };
-        (ticket, refusal)
+        });
+        (Some(ticket), refusal)
     }
 
     /// Adds a refusal's score to the client's prefix; returns the ban it
@@ -222,23 +235,23 @@ mod tests {
     fn denied_and_not_allowed_addresses_are_refused() {
         let a = admission("[access]\ndeny = [\"192.0.2.0/24\"]\n");
         assert_eq!(
-            a.admit(ip("192.0.2.9"), Instant::now()).1,
+            a.admit(ip("192.0.2.9"), Instant::now(), false).1,
             Some(Reason::IpDenied)
         );
-        assert_eq!(a.admit(ip("198.51.100.1"), Instant::now()).1, None);
+        assert_eq!(a.admit(ip("198.51.100.1"), Instant::now(), false).1, None);
         let a = admission("[access]\nallow = [\"10.0.0.0/8\"]\n");
         assert_eq!(
-            a.admit(ip("192.0.2.9"), Instant::now()).1,
+            a.admit(ip("192.0.2.9"), Instant::now(), false).1,
             Some(Reason::IpDenied)
         );
-        assert_eq!(a.admit(ip("10.1.2.3"), Instant::now()).1, None);
+        assert_eq!(a.admit(ip("10.1.2.3"), Instant::now(), false).1, None);
     }
 
     #[test]
     fn connection_rate_is_per_prefix() {
         let a = admission("[limits.per_ip]\nconnections_per_second = 1\nburst = 2\n");
         let now = Instant::now();
-        let results: Vec<_> = (0..4).map(|_| a.admit(ip("192.0.2.1"), now).1).collect();
+        let results: Vec<_> = (0..4).map(|_| a.admit(ip("192.0.2.1"), now, false).1).collect();
         assert_eq!(
             results,
             vec![
@@ -248,32 +261,33 @@ mod tests {
                 Some(Reason::RateLimited)
             ]
         );
-        assert_eq!(a.admit(ip("192.0.2.2"), now).1, None);
+        assert_eq!(a.admit(ip("192.0.2.2"), now, false).1, None);
     }
 
     #[test]
     fn concurrency_is_per_prefix_and_released_on_drop() {
         let a = admission("[limits.per_ip]\nmax_concurrent = 2\nburst = 100\n");
         let now = Instant::now();
-        let (t1, r1) = a.admit(ip("2001:db8::1"), now);
-        let (_t2, r2) = a.admit(ip("2001:db8::2"), now);
-        let (_t3, r3) = a.admit(ip("2001:db8::3"), now);
+        let (t1, r1) = a.admit(ip("2001:db8::1"), now, false);
+        let (_t2, r2) = a.admit(ip("2001:db8::2"), now, false);
+        let (_t3, r3) = a.admit(ip("2001:db8::3"), now, false);
         assert_eq!((r1, r2, r3), (None, None, Some(Reason::TooManyConnections)));
         drop(t1);
         drop(_t3);
-        assert_eq!(a.admit(ip("2001:db8::4"), now).1, None);
+        assert_eq!(a.admit(ip("2001:db8::4"), now, false).1, None);
     }
 
     #[test]
     fn pending_connections_are_shed_past_max_pending() {
         let a = admission("[limits.global]\nmax_pending = 2\n[limits.per_ip]\nburst = 100\n");
         let now = Instant::now();
-        let (mut t1, _) = a.admit(ip("192.0.2.1"), now);
-        let (_t2, _) = a.admit(ip("192.0.2.2"), now);
-        assert_eq!(a.admit(ip("192.0.2.3"), now).1, Some(Reason::Overloaded));
+        let (t1, _) = a.admit(ip("192.0.2.1"), now, false);
+        let mut t1 = t1.unwrap();
+        let (_t2, _) = a.admit(ip("192.0.2.2"), now, false);
+        assert_eq!(a.admit(ip("192.0.2.3"), now, false).1, Some(Reason::Overloaded));
         t1.connected();
         assert_eq!(a.pending(), 1);
-        assert_eq!(a.admit(ip("192.0.2.4"), now).1, None);
+        assert_eq!(a.admit(ip("192.0.2.4"), now, false).1, None);
     }
 
     #[test]
@@ -287,8 +301,8 @@ mod tests {
             .unwrap();
         assert_eq!(ban.prefix.to_string(), "2001:db8:1:2::/64");
         assert_eq!(ban.reason, Reason::ProtocolViolation);
-        assert_eq!(a.admit(client, now).1, Some(Reason::Banned));
-        assert_eq!(a.admit(client, now + Duration::from_secs(601)).1, None);
+        assert_eq!(a.admit(client, now, false).1, Some(Reason::Banned));
+        assert_eq!(a.admit(client, now + Duration::from_secs(601), false).1, None);
     }
 
     #[test]

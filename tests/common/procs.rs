@@ -198,10 +198,14 @@ impl GuardProc {
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RTMP_GUARD_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .arg("--config")
             .arg(&path)
             .arg("--log-format")
-            .arg("json")
+            .arg(std::env::var("RTMP_GUARD_BENCH_LOG_FORMAT").unwrap_or_else(|_| "json".into()))
             .stdout(out)
             .stderr(err)
             .spawn()

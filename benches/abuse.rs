@@ -1,0 +1,310 @@
+//! Abuse benchmarks, against the release guard binary on loopback:
+//!
+//! 1. Rejection rate: connections per second refused from a denied address,
+//!    and from a banned one, against HAProxy's `tcp-request connection
+//!    reject` on the same load generator, alternated in one run.
+//! 2. Full cost of a bad client: handshake + `connect` + `unknown_app`
+//!    rejections per guard CPU-second.
+//! 3. Address-table memory: 1,000,000 distinct source addresses sprayed as
+//!    PROXY v2 headers from a trusted loopback peer; the guard's RSS.
+//!
+//!     cargo bench --bench abuse             # all three
+//!     cargo bench --bench abuse -- reject   # one of: reject, bad_client, spray
+//!
+//! Under `cargo test` (no `--bench` argument) it does nothing.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::client::{connect_bytes, connect_from};
+use common::procs::{rss_kib, GuardProc, Proc};
+use rtmp_guard::proxy_protocol;
+use rtmp_guard::rtmp::handshake::ClientHandshake;
+
+const THREADS: u64 = 4;
+const ROUND: Duration = Duration::from_secs(5);
+const ROUNDS: usize = 3;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let only = args.iter().skip(1).find(|a| !a.starts_with("--")).cloned();
+    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    println!("machine: {} cpus", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    if wants("reject") {
+        reject_rate();
+    }
+    if wants("bad_client") {
+        bad_client_cost();
+    }
+    if wants("spray") {
+        address_spray();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs `work` on THREADS threads for `duration`; returns completions/s.
+fn load(duration: Duration, work: impl Fn(u64, u64) -> bool + Send + Sync + 'static) -> f64 {
+    let work = Arc::new(work);
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (work, done, stop) = (work.clone(), done.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if work(t, i) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Connects from `source` and waits for the server to close.
+fn refused(target: SocketAddr, source: &str) -> bool {
+    let Ok(mut s) = connect_from(target, source) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut b = [0u8; 16];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+fn haproxy_reject() -> (Proc, SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("rtmp-guard-bench-haproxy-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let conf = format!(
+        "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 10s\n\
+         timeout server 10s\nfrontend rtmp\n    bind {addr}\n    tcp-request connection reject if {{ src 127.0.1.0/24 }}\n\
+         default_backend none\nbackend none\n    server none 127.0.0.1:9\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf).expect("haproxy.cfg");
+    let child = std::process::Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("haproxy (scripts/install-test-deps.sh installs it)");
+    common::wait_for(Duration::from_secs(10), || common::procs::listening(addr).then_some(()))
+        .expect("haproxy listening");
+    (
+        Proc {
+            child,
+            name: "haproxy",
+        },
+        addr,
+    )
+}
+
+fn reject_rate() {
+    println!("\n== rejection rate: {THREADS} client threads, {ROUNDS} rounds of {ROUND:?}, alternated");
+    let guard = GuardProc::start(|listen| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\n[access]\ndeny = [\"127.0.1.0/24\"]\n\
+             [limits.per_ip]\nconnections_per_second = 1\nburst = 1\n\
+             [bans]\nthreshold = 1\n"
+        )
+    });
+    let (haproxy, hap_addr) = haproxy_reject();
+    // Ban 127.0.2.x: one HTTP request each (not_rtmp scores 5, the
+    // threshold is 1).
+    for t in 0..THREADS {
+        if let Ok(mut s) = connect_from(guard.rtmp, &format!("127.0.2.{}", t + 1)) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let mut b = [0u8; 16];
+            let _ = s.read(&mut b);
+        }
+    }
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("haproxy reject", vec![], vec![]),
+        ("guard ip_denied", vec![], vec![]),
+        ("guard banned", vec![], vec![]),
+    ];
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let idx = (k + round) % 3;
+            let (target, net, pid) = match idx {
+                0 => (hap_addr, 1, haproxy.child.id()),
+                1 => (guard.rtmp, 1, guard.pid()),
+                _ => (guard.rtmp, 2, guard.pid()),
+            };
+            let cpu0 = cpu_seconds(pid);
+            let rate = load(ROUND, move |t, _| refused(target, &format!("127.0.{net}.{}", t + 1)));
+            let cpu = cpu_seconds(pid) - cpu0;
+            println!("round {round} {:16} {rate:9.0} conn/s  proxy CPU {cpu:.2}s", rows[idx].0);
+            rows[idx].1.push(rate);
+            rows[idx].2.push(cpu / (rate * ROUND.as_secs_f64()) * 1e6);
+        }
+    }
+    println!("\n| refused by | conn/s (median) | proxy CPU µs per connection |\n|---|---|---|");
+    for (name, rates, cpu) in rows {
+        println!("| {name} | {:.0} | {:.1} |", median(rates), median(cpu));
+    }
+    println!(
+        "guard counted: ip_denied={} banned={}",
+        guard.metric(&common::blocked_sample("accept", "ip_denied")),
+        guard.metric(&common::blocked_sample("accept", "banned"))
+    );
+}
+
+/// A full handshake, a `connect` for an unknown app, and the `_error`.
+fn unknown_app_client(target: SocketAddr, source: &str, connect: &[u8]) -> bool {
+    let Ok(mut s) = connect_from(target, source) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let Ok((mut hs, c0c1)) = ClientHandshake::start() else {
+        return false;
+    };
+    if s.write_all(&c0c1).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        let Ok(n) = s.read(&mut buf) else { return false };
+        if n == 0 {
+            return false;
+        }
+        match hs.feed(&buf[..n]) {
+            Ok(step) if step.done => {
+                let mut out = step.response;
+                out.extend_from_slice(connect);
+                if s.write_all(&out).is_err() {
+                    return false;
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    // The _error, then the close.
+    let mut got = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got > 0,
+            Ok(n) => got += n,
+            Err(_) => return got > 0,
+        }
+    }
+}
+
+fn bad_client_cost() {
+    println!("\n== full cost of a bad client: handshake + connect + unknown_app");
+    let guard = GuardProc::start(|listen| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\n[limits.per_ip]\nconnections_per_second = 1000000\n\
+             burst = 1000000\n[bans]\nauto = false\n[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:9\"]\n\
+             [[app]]\nname = \"live\"\nupstream = \"o\"\n"
+        )
+    });
+    let connect = Arc::new(connect_bytes("nope"));
+    let mut per_core = Vec::new();
+    for round in 0..ROUNDS {
+        let cpu0 = cpu_seconds(guard.pid());
+        let target = guard.rtmp;
+        let c = connect.clone();
+        let rate = load(ROUND, move |t, _| unknown_app_client(target, &format!("127.0.3.{}", t + 1), &c));
+        let cpu = cpu_seconds(guard.pid()) - cpu0;
+        let per = rate * ROUND.as_secs_f64() / cpu.max(0.01);
+        println!("round {round}: {rate:.0} rejections/s, guard CPU {cpu:.2}s, {per:.0} per CPU-second");
+        per_core.push(per);
+    }
+    println!(
+        "median: {:.0} unknown_app rejections per guard CPU-second; counted {}",
+        median(per_core),
+        guard.metric(&common::blocked_sample("connect", "unknown_app"))
+    );
+}
+
+fn address_spray() {
+    const ADDRESSES: u64 = 1_000_000;
+    println!("\n== address-table memory: {ADDRESSES} distinct sources via PROXY v2");
+    let guard = GuardProc::start(|listen| {
+        format!(
+            "[server]\nlisten = [\"{listen}\"]\nmax_connections = 100000\n\
+             [limits.global]\nmax_pending = 100000\n[proxy_protocol]\ntrusted = [\"127.0.0.0/8\"]\n"
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = rss_kib(guard.pid()).unwrap_or(0);
+    let next = Arc::new(AtomicU64::new(0));
+    let target = guard.rtmp;
+    let front: SocketAddr = "203.0.113.1:1935".parse().unwrap_or(target);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let next = next.clone();
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= ADDRESSES {
+                    return;
+                }
+                // Each address in its own IPv6 /64, so each is its own prefix.
+                let ip = std::net::IpAddr::from((0x2001_0db8_u128 << 96 | u128::from(i) << 64 | 1).to_be_bytes());
+                let header = proxy_protocol::encode_v2(SocketAddr::new(ip, 40_000), front);
+                if let Ok(mut s) = connect_from(target, &format!("127.0.4.{}", t + 1)) {
+                    let _ = s.write_all(&header);
+                }
+            })
+        })
+        .collect();
+    let mut peak = idle;
+    while handles.iter().any(|h| !h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        peak = peak.max(rss_kib(guard.pid()).unwrap_or(0));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    // Let the housekeeping sweep publish the table size.
+    std::thread::sleep(Duration::from_secs(6));
+    let after = rss_kib(guard.pid()).unwrap_or(0);
+    peak = peak.max(after);
+    println!(
+        "sprayed {ADDRESSES} in {:.1}s; guard RSS idle {idle} KiB, peak {peak} KiB, after {after} KiB \
+         (peak - idle = {:.1} MiB); tracked_addresses = {}",
+        start.elapsed().as_secs_f64(),
+        (peak.saturating_sub(idle)) as f64 / 1024.0,
+        guard.metric("rtmp_guard_tracked_addresses")
+    );
+}
