@@ -12,6 +12,7 @@
 pub mod admit;
 pub mod config;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod relay;

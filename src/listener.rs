@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::admit::Ticket;
+use crate::admit::{PendingSlot, Ticket};
 use crate::config::Mode;
 use crate::report::{self, Block, Reason, Stage};
 use crate::{session, Guard};
@@ -42,9 +42,8 @@ pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<Listener>> {
     addrs
         .iter()
         .map(|addr| {
-            bind_one(*addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })
+            bind_one(*addr)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
         })
         .collect()
 }
@@ -119,12 +118,25 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
         return;
     };
     // A trusted load balancer names the real client in its PROXY header;
-    // the session admits that address once it has read it.
-    let ticket = if guard.admission.is_trusted_proxy(peer.ip()) {
-        None
+    // the session admits that address once it has read it. Until then the
+    // connection still counts against max_pending.
+    let start = if guard.admission.is_trusted_proxy(peer.ip()) {
+        let (slot, overloaded) = guard.admission.reserve_pending();
+        if overloaded {
+            let block = Block::new(
+                Stage::Accept,
+                Reason::Overloaded,
+                "trusted proxy connection shed",
+            )
+            .always();
+            report::refuse(guard, peer, &block);
+            close_now(stream);
+            return;
+        }
+        session::Start::ProxyHeader(slot)
     } else {
-        match admit(guard, peer) {
-            Some(ticket) => Some(ticket),
+        match admit(guard, peer, None) {
+            Some(ticket) => session::Start::Admitted(ticket),
             None => {
                 close_now(stream);
                 return;
@@ -142,16 +154,21 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
         }
     };
     let guard = guard.clone();
-    tokio::spawn(async move {
-        session::handle(guard, stream, peer, ticket).await;
+    let task = async move {
+        session::handle(guard, stream, peer, start).await;
         drop(permit);
-    });
+    };
+    tracing::trace!(bytes = std::mem::size_of_val(&task), "session task size");
+    tokio::spawn(task);
 }
 
 /// Runs admission for `client`. `None`: refused (and reported).
-pub fn admit(guard: &Guard, client: SocketAddr) -> Option<Ticket> {
+/// `slot`: a pending slot reserved at accept, if any.
+pub fn admit(guard: &Guard, client: SocketAddr, slot: Option<PendingSlot>) -> Option<Ticket> {
     let dry_run = guard.config.server.mode == Mode::DryRun;
-    let (ticket, refusal) = guard.admission.admit(client.ip(), Instant::now(), dry_run);
+    let (ticket, refusal) = guard
+        .admission
+        .admit(client.ip(), Instant::now(), dry_run, slot);
     if let Some(reason) = refusal {
         let block = Block::new(Stage::Accept, reason, "refused at accept");
         let block = if reason == Reason::Overloaded {

@@ -72,31 +72,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Logs go to standard output through a writer thread, so a flood of
-/// refusals costs the accept loop a queue push, not a write(2) each. The
-/// queue never drops a line; when full, it slows the producer instead.
-/// The returned guard flushes the queue when dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    flush
-}
-
 fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
-    let _flush_logs = init_logging(format);
+    let _flush_logs = rtmp_guard::logging::init(match format {
+        LogFormat::Text => rtmp_guard::logging::Format::Text,
+        LogFormat::Json => rtmp_guard::logging::Format::Json,
+    });
     let (config, source) = match &path {
         Some(p) => (Config::load(p), p.display().to_string()),
         None => (Config::embedded_default(), DEFAULT_CONFIG_NAME.to_string()),

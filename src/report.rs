@@ -192,23 +192,27 @@ impl Block {
 /// in `rtmp_guard_would_block_total` instead).
 pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
     let enforce = block.always || guard.config.server.mode == Mode::Enforce;
-    let event = if enforce {
+    macro_rules! event {
+        ($event:literal, $message:literal) => {
+            tracing::warn!(
+                event = $event,
+                client = %client.ip(),
+                client_port = client.port(),
+                stage = block.stage.as_str(),
+                reason = block.reason.as_str(),
+                app = block.app.as_deref().unwrap_or(""),
+                detail = block.detail.as_str(),
+                $message
+            )
+        };
+    }
+    if enforce {
         guard.metrics.blocked(block.stage, block.reason);
-        "blocked"
+        event!("blocked", "session blocked");
     } else {
         guard.metrics.would_block(block.stage, block.reason);
-        "would_block"
-    };
-    tracing::warn!(
-        event,
-        client = %client.ip(),
-        client_port = client.port(),
-        stage = block.stage.as_str(),
-        reason = block.reason.as_str(),
-        app = block.app.as_deref().unwrap_or(""),
-        detail = %block.detail,
-        "session {}", if enforce { "blocked" } else { "would be blocked (dry run)" }
-    );
+        event!("would_block", "session would be blocked (dry run)");
+    }
     if let Some(ban) = guard
         .admission
         .record(client.ip(), block.reason, Instant::now())

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::admit::Ticket;
+use crate::admit::{PendingSlot, Ticket};
 use crate::config::ProxyProtocolOut;
 use crate::proxy_protocol;
 use crate::relay::{self, Direction};
@@ -49,15 +49,7 @@ enum Outcome {
 
 /// Runs one connection to its end. Never panics on client input; a panic
 /// elsewhere would end only this task.
-///
-/// `ticket` is the admission already granted at accept; `None` for a
-/// trusted load balancer, whose PROXY header names the client to admit.
-pub async fn handle(
-    guard: Arc<Guard>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    ticket: Option<Ticket>,
-) {
+pub async fn handle(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr, start: Start) {
     let accepted = Instant::now();
     let _open = GaugeHold::new(guard.metrics.connections_active.clone());
     let _ = client.set_nodelay(true);
@@ -65,15 +57,20 @@ pub async fn handle(
     let mut conn = Conn {
         client: peer,
         local,
-        ticket,
+        ticket: None,
         early: Vec::new(),
     };
-    let outcome = match conn.ticket {
-        Some(_) => run(&guard, &mut client, &mut conn, accepted).await,
-        None => match proxy_header(&guard, &mut client, &mut conn, accepted).await {
-            Ok(()) => run(&guard, &mut client, &mut conn, accepted).await,
-            Err(outcome) => outcome,
-        },
+    let outcome = match start {
+        Start::Admitted(ticket) => {
+            conn.ticket = Some(ticket);
+            run(&guard, &mut client, &mut conn, accepted).await
+        }
+        Start::ProxyHeader(slot) => {
+            match proxy_header(&guard, &mut client, &mut conn, slot, accepted).await {
+                Ok(()) => run(&guard, &mut client, &mut conn, accepted).await,
+                Err(outcome) => outcome,
+            }
+        }
     };
     if let Outcome::Blocked(block) = outcome {
         report::refuse(&guard, conn.client, &block);
@@ -96,6 +93,15 @@ impl Drop for GaugeHold {
     }
 }
 
+/// How a connection starts its session.
+pub enum Start {
+    /// Admitted at accept.
+    Admitted(Ticket),
+    /// From a trusted load balancer: its PROXY header names the client to
+    /// admit. The slot counts the connection as pending meanwhile.
+    ProxyHeader(PendingSlot),
+}
+
 /// Who a connection is for.
 struct Conn {
     /// The client: the peer, or the address a trusted PROXY header named.
@@ -113,6 +119,7 @@ async fn proxy_header(
     guard: &Guard,
     client: &mut TcpStream,
     conn: &mut Conn,
+    slot: PendingSlot,
     accepted: Instant,
 ) -> Result<(), Outcome> {
     let deadline = accepted + guard.config.server.handshake_timeout;
@@ -145,7 +152,7 @@ async fn proxy_header(
         conn.client = source;
         conn.local = destination;
     }
-    match crate::listener::admit(guard, conn.client) {
+    match crate::listener::admit(guard, conn.client, Some(slot)) {
         Some(ticket) => {
             conn.ticket = Some(ticket);
             Ok(())
@@ -407,14 +414,19 @@ enum HandshakeEnd {
 async fn handshake(client: &mut TcpStream, early: Vec<u8>) -> Result<Vec<u8>, HandshakeEnd> {
     let mut hs = ServerHandshake::new();
     let mut input = early;
-    let mut buf = vec![0u8; HANDSHAKE_READ];
     loop {
         if input.is_empty() {
-            let n = match client.read(&mut buf).await {
+            // Capacity, not zeroed memory: an idle or slow client costs only
+            // the pages it actually fills.
+            input.reserve(HANDSHAKE_READ);
+            match (&mut *client)
+                .take(HANDSHAKE_READ as u64)
+                .read_buf(&mut input)
+                .await
+            {
                 Ok(0) | Err(_) => return Err(HandshakeEnd::Gone),
-                Ok(n) => n,
-            };
-            input.extend_from_slice(buf.get(..n).unwrap_or_default());
+                Ok(_) => {}
+            }
         }
         let mut rest = input.as_slice();
         while !rest.is_empty() {

@@ -49,28 +49,34 @@ pub struct Admission {
     scores: Vec<(Reason, u32)>,
 }
 
+/// One connection counted against `max_pending` until it drops.
+pub struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection that was admitted (or, in dry run, would have been
 /// refused): it holds the prefix's concurrency slot and, until the
 /// client's `connect` is accepted, a pending slot.
 pub struct Ticket {
     pub prefix: IpNet,
     entry: Arc<Entry>,
-    pending: Option<Arc<AtomicUsize>>,
+    pending: Option<PendingSlot>,
 }
 
 impl Ticket {
     /// The client got past `connect`; it no longer counts as pending.
     pub fn connected(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.pending = None;
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.entry.concurrent.fetch_sub(1, Ordering::Relaxed);
-        self.connected();
     }
 }
 
@@ -124,11 +130,15 @@ impl Admission {
     /// or banned flood costs a lookup. With `keep_refused` (dry run) a
     /// ticket is returned even for a refusal, so the connection can go on
     /// with its slots counted; dropping a ticket releases them.
+    ///
+    /// `slot` is a pending slot already reserved at accept (for a trusted
+    /// proxy's connection, admitted once its header names the client).
     pub fn admit(
         &self,
         client: IpAddr,
         now: Instant,
         keep_refused: bool,
+        slot: Option<PendingSlot>,
     ) -> (Option<Ticket>, Option<Reason>) {
         let prefix = self.rule.key(client);
         let early = if prefix::in_any(&self.deny, client)
@@ -145,22 +155,35 @@ impl Admission {
         }
         let entry = self.table.entry(prefix, now);
         let open = entry.concurrent.fetch_add(1, Ordering::Relaxed);
-        let pending = self.pending.fetch_add(1, Ordering::Relaxed);
+        let (slot, overloaded) = match slot {
+            Some(slot) => (slot, false),
+            None => self.reserve_pending(),
+        };
         let ticket = Ticket {
             prefix,
             entry,
-            pending: Some(self.pending.clone()),
+            pending: Some(slot),
         };
         let refusal = early.or(if !self.table.allow_connection(&prefix) {
             Some(Reason::RateLimited)
         } else if open >= self.max_concurrent {
             Some(Reason::TooManyConnections)
-        } else if pending >= self.max_pending {
+        } else if overloaded {
             Some(Reason::Overloaded)
         } else {
             None
         });
         (Some(ticket), refusal)
+    }
+
+    /// Counts one more pending connection; true in the second place when
+    /// that is more than `max_pending` (the slot is still held).
+    pub fn reserve_pending(&self) -> (PendingSlot, bool) {
+        let before = self.pending.fetch_add(1, Ordering::Relaxed);
+        (
+            PendingSlot(self.pending.clone()),
+            before >= self.max_pending,
+        )
     }
 
     /// Adds a refusal's score to the client's prefix; returns the ban it
@@ -235,23 +258,28 @@ mod tests {
     fn denied_and_not_allowed_addresses_are_refused() {
         let a = admission("[access]\ndeny = [\"192.0.2.0/24\"]\n");
         assert_eq!(
-            a.admit(ip("192.0.2.9"), Instant::now(), false).1,
+            a.admit(ip("192.0.2.9"), Instant::now(), false, None).1,
             Some(Reason::IpDenied)
         );
-        assert_eq!(a.admit(ip("198.51.100.1"), Instant::now(), false).1, None);
+        assert_eq!(
+            a.admit(ip("198.51.100.1"), Instant::now(), false, None).1,
+            None
+        );
         let a = admission("[access]\nallow = [\"10.0.0.0/8\"]\n");
         assert_eq!(
-            a.admit(ip("192.0.2.9"), Instant::now(), false).1,
+            a.admit(ip("192.0.2.9"), Instant::now(), false, None).1,
             Some(Reason::IpDenied)
         );
-        assert_eq!(a.admit(ip("10.1.2.3"), Instant::now(), false).1, None);
+        assert_eq!(a.admit(ip("10.1.2.3"), Instant::now(), false, None).1, None);
     }
 
     #[test]
     fn connection_rate_is_per_prefix() {
         let a = admission("[limits.per_ip]\nconnections_per_second = 1\nburst = 2\n");
         let now = Instant::now();
-        let results: Vec<_> = (0..4).map(|_| a.admit(ip("192.0.2.1"), now, false).1).collect();
+        let results: Vec<_> = (0..4)
+            .map(|_| a.admit(ip("192.0.2.1"), now, false, None).1)
+            .collect();
         assert_eq!(
             results,
             vec![
@@ -261,33 +289,36 @@ mod tests {
                 Some(Reason::RateLimited)
             ]
         );
-        assert_eq!(a.admit(ip("192.0.2.2"), now, false).1, None);
+        assert_eq!(a.admit(ip("192.0.2.2"), now, false, None).1, None);
     }
 
     #[test]
     fn concurrency_is_per_prefix_and_released_on_drop() {
         let a = admission("[limits.per_ip]\nmax_concurrent = 2\nburst = 100\n");
         let now = Instant::now();
-        let (t1, r1) = a.admit(ip("2001:db8::1"), now, false);
-        let (_t2, r2) = a.admit(ip("2001:db8::2"), now, false);
-        let (_t3, r3) = a.admit(ip("2001:db8::3"), now, false);
+        let (t1, r1) = a.admit(ip("2001:db8::1"), now, false, None);
+        let (_t2, r2) = a.admit(ip("2001:db8::2"), now, false, None);
+        let (_t3, r3) = a.admit(ip("2001:db8::3"), now, false, None);
         assert_eq!((r1, r2, r3), (None, None, Some(Reason::TooManyConnections)));
         drop(t1);
         drop(_t3);
-        assert_eq!(a.admit(ip("2001:db8::4"), now, false).1, None);
+        assert_eq!(a.admit(ip("2001:db8::4"), now, false, None).1, None);
     }
 
     #[test]
     fn pending_connections_are_shed_past_max_pending() {
         let a = admission("[limits.global]\nmax_pending = 2\n[limits.per_ip]\nburst = 100\n");
         let now = Instant::now();
-        let (t1, _) = a.admit(ip("192.0.2.1"), now, false);
+        let (t1, _) = a.admit(ip("192.0.2.1"), now, false, None);
         let mut t1 = t1.unwrap();
-        let (_t2, _) = a.admit(ip("192.0.2.2"), now, false);
-        assert_eq!(a.admit(ip("192.0.2.3"), now, false).1, Some(Reason::Overloaded));
+        let (_t2, _) = a.admit(ip("192.0.2.2"), now, false, None);
+        assert_eq!(
+            a.admit(ip("192.0.2.3"), now, false, None).1,
+            Some(Reason::Overloaded)
+        );
         t1.connected();
         assert_eq!(a.pending(), 1);
-        assert_eq!(a.admit(ip("192.0.2.4"), now, false).1, None);
+        assert_eq!(a.admit(ip("192.0.2.4"), now, false, None).1, None);
     }
 
     #[test]
@@ -301,8 +332,12 @@ mod tests {
             .unwrap();
         assert_eq!(ban.prefix.to_string(), "2001:db8:1:2::/64");
         assert_eq!(ban.reason, Reason::ProtocolViolation);
-        assert_eq!(a.admit(client, now, false).1, Some(Reason::Banned));
-        assert_eq!(a.admit(client, now + Duration::from_secs(601), false).1, None);
+        assert_eq!(a.admit(client, now, false, None).1, Some(Reason::Banned));
+        assert_eq!(
+            a.admit(client, now + Duration::from_secs(601), false, None)
+                .1,
+            None
+        );
     }
 
     #[test]
