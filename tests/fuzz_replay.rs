@@ -77,3 +77,14 @@ fn handshake_corpus_and_seeds_never_panic() {
         replay("handshake", fuzz::handshake)
     );
 }
+
+#[test]
+fn proxy_protocol_corpus_and_seeds_never_panic() {
+    for s in hostile_seeds() {
+        fuzz::proxy_protocol(&s);
+    }
+    eprintln!(
+        "proxy_protocol: replayed {} corpus files",
+        replay("proxy_protocol", fuzz::proxy_protocol)
+    );
+}

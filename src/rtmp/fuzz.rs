@@ -60,3 +60,21 @@ pub fn handshake(data: &[u8]) {
         let _ = client.feed(&input);
     }
 }
+
+/// The PROXY protocol parser, with the input also tried as a v1 line and
+/// after a v2 signature.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{parse, V2_SIGNATURE};
+    let check = |input: &[u8]| {
+        if let Ok(Some((_, used))) = parse(input) {
+            assert!(used <= input.len());
+        }
+    };
+    check(data);
+    let mut v1 = b"PROXY ".to_vec();
+    v1.extend_from_slice(data);
+    check(&v1);
+    let mut v2 = V2_SIGNATURE.to_vec();
+    v2.extend_from_slice(data);
+    check(&v2);
+}
