@@ -149,7 +149,7 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, client = %peer, "cannot register connection");
+            tracing::warn!(error = %e, client = %peer.ip(), client_port = peer.port(), "cannot register connection");
             return;
         }
     };

@@ -241,7 +241,8 @@ pub fn session_closed(
 ) {
     tracing::info!(
         event = "session_closed",
-        client = %client,
+        client = %client.ip(),
+        client_port = client.port(),
         app,
         end,
         duration_seconds = duration.as_secs_f64(),
@@ -255,7 +256,8 @@ pub fn session_closed(
 pub fn upstream_unreachable(client: SocketAddr, app: &str, upstream: &str, detail: &str) {
     tracing::warn!(
         event = "upstream_unreachable",
-        client = %client,
+        client = %client.ip(),
+        client_port = client.port(),
         app,
         upstream,
         detail,

@@ -389,7 +389,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
             guard
                 .metrics
                 .upstream_error(&up.name, crate::metrics::upstream_kind::PROTOCOL_VIOLATION);
-            tracing::warn!(event = "upstream_protocol_violation", client = %peer, upstream = %up.name, detail = %why);
+            tracing::warn!(event = "upstream_protocol_violation", client = %peer.ip(), client_port = peer.port(), upstream = %up.name, detail = %why);
             Outcome::Relayed
         }
         _ => Outcome::Relayed,
