@@ -265,6 +265,83 @@ fn default_upstream_connect_timeout() -> Duration {
 pub struct App {
     pub name: String,
     pub upstream: String,
+    /// Who may publish: none | key | token | deny. Default: deny.
+    #[serde(default = "default_publish")]
+    pub publish: AuthMode,
+    /// Who may play: none | key | token | deny. Default: none.
+    #[serde(default)]
+    pub play: AuthMode,
+    /// Stream keys by stream name, for `key` mode.
+    #[serde(default)]
+    pub keys: BTreeMap<String, Secret>,
+    /// A file of `stream = key` lines, merged into `keys` at load.
+    #[serde(default)]
+    pub keys_file: Option<std::path::PathBuf>,
+    /// The HMAC secret for `token` mode, read from this file at load.
+    #[serde(default)]
+    pub token_secret_file: Option<std::path::PathBuf>,
+    /// The secret itself, filled from `token_secret_file` at load.
+    #[serde(skip)]
+    pub token_secret: Option<Secret>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub publish_allow: Vec<IpNet>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub publish_deny: Vec<IpNet>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub play_allow: Vec<IpNet>,
+    #[serde(default, deserialize_with = "cidrs")]
+    pub play_deny: Vec<IpNet>,
+    /// pageUrl/swfUrl globs a player must match; empty: no check.
+    #[serde(default)]
+    pub referrers: Vec<String>,
+    /// Concurrent publishing sessions in this app. Default: 100.
+    #[serde(default = "default_max_publishers")]
+    pub max_publishers: u32,
+    /// Concurrent playing sessions in this app. Default: 5000.
+    #[serde(default = "default_max_viewers")]
+    pub max_viewers: u32,
+    /// Globs on the stream name whose publish and play are refused.
+    #[serde(default)]
+    pub blocked_streams: Vec<String>,
+}
+
+/// How a publish or play is authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone (still subject to address rules, blocks and quotas).
+    #[default]
+    None,
+    /// `name?key=SECRET` must match the stream's key.
+    Key,
+    /// `name?expires=UNIX&token=HEX[&ip=ADDR]`, an HMAC-SHA256 signature.
+    Token,
+    /// Nobody.
+    Deny,
+}
+
+fn default_publish() -> AuthMode {
+    AuthMode::Deny
+}
+
+fn default_max_publishers() -> u32 {
+    100
+}
+
+fn default_max_viewers() -> u32 {
+    5000
+}
+
+/// A secret from the config: never shown by `Debug`, so it cannot reach a
+/// log by accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Config {
@@ -282,12 +359,17 @@ impl Config {
                 why: inner.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|invalid| ConfigError {
-            source: source.to_string(),
-            line: locate(text, &invalid.path),
-            key: Some(render_path(&invalid.path)),
-            why: invalid.why,
-        })?;
+        let mut config = config;
+        let base = Path::new(source).parent().map(Path::to_path_buf);
+        config
+            .validate()
+            .and_then(|()| config.load_app_files(base.as_deref()))
+            .map_err(|invalid| ConfigError {
+                source: source.to_string(),
+                line: locate(text, &invalid.path),
+                key: Some(render_path(&invalid.path)),
+                why: invalid.why,
+            })?;
         Ok(config)
     }
 
@@ -314,6 +396,46 @@ impl Config {
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Reads each app's keys file and token secret.
+    fn load_app_files(&mut self, base: Option<&Path>) -> Result<(), Invalid> {
+        for (i, app) in self.apps.iter_mut().enumerate() {
+            let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
+            if let Some(file) = &app.keys_file {
+                let path = resolve(base, file);
+                let text = std::fs::read_to_string(&path).map_err(|e| Invalid {
+                    path: at("keys_file"),
+                    why: format!("cannot read {}: {e}", path.display()),
+                })?;
+                let keys = parse_keys_file(&text).map_err(|(line, why)| Invalid {
+                    path: at("keys_file"),
+                    why: format!("{}:{line}: {why}", path.display()),
+                })?;
+                app.keys.extend(keys);
+            }
+            if let Some(file) = &app.token_secret_file {
+                let path = resolve(base, file);
+                let secret = std::fs::read_to_string(&path).map_err(|e| Invalid {
+                    path: at("token_secret_file"),
+                    why: format!("cannot read {}: {e}", path.display()),
+                })?;
+                let secret = secret.trim();
+                check_at(
+                    secret.len() >= 16,
+                    at("token_secret_file"),
+                    "the secret must be at least 16 bytes",
+                )?;
+                app.token_secret = Some(Secret(secret.to_string()));
+            }
+            let uses = |m: AuthMode| app.publish == m || app.play == m;
+            check_at(
+                !uses(AuthMode::Token) || app.token_secret.is_some(),
+                at("token_secret_file"),
+                "token mode needs token_secret_file",
+            )?;
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), Invalid> {
@@ -483,6 +605,15 @@ impl Config {
                 at("upstream"),
                 &format!("no [[upstream]] is named {:?}", a.upstream),
             )?;
+            let uses_key = a.publish == AuthMode::Key || a.play == AuthMode::Key;
+            check_at(
+                !uses_key || !a.keys.is_empty() || a.keys_file.is_some(),
+                at("keys"),
+                "key mode needs keys or keys_file",
+            )?;
+            for glob in a.blocked_streams.iter().chain(&a.referrers) {
+                check_at(!glob.is_empty(), at("blocked_streams"), "empty glob")?;
+            }
         }
         Ok(())
     }
@@ -610,6 +741,42 @@ fn locate(text: &str, path: &[PathSeg]) -> Option<usize> {
         }
     }
     best.map(|offset| line_of(text, offset))
+}
+
+fn resolve(base: Option<&Path>, file: &Path) -> std::path::PathBuf {
+    match base {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    }
+}
+
+/// Parses `stream = key` lines; `#` starts a comment. Errors carry the
+/// 1-based line number.
+pub fn parse_keys_file(text: &str) -> Result<BTreeMap<String, Secret>, (usize, String)> {
+    let mut keys = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((stream, key)) = line.split_once('=') else {
+            return Err((i + 1, "expected \"stream = key\"".into()));
+        };
+        let (stream, key) = (stream.trim(), key.trim());
+        if stream.is_empty() || key.is_empty() || stream.contains(['?', '/', ' ']) {
+            return Err((
+                i + 1,
+                "expected \"stream = key\" with a plain stream name and a key".into(),
+            ));
+        }
+        if keys
+            .insert(stream.to_string(), Secret(key.to_string()))
+            .is_some()
+        {
+            return Err((i + 1, format!("stream {stream:?} has two keys")));
+        }
+    }
+    Ok(keys)
 }
 
 fn has_port(server: &str) -> bool {
@@ -795,6 +962,34 @@ mod tests {
         assert_eq!(e.line, Some(2));
         let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\nproxy_protocol = \"v3\"\n");
         assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn keys_file_errors_name_their_line() {
+        assert_eq!(
+            parse_keys_file("# keys\ncam1 = s1\n\ncam2 = s2 # trailing\n")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(parse_keys_file("cam1 = a\ncam2\n").unwrap_err().0, 2);
+        assert_eq!(parse_keys_file("cam1 = a\n\ncam1 = b\n").unwrap_err().0, 3);
+        assert_eq!(parse_keys_file("cam 1 = a\n").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn app_auth_defaults_and_secrets_stay_hidden() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n\
+             publish = \"key\"\nkeys = { cam1 = \"hunter2\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let app = c.app("live").unwrap();
+        assert_eq!((app.publish, app.play), (AuthMode::Key, AuthMode::None));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\nplay = \"token\"\n");
+        assert!(e.why.contains("token_secret_file"), "{e}");
     }
 
     #[test]

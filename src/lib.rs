@@ -14,6 +14,7 @@ pub mod config;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod report;
@@ -42,6 +43,8 @@ pub struct Guard {
     pub connections: Arc<Semaphore>,
     /// Address rules, rate limits and bans.
     pub admission: Admission,
+    /// Live publishers and per-app counts.
+    pub streams: Arc<policy::Registry>,
 }
 
 /// How often stale address state and expired bans are dropped.
@@ -119,6 +122,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
             .collect(),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         admission: Admission::new(&config),
+        streams: Arc::new(policy::Registry::default()),
         metrics: metrics.clone(),
         config,
     });

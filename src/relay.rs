@@ -23,9 +23,12 @@ use std::num::NonZeroU32;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::SessionLimits;
+use crate::policy::{Denial, StreamPolicy};
 use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
 use crate::rtmp::command;
+use crate::rtmp::command::Command;
+use crate::rtmp::reply;
 
 /// Read buffer per direction. Pages are touched only as data arrives, so an
 /// idle session costs little of it.
@@ -46,10 +49,12 @@ pub struct ClientRules {
     limiter: DefaultDirectRateLimiter,
     streams: u32,
     max_streams: u32,
+    /// Decisions on publish and play.
+    pub policy: Option<StreamPolicy>,
 }
 
 impl ClientRules {
-    pub fn new(limits: &SessionLimits) -> ClientRules {
+    pub fn new(limits: &SessionLimits, policy: Option<StreamPolicy>) -> ClientRules {
         let one = NonZeroU32::MIN;
         let quota = Quota::per_second(NonZeroU32::new(limits.commands_per_second).unwrap_or(one))
             .allow_burst(NonZeroU32::new(limits.commands_burst).unwrap_or(one));
@@ -57,30 +62,36 @@ impl ClientRules {
             limiter: RateLimiter::direct(quota),
             streams: 0,
             max_streams: limits.max_streams,
+            policy,
         }
     }
 
-    /// Checks one command from the client.
-    pub fn check(&mut self, command: &str) -> Result<(), Refusal> {
+    /// Checks one command from the client, sent on `stream_id`.
+    pub fn check(&mut self, command: &Command, stream_id: u32) -> Result<(), Refusal> {
         if self.limiter.check().is_err() {
-            return Err(Refusal {
-                reason: Reason::CommandFlood,
-                detail: "commands over the session rate".into(),
-            });
+            return Err(Refusal::new(
+                Reason::CommandFlood,
+                "commands over the session rate",
+            ));
         }
-        if command == "createStream" {
+        if command.name == "createStream" {
             self.streams += 1;
             if self.streams > self.max_streams {
-                return Err(Refusal {
-                    reason: Reason::TooManyStreams,
-                    detail: format!(
-                        "createStream number {} of {}",
-                        self.streams, self.max_streams
-                    ),
-                });
+                let detail = format!(
+                    "createStream number {} of {}",
+                    self.streams, self.max_streams
+                );
+                return Err(Refusal::new(Reason::TooManyStreams, detail));
             }
         }
-        Ok(())
+        match self.policy.as_mut() {
+            Some(policy) => policy.on_command(command, stream_id).map_err(|d| Refusal {
+                reason: d.reason,
+                detail: d.description.clone(),
+                status: Some(d),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -89,14 +100,21 @@ impl ClientRules {
 pub struct Refusal {
     pub reason: Reason,
     pub detail: String,
+    /// A refused publish or play: the `onStatus` the client is sent.
+    pub status: Option<Denial>,
 }
 
 impl Refusal {
-    fn violation(detail: String) -> Refusal {
+    fn new(reason: Reason, detail: impl Into<String>) -> Refusal {
         Refusal {
-            reason: Reason::ProtocolViolation,
-            detail,
+            reason,
+            detail: detail.into(),
+            status: None,
         }
+    }
+
+    fn violation(detail: String) -> Refusal {
+        Refusal::new(Reason::ProtocolViolation, detail)
     }
 }
 
@@ -227,11 +245,42 @@ pub async fn run(
         },
         _ = idle(&activity, settings.idle_timeout) => End::Idle,
     };
+    if let End::ClientRefused(Refusal {
+        status: Some(denial),
+        ..
+    }) = &end
+    {
+        refuse_stream(client, &from_upstream.parser, denial).await;
+    }
     let totals = Totals {
         client_to_upstream: c2u.load(Ordering::Relaxed),
         upstream_to_client: u2c.load(Ordering::Relaxed),
     };
     (end, totals)
+}
+
+/// How long a refused publish or play waits for its answer at most.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends a refused publish or play its `onStatus` error. It goes between
+/// the origin's chunks, so only when the origin's stream to the client is
+/// at a chunk boundary with a free csid; otherwise the close alone says it.
+/// A failed key or token waits 0.5-1 s first, so guessing is slow.
+async fn refuse_stream(client: &mut TcpStream, origin: &ChunkParser, denial: &Denial) {
+    if denial.reason == Reason::Unauthorized {
+        let wait = rand::random_range(500..1000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    let Some(csid) = origin.idle_csid().filter(|_| origin.at_chunk_boundary()) else {
+        return;
+    };
+    let out = reply::Output {
+        chunk_size: origin.chunk_size(),
+        csid,
+        stream_id: denial.stream_id,
+    };
+    let bytes = reply::stream_error(out, denial.code, &denial.description);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&bytes)).await;
 }
 
 /// What one direction needs besides its sockets.
@@ -308,7 +357,7 @@ pub fn inspect(
             let cmd = command::decode(t, message.payload, max_amf_depth)
                 .map_err(|e| Refusal::violation(format!("unreadable command: {e}")))?;
             match rules {
-                Some(rules) => rules.check(&cmd.name),
+                Some(rules) => rules.check(&cmd, message.header.stream_id),
                 None => Ok(()),
             }
         }

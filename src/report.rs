@@ -68,10 +68,22 @@ pub enum Reason {
     CommandFlood,
     /// `createStream` past `max_streams`.
     TooManyStreams,
+    /// A publish or play without a valid key or token, or not allowed.
+    Unauthorized,
+    /// A publish or play from an address the app's rules refuse.
+    ForbiddenIp,
+    /// A play whose pageUrl/swfUrl matches none of the app's referrers.
+    BadReferrer,
+    /// A stream name in `blocked_streams`.
+    ContentBlocked,
+    /// Over `max_publishers` or `max_viewers`.
+    QuotaExceeded,
+    /// A publish of a name already being published.
+    StreamBusy,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 20] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -86,6 +98,12 @@ impl Reason {
         Reason::ForgedProxyHeader,
         Reason::CommandFlood,
         Reason::TooManyStreams,
+        Reason::Unauthorized,
+        Reason::ForbiddenIp,
+        Reason::BadReferrer,
+        Reason::ContentBlocked,
+        Reason::QuotaExceeded,
+        Reason::StreamBusy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +122,12 @@ impl Reason {
             Reason::ForgedProxyHeader => "forged_proxy_header",
             Reason::CommandFlood => "command_flood",
             Reason::TooManyStreams => "too_many_streams",
+            Reason::Unauthorized => "unauthorized",
+            Reason::ForbiddenIp => "forbidden_ip",
+            Reason::BadReferrer => "bad_referrer",
+            Reason::ContentBlocked => "content_blocked",
+            Reason::QuotaExceeded => "quota_exceeded",
+            Reason::StreamBusy => "stream_busy",
         }
     }
 
@@ -119,6 +143,12 @@ impl Reason {
                 | Reason::TooManyConnections
                 | Reason::CommandFlood
                 | Reason::TooManyStreams
+                | Reason::Unauthorized
+                | Reason::ForbiddenIp
+                | Reason::BadReferrer
+                | Reason::ContentBlocked
+                | Reason::QuotaExceeded
+                | Reason::StreamBusy
         )
     }
 
@@ -127,18 +157,25 @@ impl Reason {
     }
 
     /// What one such event adds to the prefix's ban score, unless
-    /// `[bans.scores]` says otherwise. Refusals that are the guard's own
-    /// state (denied, banned, overloaded, full) score nothing.
+    /// `[bans.scores]` says otherwise. A failed key or token scores 3, so
+    /// guessing gets an address banned.
     pub fn default_ban_score(self) -> u32 {
         match self {
             Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
             Reason::ForgedProxyHeader | Reason::CommandFlood => 5,
-            Reason::UnknownApp | Reason::TooManyStreams => 3,
+            Reason::UnknownApp | Reason::TooManyStreams | Reason::Unauthorized => 3,
             Reason::HandshakeTimeout | Reason::ConnectTimeout => 2,
             Reason::RateLimited => 1,
-            Reason::TooManyConnections | Reason::IpDenied | Reason::Banned | Reason::Overloaded => {
-                0
-            }
+            // The client's standing, not its behaviour: no score.
+            Reason::TooManyConnections
+            | Reason::IpDenied
+            | Reason::Banned
+            | Reason::Overloaded
+            | Reason::ForbiddenIp
+            | Reason::BadReferrer
+            | Reason::ContentBlocked
+            | Reason::QuotaExceeded
+            | Reason::StreamBusy => 0,
         }
     }
 }

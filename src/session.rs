@@ -18,6 +18,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::admit::{PendingSlot, Ticket};
 use crate::config::ProxyProtocolOut;
+use crate::policy::StreamPolicy;
 use crate::proxy_protocol;
 use crate::relay::{self, Direction};
 use crate::report::{self, Block, Reason, Stage};
@@ -358,7 +359,16 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
         Direction {
             parser,
             pending: rest,
-            rules: Some(relay::ClientRules::new(&limits.session)),
+            rules: Some(relay::ClientRules::new(
+                &limits.session,
+                Some(StreamPolicy::new(
+                    app,
+                    guard.streams.clone(),
+                    peer.ip(),
+                    request.page_url.clone(),
+                    request.swf_url.clone(),
+                )),
+            )),
         },
         Direction {
             parser: ChunkParser::new(ChunkLimits::from(limits)),

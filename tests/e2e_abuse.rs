@@ -89,7 +89,7 @@ fn proxy_protocol_through_haproxy_to_nginx() {
             "[server]\nlisten = [\"{listen}\"]\n[proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\n\
              [access]\ndeny = [\"127.0.0.21/32\"]\n\
              [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nproxy_protocol = \"v1\"\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
+             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
         )
     });
     let haproxy = Haproxy::start(guard.rtmp);

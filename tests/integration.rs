@@ -88,7 +88,7 @@ fn upstream_unreachable_gets_connect_failed() {
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\"]\nconnect_timeout = \"1s\"\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
     );
     let running = rt
         .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
@@ -120,7 +120,7 @@ fn round_robin_skips_a_refusing_server() {
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
         origin.addr
     );
     let running = rt
@@ -154,7 +154,7 @@ fn idle_session_is_closed_after_idle_timeout() {
     let text = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nidle_timeout = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"origin\"\nservers = [\"{}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
         origin.addr
     );
     let running = rt

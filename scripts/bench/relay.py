@@ -126,6 +126,7 @@ servers = ["127.0.0.1:{origin_port}"]
 [[app]]
 name = "live"
 upstream = "origin"
+publish = "none"
 """)
     log = open(os.path.join(work, "guard.log"), "w")
     p = subprocess.Popen([GUARD, "--config", conf], stdout=log, stderr=log,

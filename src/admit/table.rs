@@ -127,12 +127,11 @@ impl AddressTable {
     /// Drops entries that no longer hold anything: no open connection,
     /// a full rate bucket and no score left in the ban window.
     pub fn sweep(&self, now: Instant, ban_window: Duration) {
-        let stale_before = self
-            .ms(now)
-            .saturating_sub(self.refill.max(ban_window).as_millis() as u64);
+        let now_ms = self.ms(now);
+        let keep_ms = self.refill.max(ban_window).as_millis() as u64;
         self.map.retain(|_, e| {
             e.concurrent.load(Ordering::Relaxed) > 0
-                || e.last_seen.load(Ordering::Relaxed) > stale_before
+                || now_ms.saturating_sub(e.last_seen.load(Ordering::Relaxed)) < keep_ms
         });
     }
 
@@ -212,6 +211,15 @@ mod tests {
         t.sweep(now + Duration::from_secs(3600), Duration::from_secs(60));
         assert!(t.map.contains_key(&net(7)));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn sweep_right_after_start_keeps_fresh_entries() {
+        // An entry seen at the table's epoch is fresh, not "seen at 0".
+        let t = AddressTable::new(quota(5, 20), 100);
+        t.entry(net(1), t.epoch);
+        t.sweep(t.epoch, Duration::from_secs(60));
+        assert!(t.map.contains_key(&net(1)));
     }
 
     #[test]

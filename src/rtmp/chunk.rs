@@ -265,6 +265,12 @@ impl ChunkParser {
         self.media_started
     }
 
+    /// A one-byte csid (3..=63) with no message in progress, on which a
+    /// message can be slipped in between the sender's chunks.
+    pub fn idle_csid(&self) -> Option<u32> {
+        (3..=63).find(|&c| self.find(c).is_none_or(|i| self.streams[i].remaining == 0))
+    }
+
     /// True between chunks: no header or payload is half-read.
     pub fn at_chunk_boundary(&self) -> bool {
         matches!(self.state, State::Header) && self.header_len == 0
@@ -595,8 +601,8 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Writes messages as chunks; used by tests, benchmarks and the fuzzers to
-/// build streams the parser must read back. It always compresses headers as
+/// Writes messages as chunks: the guard's own replies, and the streams
+/// tests, benchmarks and fuzzers feed the parser. It compresses headers as
 /// far as the format allows, which exercises fmt 1-3.
 pub mod writer {
     use super::*;

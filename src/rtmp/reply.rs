@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 
 use rml_amf0::Amf0Value;
-use rml_rtmp::chunk_io::ChunkSerializer;
 use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::time::RtmpTimestamp;
+
+use super::chunk::writer::ChunkWriter;
+use super::chunk::{MessageHeader, DEFAULT_CHUNK_SIZE};
 
 /// NetConnection status codes the guard replies with.
 pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
@@ -19,19 +21,36 @@ pub const CONNECT_FAILED: &str = "NetConnection.Connect.Failed";
 /// Longest client-chosen text echoed back in a description.
 const MAX_ECHO: usize = 128;
 
-/// `_error` for a `connect`: transaction id, null, info object.
+/// `_error` for a `connect`: transaction id, null, info object. Before the
+/// origin is involved, the client reads chunks of the default size.
 pub fn connect_error(transaction_id: f64, code: &str, description: &str) -> Vec<u8> {
+    let out = Output {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        csid: 3,
+        stream_id: 0,
+    };
     command(
         "_error",
         transaction_id,
-        0,
+        out,
         status_object(code, description),
     )
 }
 
-/// `onStatus` with level `error` on a message stream (publish/play refusal).
-pub fn stream_error(stream_id: u32, code: &str, description: &str) -> Vec<u8> {
-    command("onStatus", 0.0, stream_id, status_object(code, description))
+/// Where a reply goes in a stream the client is already reading.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// The chunk size the client reads with (the origin's last SetChunkSize).
+    pub chunk_size: u32,
+    /// A chunk stream with no message in progress.
+    pub csid: u32,
+    /// The message stream id.
+    pub stream_id: u32,
+}
+
+/// `onStatus` with level `error` (publish/play refusal).
+pub fn stream_error(out: Output, code: &str, description: &str) -> Vec<u8> {
+    command("onStatus", 0.0, out, status_object(code, description))
 }
 
 /// Makes client-chosen text safe to echo: bounded, no control characters.
@@ -53,24 +72,31 @@ fn status_object(code: &str, description: &str) -> Amf0Value {
     Amf0Value::Object(info)
 }
 
-fn command(name: &str, transaction_id: f64, stream_id: u32, info: Amf0Value) -> Vec<u8> {
+fn command(name: &str, transaction_id: f64, out: Output, info: Amf0Value) -> Vec<u8> {
     let message = RtmpMessage::Amf0Command {
         command_name: name.to_string(),
         transaction_id,
         command_object: Amf0Value::Null,
         additional_arguments: vec![info],
     };
-    let payload = match message.into_message_payload(RtmpTimestamp::new(0), stream_id) {
+    let payload = match message.into_message_payload(RtmpTimestamp::new(0), out.stream_id) {
         Ok(p) => p,
         Err(_) => return Vec::new(),
     };
-    // A fresh serializer writes a full header first and fmt 3 continuations;
-    // `force_uncompressed = true` would put a full header on every chunk,
-    // which strict readers (this guard's own parser included) refuse.
-    match ChunkSerializer::new().serialize(&payload, false, false) {
-        Ok(packet) => packet.bytes,
-        Err(_) => Vec::new(),
-    }
+    // Our own writer, not rml's serializer: the csid and chunk size must be
+    // the ones free and in force in a stream the origin is also writing.
+    let mut writer = ChunkWriter::new();
+    writer.set_chunk_size(out.chunk_size);
+    let header = MessageHeader {
+        csid: out.csid,
+        timestamp: 0,
+        type_id: payload.type_id,
+        stream_id: out.stream_id,
+        length: payload.data.len() as u32,
+    };
+    let mut bytes = Vec::new();
+    writer.write(&mut bytes, &header, &payload.data);
+    bytes
 }
 
 #[cfg(test)]
@@ -102,6 +128,42 @@ mod tests {
         assert_eq!(info.get("code"), Some(&V::String(CONNECT_REJECTED.into())));
         assert_eq!(info.get("level"), Some(&V::String("error".into())));
         let _ = amf0::read_all(msg.payload, 8).unwrap();
+    }
+
+    #[test]
+    fn stream_error_uses_the_given_chunk_size_csid_and_stream() {
+        let out = Output {
+            chunk_size: 4096,
+            csid: 9,
+            stream_id: 1,
+        };
+        let bytes = stream_error(out, "NetStream.Publish.BadName", &"d".repeat(300));
+        let mut parser = ChunkParser::new(ChunkLimits {
+            max_chunk_size: 65536,
+            max_command_size: 65536,
+            max_message_size: 0xFF_FFFF,
+            max_chunk_streams: 8,
+        });
+        // Tell the parser the origin's chunk size, as the client knows it.
+        let mut set = Vec::new();
+        crate::rtmp::chunk::writer::ChunkWriter::new().write(
+            &mut set,
+            &MessageHeader {
+                csid: 2,
+                timestamp: 0,
+                type_id: 1,
+                stream_id: 0,
+                length: 4,
+            },
+            &4096u32.to_be_bytes(),
+        );
+        parser.advance(&set).unwrap();
+        let p = parser.advance(&bytes).unwrap();
+        assert_eq!(p.consumed, bytes.len(), "one chunk at 4096");
+        let m = p.message.unwrap();
+        assert_eq!((m.header.csid, m.header.stream_id), (9, 1));
+        let cmd = command::decode(m.header.type_id, m.payload, 8).unwrap();
+        assert_eq!(cmd.name, "onStatus");
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Harness {
         Harness::with_config(|origin| {
             format!(
                 "{}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"origin\"\n\
-                 servers = [\"{origin}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\n",
+                 servers = [\"{origin}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
                 hostile::config_tables("127.0.0.1:0".parse().unwrap()),
             )
         })

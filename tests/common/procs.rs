@@ -243,7 +243,7 @@ impl GuardProc {
 pub fn origin_tables(origin: SocketAddr) -> String {
     format!(
         "[[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nconnect_timeout = \"3s\"\n\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
     )
 }
 

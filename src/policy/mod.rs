@@ -1,0 +1,496 @@
+//! Who may publish and play what: the decision on each `publish`, `play`,
+//! `FCPublish` and `releaseStream` a client sends.
+//!
+//! The relay holds such a command back (with everything after it) until
+//! [`StreamPolicy::on_command`] decides. The checks are pure functions of
+//! the app's config and the request, plus the live-stream registry for
+//! one-publisher-per-name and the per-app quotas. No I/O happens here.
+
+pub mod glob;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use subtle::ConstantTimeEq;
+
+use crate::admit::prefix::in_any;
+use crate::config::{App, AuthMode};
+use crate::report::Reason;
+use crate::rtmp::amf0::Amf0Value;
+use crate::rtmp::command::Command;
+
+/// Status codes of the refusal a client is sent.
+pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
+pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Publish,
+    Play,
+}
+
+/// A refused publish or play.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    /// For the client and the log; never holds a key or token.
+    pub description: String,
+    /// The `onStatus` code.
+    pub code: &'static str,
+    /// Message stream id to send the `onStatus` on.
+    pub stream_id: u32,
+}
+
+/// A stream name as sent, split from its query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamName {
+    /// The name without `?query`: what is logged and matched.
+    pub name: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl StreamName {
+    pub fn parse(raw: &str) -> StreamName {
+        let (name, query) = raw.split_once('?').unwrap_or((raw, ""));
+        StreamName {
+            name: name.to_string(),
+            params: parse_query(query),
+        }
+    }
+
+    fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `a=1&b=2`, percent-decoded.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Live publishers and per-app counts, shared by all sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    state: Mutex<RegistryState>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    /// (app, stream) names being published.
+    live: HashMap<(String, String), ()>,
+    publishers: HashMap<String, u32>,
+    viewers: HashMap<String, u32>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current (publishers, viewers) of an app.
+    pub fn counts(&self, app: &str) -> (u32, u32) {
+        let s = self.lock();
+        (
+            s.publishers.get(app).copied().unwrap_or(0),
+            s.viewers.get(app).copied().unwrap_or(0),
+        )
+    }
+}
+
+/// A publisher's or viewer's place, given back when the session ends.
+#[derive(Debug)]
+pub struct Claim {
+    registry: Arc<Registry>,
+    app: String,
+    stream: Option<String>,
+    kind: Kind,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut s = self.registry.lock();
+        let counts = match self.kind {
+            Kind::Publish => &mut s.publishers,
+            Kind::Play => &mut s.viewers,
+        };
+        if let Some(n) = counts.get_mut(&self.app) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(stream) = self.stream.take() {
+            s.live.remove(&(self.app.clone(), stream));
+        }
+    }
+}
+
+/// One session's stream decisions.
+pub struct StreamPolicy {
+    app: App,
+    registry: Arc<Registry>,
+    client: IpAddr,
+    page_url: Option<String>,
+    swf_url: Option<String>,
+    claims: Vec<Claim>,
+    /// Streams this session publishes or plays, for the log and the API.
+    pub streams: Vec<(Kind, String)>,
+}
+
+impl StreamPolicy {
+    pub fn new(
+        app: &App,
+        registry: Arc<Registry>,
+        client: IpAddr,
+        page_url: Option<String>,
+        swf_url: Option<String>,
+    ) -> StreamPolicy {
+        StreamPolicy {
+            app: app.clone(),
+            registry,
+            client,
+            page_url,
+            swf_url,
+            claims: Vec::new(),
+            streams: Vec::new(),
+        }
+    }
+
+    /// Decides on a client command sent on message stream `stream_id`.
+    /// Commands other than publish/play and their preludes pass.
+    pub fn on_command(&mut self, cmd: &Command, stream_id: u32) -> Result<(), Denial> {
+        let kind = match cmd.name.as_str() {
+            "publish" => Kind::Publish,
+            "play" => Kind::Play,
+            // Preludes of a publish: checked like it, but claim nothing.
+            "FCPublish" | "releaseStream" => Kind::Publish,
+            _ => return Ok(()),
+        };
+        let raw = cmd
+            .arguments
+            .first()
+            .and_then(Amf0Value::as_str)
+            .unwrap_or("");
+        let name = StreamName::parse(raw);
+        let deny = |reason: Reason, description: &str| Denial {
+            reason,
+            description: description.to_string(),
+            code: match kind {
+                Kind::Publish => PUBLISH_BAD_NAME,
+                Kind::Play => PLAY_FAILED,
+            },
+            stream_id,
+        };
+        self.check(kind, &name).map_err(|(r, d)| deny(r, &d))?;
+        if matches!(cmd.name.as_str(), "publish" | "play") {
+            self.claim(kind, &name.name).map_err(|(r, d)| deny(r, &d))?;
+            self.streams.push((kind, name.name));
+        }
+        Ok(())
+    }
+
+    /// The stateless checks, in order: content blocks, addresses,
+    /// referrers, then the app's auth mode.
+    fn check(&self, kind: Kind, name: &StreamName) -> Result<(), (Reason, String)> {
+        let app = &self.app;
+        if name.name.is_empty() {
+            return Err((Reason::Unauthorized, "missing stream name".into()));
+        }
+        if glob::any(&app.blocked_streams, &name.name) {
+            return Err((Reason::ContentBlocked, "blocked content".into()));
+        }
+        let (allow, deny, mode) = match kind {
+            Kind::Publish => (&app.publish_allow, &app.publish_deny, app.publish),
+            Kind::Play => (&app.play_allow, &app.play_deny, app.play),
+        };
+        if in_any(deny, self.client) || (!allow.is_empty() && !in_any(allow, self.client)) {
+            return Err((Reason::ForbiddenIp, "not allowed from this address".into()));
+        }
+        if kind == Kind::Play && !app.referrers.is_empty() {
+            let ok = [&self.page_url, &self.swf_url]
+                .into_iter()
+                .flatten()
+                .any(|r| glob::any(&app.referrers, r));
+            if !ok {
+                return Err((Reason::BadReferrer, "referrer not allowed".into()));
+            }
+        }
+        match mode {
+            AuthMode::None => Ok(()),
+            AuthMode::Deny => Err((Reason::Unauthorized, "not allowed here".into())),
+            AuthMode::Key => {
+                let expected = app.keys.get(&name.name).map(|s| s.0.as_bytes());
+                let given = name.param("key").unwrap_or("").as_bytes();
+                match expected {
+                    Some(e) if bool::from(e.ct_eq(given)) => Ok(()),
+                    _ => Err((Reason::Unauthorized, "invalid stream key".into())),
+                }
+            }
+            AuthMode::Token => {
+                let secret = app
+                    .token_secret
+                    .as_ref()
+                    .map(|s| s.0.as_bytes())
+                    .unwrap_or(&[]);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                token::verify(
+                    secret,
+                    &app.name,
+                    &name.name,
+                    &name.params,
+                    self.client,
+                    now,
+                )
+                .map_err(|e| (Reason::Unauthorized, e.description().to_string()))
+            }
+        }
+    }
+
+    /// Takes the publisher's name and a quota slot.
+    fn claim(&mut self, kind: Kind, stream: &str) -> Result<(), (Reason, String)> {
+        let mut s = self.registry.lock();
+        let app = self.app.name.clone();
+        let (count, limit) = match kind {
+            Kind::Publish => (
+                s.publishers.get(&app).copied().unwrap_or(0),
+                self.app.max_publishers,
+            ),
+            Kind::Play => (
+                s.viewers.get(&app).copied().unwrap_or(0),
+                self.app.max_viewers,
+            ),
+        };
+        let key = (app.clone(), stream.to_string());
+        if kind == Kind::Publish && s.live.contains_key(&key) {
+            return Err((
+                Reason::StreamBusy,
+                "stream is already being published".into(),
+            ));
+        }
+        if count >= limit {
+            return Err((
+                Reason::QuotaExceeded,
+                "too many sessions in this application".into(),
+            ));
+        }
+        let counts = match kind {
+            Kind::Publish => &mut s.publishers,
+            Kind::Play => &mut s.viewers,
+        };
+        *counts.entry(app.clone()).or_insert(0) += 1;
+        if kind == Kind::Publish {
+            s.live.insert(key, ());
+        }
+        drop(s);
+        self.claims.push(Claim {
+            registry: self.registry.clone(),
+            app,
+            stream: (kind == Kind::Publish).then(|| stream.to_string()),
+            kind,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn app(tables: &str) -> App {
+        let text = format!(
+            "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n{tables}"
+        );
+        Config::parse(&text, "t.toml").unwrap().apps[0].clone()
+    }
+
+    fn cmd(name: &str, stream: &str) -> Command {
+        Command {
+            name: name.into(),
+            transaction_id: 5.0,
+            object: Amf0Value::Null,
+            arguments: vec![Amf0Value::String(stream.into())],
+        }
+    }
+
+    fn policy(app: &App, registry: &Arc<Registry>, client: &str) -> StreamPolicy {
+        StreamPolicy::new(app, registry.clone(), client.parse().unwrap(), None, None)
+    }
+
+    #[test]
+    fn keys_are_checked_and_never_echoed() {
+        let a = app("publish = \"key\"\nkeys = { cam1 = \"s3cret\" }\n");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let d = p
+            .on_command(&cmd("publish", "cam1?key=wrong"), 1)
+            .unwrap_err();
+        assert_eq!(
+            (d.reason, d.code, d.stream_id),
+            (Reason::Unauthorized, PUBLISH_BAD_NAME, 1)
+        );
+        assert_eq!(d.description, "invalid stream key");
+        assert!(p.on_command(&cmd("publish", "cam1"), 1).is_err());
+        assert!(p.on_command(&cmd("publish", "cam2?key=s3cret"), 1).is_err());
+        assert_eq!(p.on_command(&cmd("publish", "cam1?key=s3cret"), 1), Ok(()));
+        assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
+    }
+
+    #[test]
+    fn publish_is_denied_by_default_and_play_allowed() {
+        let a = app("");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        assert_eq!(
+            p.on_command(&cmd("publish", "x"), 1).unwrap_err().reason,
+            Reason::Unauthorized
+        );
+        assert_eq!(
+            p.on_command(&cmd("releaseStream", "x"), 0)
+                .unwrap_err()
+                .reason,
+            Reason::Unauthorized
+        );
+        assert_eq!(p.on_command(&cmd("play", "x"), 1), Ok(()));
+        assert_eq!(p.on_command(&cmd("createStream", ""), 0), Ok(()));
+    }
+
+    #[test]
+    fn blocked_names_are_refused_for_both_roles_ignoring_the_query() {
+        let a = app("publish = \"none\"\nblocked_streams = [\"pirated-*\"]\n");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        for c in ["publish", "play"] {
+            let d = p.on_command(&cmd(c, "pirated-film?x=1"), 1).unwrap_err();
+            assert_eq!(
+                (d.reason, d.description.as_str()),
+                (Reason::ContentBlocked, "blocked content")
+            );
+        }
+        assert_eq!(p.on_command(&cmd("play", "Pirated-film"), 1), Ok(()));
+    }
+
+    #[test]
+    fn one_publisher_per_name_and_quotas() {
+        let a = app("publish = \"none\"\nmax_viewers = 2\n");
+        let r = Arc::new(Registry::default());
+        let mut first = policy(&a, &r, "192.0.2.1");
+        first.on_command(&cmd("publish", "cam"), 1).unwrap();
+        let mut second = policy(&a, &r, "192.0.2.2");
+        assert_eq!(
+            second
+                .on_command(&cmd("publish", "cam"), 1)
+                .unwrap_err()
+                .reason,
+            Reason::StreamBusy
+        );
+        let mut viewers: Vec<_> = (0..2).map(|_| policy(&a, &r, "192.0.2.3")).collect();
+        for v in &mut viewers {
+            v.on_command(&cmd("play", "cam"), 1).unwrap();
+        }
+        let mut third = policy(&a, &r, "192.0.2.3");
+        assert_eq!(
+            third.on_command(&cmd("play", "cam"), 1).unwrap_err().reason,
+            Reason::QuotaExceeded
+        );
+        assert_eq!(r.counts("live"), (1, 2));
+        drop(first);
+        drop(viewers);
+        assert_eq!(r.counts("live"), (0, 0));
+        assert_eq!(second.on_command(&cmd("publish", "cam"), 1), Ok(()));
+    }
+
+    #[test]
+    fn address_rules_and_referrers() {
+        let a = app(
+            "publish = \"none\"\npublish_allow = [\"10.0.0.0/8\"]\nplay_deny = [\"192.0.2.66\"]\n\
+             referrers = [\"https://www.example.com/*\"]\n",
+        );
+        let r = Arc::new(Registry::default());
+        let mut outside = policy(&a, &r, "192.0.2.1");
+        assert_eq!(
+            outside
+                .on_command(&cmd("publish", "cam"), 1)
+                .unwrap_err()
+                .reason,
+            Reason::ForbiddenIp
+        );
+        let mut inside = policy(&a, &r, "10.1.2.3");
+        assert_eq!(inside.on_command(&cmd("publish", "cam"), 1), Ok(()));
+        let mut denied = StreamPolicy::new(
+            &a,
+            r.clone(),
+            "192.0.2.66".parse().unwrap(),
+            Some("https://www.example.com/p".into()),
+            None,
+        );
+        assert_eq!(
+            denied
+                .on_command(&cmd("play", "cam"), 1)
+                .unwrap_err()
+                .reason,
+            Reason::ForbiddenIp
+        );
+        let mut no_ref = policy(&a, &r, "192.0.2.1");
+        assert_eq!(
+            no_ref
+                .on_command(&cmd("play", "cam"), 1)
+                .unwrap_err()
+                .reason,
+            Reason::BadReferrer
+        );
+        let mut good = StreamPolicy::new(
+            &a,
+            r.clone(),
+            "192.0.2.1".parse().unwrap(),
+            Some("https://www.example.com/p".into()),
+            None,
+        );
+        assert_eq!(good.on_command(&cmd("play", "cam"), 1), Ok(()));
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let n = StreamName::parse("cam1?key=a%2Bb&x=1+2&flag");
+        assert_eq!(n.name, "cam1");
+        assert_eq!(n.param("key"), Some("a+b"));
+        assert_eq!(n.param("x"), Some("1 2"));
+        assert_eq!(n.param("flag"), Some(""));
+    }
+}
