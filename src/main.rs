@@ -36,6 +36,27 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
+    /// Prints a signed, expiring stream URL for an app in `token` mode.
+    Token {
+        /// The config holding the app (and its token_secret_file).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The app, as configured.
+        #[arg(long)]
+        app: String,
+        /// The stream name.
+        #[arg(long)]
+        stream: String,
+        /// How long the URL stays valid, like "1h" or "30m".
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Bind the URL to this client address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Host (and port) for the printed URL.
+        #[arg(long, default_value = "127.0.0.1:1935")]
+        host: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -50,8 +71,52 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Token {
+            config,
+            app,
+            stream,
+            ttl,
+            ip,
+            host,
+        }) => token(&config, &app, &stream, &ttl, ip, &host),
         None => run(cli.config, cli.log_format),
     }
+}
+
+/// `rtmp-guard token`: the operator's tool for issuing signed URLs.
+fn token(
+    file: &std::path::Path,
+    app: &str,
+    stream: &str,
+    ttl: &str,
+    ip: Option<std::net::IpAddr>,
+    host: &str,
+) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("{msg}");
+        ExitCode::from(2)
+    };
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Some(secret) = config.app(app).and_then(|a| a.token_secret.clone()) else {
+        return fail(format!(
+            "app {app:?} has no token_secret_file in {}",
+            file.display()
+        ));
+    };
+    let ttl = match rtmp_guard::config::parse_duration(ttl) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let query =
+        rtmp_guard::policy::token::sign(secret.0.as_bytes(), app, stream, now + ttl.as_secs(), ip);
+    println!("rtmp://{host}/{app}/{stream}?{query}");
+    ExitCode::SUCCESS
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

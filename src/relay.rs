@@ -279,7 +279,10 @@ async fn refuse_stream(client: &mut TcpStream, origin: &ChunkParser, denial: &De
         csid,
         stream_id: denial.stream_id,
     };
-    let bytes = reply::stream_error(out, denial.code, &denial.description);
+    // Clients such as ffmpeg print only the description; lead with the code
+    // so the person publishing sees it too.
+    let description = format!("{}: {}", denial.code, denial.description);
+    let bytes = reply::stream_error(out, denial.code, &description);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&bytes)).await;
 }
 

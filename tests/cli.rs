@@ -53,3 +53,59 @@ fn help_explains_both_commands() {
     assert!(text.contains("--config"), "{text}");
     assert!(text.contains("check-config"), "{text}");
 }
+
+#[test]
+fn token_prints_a_url_the_guard_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("live.secret"), "0123456789abcdef0123\n").unwrap();
+    let config = dir.path().join("guard.toml");
+    std::fs::write(
+        &config,
+        "[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n\
+         publish = \"token\"\ntoken_secret_file = \"live.secret\"\n",
+    )
+    .unwrap();
+    let out = guard()
+        .arg("token")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--app",
+            "live",
+            "--stream",
+            "cam1",
+            "--ttl",
+            "1h",
+            "--ip",
+            "192.0.2.7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap();
+    let query = url.trim().split_once('?').unwrap().1;
+    assert!(
+        url.starts_with("rtmp://127.0.0.1:1935/live/cam1?expires="),
+        "{url}"
+    );
+    let params = rtmp_guard::policy::parse_query(query);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        rtmp_guard::policy::token::verify(
+            b"0123456789abcdef0123",
+            "live",
+            "cam1",
+            &params,
+            "192.0.2.7".parse().unwrap(),
+            now
+        ),
+        Ok(())
+    );
+}

@@ -144,7 +144,13 @@ impl RawClient {
     /// connect, createStream and publish `name` on app `live`, as a
     /// minimal publisher does, pausing for the server between steps.
     pub fn publish(&mut self, name: &str) {
-        self.send(&connect_bytes("live"));
+        self.open_stream("live", "publish", name);
+    }
+
+    /// connect to `app`, createStream, then `command` (publish or play)
+    /// `name` on message stream 1.
+    pub fn open_stream(&mut self, app: &str, command: &str, name: &str) {
+        self.send(&connect_bytes(app));
         std::thread::sleep(Duration::from_millis(300));
         self.send(&command_bytes(&[
             Amf0Value::String("createStream".into()),
@@ -155,7 +161,7 @@ impl RawClient {
         self.send(&command_on(
             1,
             &[
-                Amf0Value::String("publish".into()),
+                Amf0Value::String(command.into()),
                 Amf0Value::Number(3.0),
                 Amf0Value::Null,
                 Amf0Value::String(name.into()),
