@@ -303,6 +303,36 @@ pub struct App {
     /// Globs on the stream name whose publish and play are refused.
     #[serde(default)]
     pub blocked_streams: Vec<String>,
+    /// Bits per second a publishing session may send, like "20Mbit".
+    #[serde(default, deserialize_with = "bitrate")]
+    pub max_publish_bitrate: Option<u64>,
+}
+
+fn bitrate<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(de)?;
+    parse_bitrate(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// "20Mbit", "500kbit", "1.5Gbit" or a plain number of bits per second.
+pub fn parse_bitrate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let (number, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
+        .iter()
+        .find_map(|(unit, scale)| {
+            lower
+                .strip_suffix(unit)
+                .map(|n| (n.trim().to_string(), *scale))
+        })
+        .unwrap_or((lower.clone(), 1.0));
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * scale) as u64),
+        _ => Err(format!(
+            "invalid bitrate {t:?}; use a unit, like \"20Mbit\" or \"500kbit\""
+        )),
+    }
 }
 
 /// How a publish or play is authorised.
@@ -962,6 +992,16 @@ mod tests {
         assert_eq!(e.line, Some(2));
         let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\nproxy_protocol = \"v3\"\n");
         assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn bitrates_parse_with_units() {
+        assert_eq!(parse_bitrate("20Mbit"), Ok(20_000_000));
+        assert_eq!(parse_bitrate("500kbit"), Ok(500_000));
+        assert_eq!(parse_bitrate("1.5Gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_bitrate("64000"), Ok(64_000));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_bitrate("-2Mbit").is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::num::NonZeroU32;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::SessionLimits;
-use crate::policy::{Denial, StreamPolicy};
+use crate::policy::{BitrateMeter, Denial, StreamPolicy};
 use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
 use crate::rtmp::command;
@@ -51,6 +51,7 @@ pub struct ClientRules {
     max_streams: u32,
     /// Decisions on publish and play.
     pub policy: Option<StreamPolicy>,
+    meter: BitrateMeter,
 }
 
 impl ClientRules {
@@ -63,7 +64,31 @@ impl ClientRules {
             streams: 0,
             max_streams: limits.max_streams,
             policy,
+            meter: BitrateMeter::default(),
         }
+    }
+
+    /// Counts `bytes` the client sent at `now_ms`; refuses a publisher
+    /// that stays over its app's bitrate cap.
+    pub fn on_bytes(&mut self, bytes: u64, now_ms: u64) -> Result<(), Refusal> {
+        let Some((cap, stream_id)) = self.policy.as_ref().and_then(|p| p.publish_bitrate_cap())
+        else {
+            return Ok(());
+        };
+        if !self.meter.record(bytes, now_ms, cap) {
+            return Ok(());
+        }
+        let description = format!("publishing over {} kbit/s", cap / 1000);
+        Err(Refusal {
+            reason: Reason::BitrateExceeded,
+            detail: description.clone(),
+            status: Some(Denial {
+                reason: Reason::BitrateExceeded,
+                description,
+                code: crate::policy::PUBLISH_BAD_NAME,
+                stream_id,
+            }),
+        })
     }
 
     /// Checks one command from the client, sent on `stream_id`.
@@ -313,6 +338,14 @@ where
         }
         if let Err(refusal) = inspect_all(dir, &buf, side) {
             return PumpEnd::Refused(refusal);
+        }
+        if let Some(rules) = dir.rules.as_mut() {
+            let now_ms = side.activity.start.elapsed().as_millis() as u64;
+            if let Err(refusal) = rules.on_bytes(buf.len() as u64, now_ms) {
+                if (side.on_refusal)(&refusal) {
+                    return PumpEnd::Refused(refusal);
+                }
+            }
         }
         if let Err(e) = writer.write_all(&buf).await {
             return PumpEnd::Write(e);

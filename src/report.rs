@@ -80,10 +80,12 @@ pub enum Reason {
     QuotaExceeded,
     /// A publish of a name already being published.
     StreamBusy,
+    /// A publisher over `max_publish_bitrate` for too long.
+    BitrateExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -104,6 +106,7 @@ impl Reason {
         Reason::ContentBlocked,
         Reason::QuotaExceeded,
         Reason::StreamBusy,
+        Reason::BitrateExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +131,7 @@ impl Reason {
             Reason::ContentBlocked => "content_blocked",
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::StreamBusy => "stream_busy",
+            Reason::BitrateExceeded => "bitrate_exceeded",
         }
     }
 
@@ -149,6 +153,7 @@ impl Reason {
                 | Reason::ContentBlocked
                 | Reason::QuotaExceeded
                 | Reason::StreamBusy
+                | Reason::BitrateExceeded
         )
     }
 
@@ -175,7 +180,8 @@ impl Reason {
             | Reason::BadReferrer
             | Reason::ContentBlocked
             | Reason::QuotaExceeded
-            | Reason::StreamBusy => 0,
+            | Reason::StreamBusy
+            | Reason::BitrateExceeded => 0,
         }
     }
 }

@@ -19,7 +19,9 @@ const SECRET: &str = "an-hmac-secret-of-some-length";
 /// `live` publishing by key, viewers capped at 2, `pirated-*` blocked;
 /// `tok` publishing by signed URL; `ref` playing only from one site.
 fn setup() -> (Nginx, GuardProc, tempfile::TempDir) {
-    let nginx = Nginx::start("application tok { live on; }\n    application ref { live on; }");
+    let nginx = Nginx::start(
+        "application tok { live on; }\n    application ref { live on; }\n    application cap { live on; }",
+    );
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("tok.secret");
     std::fs::write(&secret, SECRET).unwrap();
@@ -33,7 +35,8 @@ fn setup() -> (Nginx, GuardProc, tempfile::TempDir) {
              keys = {{ cam1 = \"s3cret\", cam2 = \"other\" }}\nmax_viewers = 2\nblocked_streams = [\"pirated-*\"]\n\
              [[app]]\nname = \"tok\"\nupstream = \"origin\"\npublish = \"token\"\ntoken_secret_file = \"{secret_path}\"\n\
              [[app]]\nname = \"ref\"\nupstream = \"origin\"\npublish = \"none\"\n\
-             referrers = [\"https://www.example.com/*\"]\n"
+             referrers = [\"https://www.example.com/*\"]\n\
+             [[app]]\nname = \"cap\"\nupstream = \"origin\"\npublish = \"none\"\nmax_publish_bitrate = \"2Mbit\"\n"
         )
     });
     (nginx, guard, dir)
@@ -271,4 +274,71 @@ fn referrers_are_checked_on_play() {
     assert!(wait_exit(&mut publisher, Duration::from_secs(20))
         .expect("ended")
         .success());
+}
+
+/// `max_publish_bitrate = "2Mbit"` with an 8 Mbit/s source: the session is
+/// closed with bitrate_exceeded within about 15 s.
+#[test]
+fn publishers_over_the_bitrate_cap_are_closed() {
+    if !have_tools("bitrate_cap", &["nginx", "ffmpeg"]) {
+        return;
+    }
+    let (nginx, guard, dir) = setup();
+    let log = log_of(&dir, "cap.log");
+    let started = std::time::Instant::now();
+    let status = Command::new("timeout")
+        .arg("40")
+        .arg("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-re"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            "30",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "8M",
+            "-minrate",
+            "8M",
+        ])
+        .args([
+            "-maxrate",
+            "8M",
+            "-bufsize",
+            "2M",
+            "-x264-params",
+            "nal-hrd=cbr",
+            "-g",
+            "25",
+        ])
+        .args(["-f", "flv", &format!("rtmp://{}/cap/fat", guard.rtmp)])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        !status.success(),
+        "an 8 Mbit/s publisher outlived a 2 Mbit/s cap"
+    );
+    assert!(
+        took < Duration::from_secs(17),
+        "closed after {took:?}: {}",
+        text(&log)
+    );
+    assert!(
+        took > Duration::from_secs(9),
+        "closed too early, after {took:?}"
+    );
+    assert_eq!(
+        guard.metric(&blocked_sample("session", "bitrate_exceeded")),
+        1.0
+    );
+    assert!(!nginx.publishing("fat"));
 }

@@ -105,6 +105,68 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Measures a publisher's byte rate against a cap. The rate is averaged
+/// over [`RATE_WINDOW`], which allows a few seconds of burst; a session that
+/// stays over the cap for [`OVER_CAP_LIMIT`] is refused.
+#[derive(Debug)]
+pub struct BitrateMeter {
+    /// (second, bytes) for the last few whole seconds.
+    seconds: std::collections::VecDeque<(u64, u64)>,
+    over_since: Option<u64>,
+}
+
+/// Seconds the rate is averaged over.
+pub const RATE_WINDOW: u64 = 3;
+/// Seconds over the cap before the session is closed.
+pub const OVER_CAP_LIMIT: u64 = 10;
+
+impl Default for BitrateMeter {
+    fn default() -> Self {
+        BitrateMeter {
+            seconds: std::collections::VecDeque::with_capacity(RATE_WINDOW as usize + 1),
+            over_since: None,
+        }
+    }
+}
+
+impl BitrateMeter {
+    /// Records `bytes` at `now_ms` (any monotonic milliseconds); true when
+    /// the session has been over `cap` bits/s for too long.
+    pub fn record(&mut self, bytes: u64, now_ms: u64, cap: u64) -> bool {
+        let second = now_ms / 1000;
+        match self.seconds.back_mut() {
+            Some((s, b)) if *s == second => *b += bytes,
+            _ => self.seconds.push_back((second, bytes)),
+        }
+        while self
+            .seconds
+            .front()
+            .is_some_and(|(s, _)| s + RATE_WINDOW <= second)
+        {
+            self.seconds.pop_front();
+        }
+        let total: u64 = self.seconds.iter().map(|(_, b)| b).sum();
+        // Average over the whole window once it is full, so a start-up
+        // burst (keyframe, metadata) is not mistaken for the rate.
+        let span = self
+            .seconds
+            .front()
+            .map_or(1, |(s, _)| (second - s + 1).max(RATE_WINDOW));
+        let over = total * 8 / span > cap;
+        match (over, self.over_since) {
+            (false, _) => {
+                self.over_since = None;
+                false
+            }
+            (true, None) => {
+                self.over_since = Some(now_ms);
+                false
+            }
+            (true, Some(since)) => now_ms.saturating_sub(since) >= OVER_CAP_LIMIT * 1000,
+        }
+    }
+}
+
 /// Live publishers and per-app counts, shared by all sessions.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -169,6 +231,7 @@ pub struct StreamPolicy {
     claims: Vec<Claim>,
     /// Streams this session publishes or plays, for the log and the API.
     pub streams: Vec<(Kind, String)>,
+    publish_stream_id: u32,
 }
 
 impl StreamPolicy {
@@ -187,7 +250,16 @@ impl StreamPolicy {
             swf_url,
             claims: Vec::new(),
             streams: Vec::new(),
+            publish_stream_id: 0,
         }
+    }
+
+    /// The app's publish bitrate cap (bits/s), once this session publishes.
+    pub fn publish_bitrate_cap(&self) -> Option<(u64, u32)> {
+        let publishing = self.streams.iter().any(|(k, _)| *k == Kind::Publish);
+        let cap = self.app.max_publish_bitrate.filter(|_| publishing)?;
+        let stream_id = self.publish_stream_id;
+        Some((cap, stream_id))
     }
 
     /// Decides on a client command sent on message stream `stream_id`.
@@ -218,6 +290,9 @@ impl StreamPolicy {
         self.check(kind, &name).map_err(|(r, d)| deny(r, &d))?;
         if matches!(cmd.name.as_str(), "publish" | "play") {
             self.claim(kind, &name.name).map_err(|(r, d)| deny(r, &d))?;
+            if kind == Kind::Publish {
+                self.publish_stream_id = stream_id;
+            }
             self.streams.push((kind, name.name));
         }
         Ok(())
@@ -483,6 +558,27 @@ mod tests {
             None,
         );
         assert_eq!(good.on_command(&cmd("play", "cam"), 1), Ok(()));
+    }
+
+    #[test]
+    fn bitrate_meter_allows_bursts_and_closes_sustained_excess() {
+        let cap = 2_000_000; // 2 Mbit/s = 250 kB/s
+        let mut m = BitrateMeter::default();
+        // A 1 MB burst in the first second, then 200 kB/s: under the cap.
+        assert!(!m.record(1_000_000, 0, cap));
+        for s in 1..60 {
+            assert!(!m.record(200_000, s * 1000, cap), "closed at {s}s");
+        }
+        // 1 MB/s (8 Mbit/s) from t=60 s: closed once over for 10 s.
+        let mut closed_at = None;
+        for s in 60..90 {
+            if m.record(1_000_000, s * 1000, cap) {
+                closed_at = Some(s);
+                break;
+            }
+        }
+        let t = closed_at.expect("never closed");
+        assert!((70..=73).contains(&t), "closed at {t}s");
     }
 
     #[test]
