@@ -306,6 +306,42 @@ pub struct App {
     /// Bits per second a publishing session may send, like "20Mbit".
     #[serde(default, deserialize_with = "bitrate")]
     pub max_publish_bitrate: Option<u64>,
+    /// The auth service for `http` mode.
+    #[serde(default)]
+    pub http_auth: Option<HttpAuth>,
+}
+
+/// An nginx-rtmp compatible auth callback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    /// `http://host:port/path`, sent a form POST per publish or play.
+    pub url: String,
+    /// How long to wait for an answer. Default: "2s".
+    #[serde(default = "default_http_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How long an answer is reused for the same request. Default: "30s".
+    #[serde(default = "default_http_cache", deserialize_with = "duration")]
+    pub cache: Duration,
+    /// What a timeout or an unreachable service means. Default: deny.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Allow,
+    #[default]
+    Deny,
+}
+
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_http_cache() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn bitrate<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
@@ -346,6 +382,8 @@ pub enum AuthMode {
     Key,
     /// `name?expires=UNIX&token=HEX[&ip=ADDR]`, an HMAC-SHA256 signature.
     Token,
+    /// Ask `http_auth`, as nginx-rtmp's on_publish / on_play do.
+    Http,
     /// Nobody.
     Deny,
 }
@@ -635,7 +673,25 @@ impl Config {
                 at("upstream"),
                 &format!("no [[upstream]] is named {:?}", a.upstream),
             )?;
-            let uses_key = a.publish == AuthMode::Key || a.play == AuthMode::Key;
+            let uses = |m: AuthMode| a.publish == m || a.play == m;
+            check_at(
+                !uses(AuthMode::Http) || a.http_auth.is_some(),
+                at("http_auth"),
+                "http mode needs http_auth = { url = \"http://...\" }",
+            )?;
+            if let Some(h) = &a.http_auth {
+                check_at(
+                    h.url.starts_with("http://") && h.url.len() > 7,
+                    at("http_auth"),
+                    "url must be an http:// URL",
+                )?;
+                check_at(
+                    !h.timeout.is_zero(),
+                    at("http_auth"),
+                    "timeout must be greater than zero",
+                )?;
+            }
+            let uses_key = uses(AuthMode::Key);
             check_at(
                 !uses_key || !a.keys.is_empty() || a.keys_file.is_some(),
                 at("keys"),

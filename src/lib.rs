@@ -10,6 +10,7 @@
 //! [`rtmp`] holds the sans-IO protocol code they all use.
 
 pub mod admit;
+pub mod callback;
 pub mod config;
 pub mod listener;
 pub mod logging;
@@ -45,6 +46,8 @@ pub struct Guard {
     pub admission: Admission,
     /// Live publishers and per-app counts.
     pub streams: Arc<policy::Registry>,
+    /// HTTP auth callbacks and their cached answers.
+    pub callbacks: callback::Callbacks,
 }
 
 /// How often stale address state and expired bans are dropped.
@@ -123,6 +126,7 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         admission: Admission::new(&config),
         streams: Arc::new(policy::Registry::default()),
+        callbacks: callback::Callbacks::default(),
         metrics: metrics.clone(),
         config,
     });

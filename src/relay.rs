@@ -22,8 +22,10 @@ use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::callback::Callbacks;
 use crate::config::SessionLimits;
-use crate::policy::{BitrateMeter, Denial, StreamPolicy};
+use crate::config::{HttpAuth, OnError};
+use crate::policy::{AuthQuery, BitrateMeter, Denial, StreamPolicy};
 use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
 use crate::rtmp::command;
@@ -78,21 +80,21 @@ impl ClientRules {
         if !self.meter.record(bytes, now_ms, cap) {
             return Ok(());
         }
-        let description = format!("publishing over {} kbit/s", cap / 1000);
-        Err(Refusal {
+        Err(Refusal::stream(Denial {
             reason: Reason::BitrateExceeded,
-            detail: description.clone(),
-            status: Some(Denial {
-                reason: Reason::BitrateExceeded,
-                description,
-                code: crate::policy::PUBLISH_BAD_NAME,
-                stream_id,
-            }),
-        })
+            description: format!("publishing over {} kbit/s", cap / 1000),
+            code: crate::policy::PUBLISH_BAD_NAME,
+            stream_id,
+        }))
     }
 
     /// Checks one command from the client, sent on `stream_id`.
-    pub fn check(&mut self, command: &Command, stream_id: u32) -> Result<(), Refusal> {
+    /// `Ok(Some(query))`: hold it until the HTTP auth service answers.
+    pub fn check(
+        &mut self,
+        command: &Command,
+        stream_id: u32,
+    ) -> Result<Option<AuthQuery>, Refusal> {
         if self.limiter.check().is_err() {
             return Err(Refusal::new(
                 Reason::CommandFlood,
@@ -110,12 +112,10 @@ impl ClientRules {
             }
         }
         match self.policy.as_mut() {
-            Some(policy) => policy.on_command(command, stream_id).map_err(|d| Refusal {
-                reason: d.reason,
-                detail: d.description.clone(),
-                status: Some(d),
-            }),
-            None => Ok(()),
+            Some(policy) => policy
+                .on_command(command, stream_id)
+                .map_err(Refusal::stream),
+            None => Ok(None),
         }
     }
 }
@@ -140,6 +140,15 @@ impl Refusal {
 
     fn violation(detail: String) -> Refusal {
         Refusal::new(Reason::ProtocolViolation, detail)
+    }
+
+    /// A refused publish or play, answered with its `onStatus`.
+    fn stream(denial: Denial) -> Refusal {
+        Refusal {
+            reason: denial.reason,
+            detail: denial.description.clone(),
+            status: Some(denial),
+        }
     }
 }
 
@@ -215,6 +224,8 @@ pub struct Settings<'a> {
     pub bytes_upstream_to_client: &'a IntCounter,
     /// Called for each refusal of the client; true to enforce it.
     pub on_refusal: OnRefusal<'a>,
+    /// The app's HTTP auth service, for `http` mode.
+    pub http: Option<(&'a Callbacks, &'a HttpAuth)>,
 }
 
 /// The upstream is trusted to the extent that a refusal only ends the
@@ -247,6 +258,7 @@ pub async fn run(
         moved: &c2u,
         counter: settings.bytes_client_to_upstream,
         on_refusal: settings.on_refusal,
+        http: settings.http,
     };
     let upstream_side = Side {
         max_amf_depth: depth,
@@ -254,6 +266,7 @@ pub async fn run(
         moved: &u2c,
         counter: settings.bytes_upstream_to_client,
         on_refusal: &always_enforce,
+        http: None,
     };
     let end = tokio::select! {
         end = pump(client_read, upstream_write, &mut from_client, &client_side) => match end {
@@ -318,6 +331,7 @@ struct Side<'a> {
     moved: &'a AtomicU64,
     counter: &'a IntCounter,
     on_refusal: OnRefusal<'a>,
+    http: Option<(&'a Callbacks, &'a HttpAuth)>,
 }
 
 /// Copies one direction, parsing and inspecting everything it forwards.
@@ -336,8 +350,21 @@ where
                 Err(e) => return PumpEnd::Read(e),
             }
         }
-        if let Err(refusal) = inspect_all(dir, &buf, side) {
-            return PumpEnd::Refused(refusal);
+        // Parse the whole read; a publish or play waiting for the auth
+        // service holds it and everything after it until the answer.
+        let mut pos = 0;
+        loop {
+            match inspect_all(dir, &buf, &mut pos, side) {
+                Ok(None) => break,
+                Ok(Some(query)) => {
+                    if let Err(refusal) = authorize(dir, &query, side).await {
+                        if (side.on_refusal)(&refusal) {
+                            return PumpEnd::Refused(refusal);
+                        }
+                    }
+                }
+                Err(refusal) => return PumpEnd::Refused(refusal),
+            }
         }
         if let Some(rules) = dir.rules.as_mut() {
             let now_ms = side.activity.start.elapsed().as_millis() as u64;
@@ -358,25 +385,61 @@ where
     }
 }
 
-/// Parses `buf` to its end, checking every kept message. A refusal the
-/// callback does not enforce (dry run) is counted and passed.
-fn inspect_all(dir: &mut Direction, buf: &[u8], side: &Side<'_>) -> Result<(), Refusal> {
-    let mut pos = 0;
-    while pos < buf.len() {
+/// Parses `buf` from `*pos` to its end, checking every kept message. A
+/// refusal the callback does not enforce (dry run) is counted and passed.
+/// Stops early, after the message, at a publish or play the HTTP auth
+/// service must decide on.
+fn inspect_all(
+    dir: &mut Direction,
+    buf: &[u8],
+    pos: &mut usize,
+    side: &Side<'_>,
+) -> Result<Option<AuthQuery>, Refusal> {
+    while *pos < buf.len() {
         let progress = dir
             .parser
-            .advance(buf.get(pos..).unwrap_or_default())
+            .advance(buf.get(*pos..).unwrap_or_default())
             .map_err(|e| Refusal::violation(e.to_string()))?;
-        pos += progress.consumed;
+        *pos += progress.consumed;
         if let Some(message) = progress.message {
-            if let Err(refusal) = inspect(&message, side.max_amf_depth, dir.rules.as_mut()) {
-                if (side.on_refusal)(&refusal) {
-                    return Err(refusal);
-                }
+            match inspect(&message, side.max_amf_depth, dir.rules.as_mut()) {
+                Ok(Some(query)) => return Ok(Some(query)),
+                Ok(None) => {}
+                Err(refusal) if (side.on_refusal)(&refusal) => return Err(refusal),
+                Err(_) => {}
             }
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Asks the app's auth service about a held publish or play, and takes
+/// its claims if allowed.
+async fn authorize(dir: &mut Direction, query: &AuthQuery, side: &Side<'_>) -> Result<(), Refusal> {
+    let refuse = |reason, description: &str| {
+        Refusal::stream(StreamPolicy::refuse(query, reason, description))
+    };
+    let allowed = match side.http {
+        Some((callbacks, auth)) => match callbacks.ask(auth, &query.form).await {
+            Ok(allowed) => allowed,
+            Err(why) if auth.on_error == OnError::Allow => {
+                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed; on_error allows");
+                true
+            }
+            Err(why) => {
+                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed");
+                return Err(refuse(Reason::AuthUnavailable, "authorization unavailable"));
+            }
+        },
+        None => false,
+    };
+    if !allowed {
+        return Err(refuse(Reason::Unauthorized, "not authorized"));
+    }
+    match dir.rules.as_mut().and_then(|r| r.policy.as_mut()) {
+        Some(policy) => policy.complete(query).map_err(Refusal::stream),
+        None => Ok(()),
+    }
 }
 
 /// Checks one message the relay is about to forward: commands and data must
@@ -386,7 +449,7 @@ pub fn inspect(
     message: &Message<'_>,
     max_amf_depth: usize,
     rules: Option<&mut ClientRules>,
-) -> Result<(), Refusal> {
+) -> Result<Option<AuthQuery>, Refusal> {
     let t = message.header.type_id;
     match t {
         types::COMMAND_AMF0 | types::COMMAND_AMF3 => {
@@ -394,14 +457,15 @@ pub fn inspect(
                 .map_err(|e| Refusal::violation(format!("unreadable command: {e}")))?;
             match rules {
                 Some(rules) => rules.check(&cmd, message.header.stream_id),
-                None => Ok(()),
+                None => Ok(None),
             }
         }
         types::DATA_AMF0 | types::DATA_AMF3 => {
             command::check_data(t, message.payload, max_amf_depth)
+                .map(|()| None)
                 .map_err(|e| Refusal::violation(format!("unreadable data message: {e}")))
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 

@@ -82,10 +82,12 @@ pub enum Reason {
     StreamBusy,
     /// A publisher over `max_publish_bitrate` for too long.
     BitrateExceeded,
+    /// The HTTP auth service did not answer and `on_error` is deny.
+    AuthUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -107,6 +109,7 @@ impl Reason {
         Reason::QuotaExceeded,
         Reason::StreamBusy,
         Reason::BitrateExceeded,
+        Reason::AuthUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -132,6 +135,7 @@ impl Reason {
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::StreamBusy => "stream_busy",
             Reason::BitrateExceeded => "bitrate_exceeded",
+            Reason::AuthUnavailable => "auth_unavailable",
         }
     }
 
@@ -154,6 +158,7 @@ impl Reason {
                 | Reason::QuotaExceeded
                 | Reason::StreamBusy
                 | Reason::BitrateExceeded
+                | Reason::AuthUnavailable
         )
     }
 
@@ -181,7 +186,8 @@ impl Reason {
             | Reason::ContentBlocked
             | Reason::QuotaExceeded
             | Reason::StreamBusy
-            | Reason::BitrateExceeded => 0,
+            | Reason::BitrateExceeded
+            | Reason::AuthUnavailable => 0,
         }
     }
 }

@@ -365,8 +365,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
                     app,
                     guard.streams.clone(),
                     peer.ip(),
-                    request.page_url.clone(),
-                    request.swf_url.clone(),
+                    &request,
                 )),
             )),
         },
@@ -381,6 +380,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
             bytes_client_to_upstream: &guard.metrics.bytes_client_to_upstream,
             bytes_upstream_to_client: &guard.metrics.bytes_upstream_to_client,
             on_refusal: &on_refusal,
+            http: app.http_auth.as_ref().map(|h| (&guard.callbacks, h)),
         },
     )
     .await;

@@ -44,6 +44,18 @@ pub struct Denial {
     pub stream_id: u32,
 }
 
+/// A publish or play the app's HTTP auth service must decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthQuery {
+    /// The form POSTed to the service, as nginx-rtmp's on_publish sends it.
+    pub form: String,
+    kind: Kind,
+    name: String,
+    stream_id: u32,
+    /// publish/play (which take a claim), not a prelude.
+    claim: bool,
+}
+
 /// A stream name as sent, split from its query string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamName {
@@ -167,6 +179,18 @@ impl BitrateMeter {
     }
 }
 
+fn denial(kind: Kind, stream_id: u32, reason: Reason, description: String) -> Denial {
+    Denial {
+        reason,
+        description,
+        code: match kind {
+            Kind::Publish => PUBLISH_BAD_NAME,
+            Kind::Play => PLAY_FAILED,
+        },
+        stream_id,
+    }
+}
+
 /// Live publishers and per-app counts, shared by all sessions.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -228,6 +252,8 @@ pub struct StreamPolicy {
     client: IpAddr,
     page_url: Option<String>,
     swf_url: Option<String>,
+    tc_url: Option<String>,
+    flash_ver: Option<String>,
     claims: Vec<Claim>,
     /// Streams this session publishes or plays, for the log and the API.
     pub streams: Vec<(Kind, String)>,
@@ -239,15 +265,16 @@ impl StreamPolicy {
         app: &App,
         registry: Arc<Registry>,
         client: IpAddr,
-        page_url: Option<String>,
-        swf_url: Option<String>,
+        connect: &crate::rtmp::command::ConnectRequest,
     ) -> StreamPolicy {
         StreamPolicy {
             app: app.clone(),
             registry,
             client,
-            page_url,
-            swf_url,
+            page_url: connect.page_url.clone(),
+            swf_url: connect.swf_url.clone(),
+            tc_url: connect.tc_url.clone(),
+            flash_ver: connect.flash_ver.clone(),
             claims: Vec::new(),
             streams: Vec::new(),
             publish_stream_id: 0,
@@ -264,13 +291,19 @@ impl StreamPolicy {
 
     /// Decides on a client command sent on message stream `stream_id`.
     /// Commands other than publish/play and their preludes pass.
-    pub fn on_command(&mut self, cmd: &Command, stream_id: u32) -> Result<(), Denial> {
+    /// `Ok(Some(query))`: the app's HTTP auth service decides; call
+    /// [`StreamPolicy::complete`] if it allows.
+    pub fn on_command(
+        &mut self,
+        cmd: &Command,
+        stream_id: u32,
+    ) -> Result<Option<AuthQuery>, Denial> {
         let kind = match cmd.name.as_str() {
             "publish" => Kind::Publish,
             "play" => Kind::Play,
             // Preludes of a publish: checked like it, but claim nothing.
             "FCPublish" | "releaseStream" => Kind::Publish,
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
         let raw = cmd
             .arguments
@@ -278,29 +311,77 @@ impl StreamPolicy {
             .and_then(Amf0Value::as_str)
             .unwrap_or("");
         let name = StreamName::parse(raw);
-        let deny = |reason: Reason, description: &str| Denial {
-            reason,
-            description: description.to_string(),
-            code: match kind {
-                Kind::Publish => PUBLISH_BAD_NAME,
-                Kind::Play => PLAY_FAILED,
+        let claim = matches!(cmd.name.as_str(), "publish" | "play");
+        let ask = self
+            .check(kind, &name)
+            .map_err(|(r, d)| denial(kind, stream_id, r, d))?;
+        let query = AuthQuery {
+            form: if ask {
+                self.form(kind, &name)
+            } else {
+                String::new()
             },
+            kind,
+            name: name.name,
             stream_id,
+            claim,
         };
-        self.check(kind, &name).map_err(|(r, d)| deny(r, &d))?;
-        if matches!(cmd.name.as_str(), "publish" | "play") {
-            self.claim(kind, &name.name).map_err(|(r, d)| deny(r, &d))?;
-            if kind == Kind::Publish {
-                self.publish_stream_id = stream_id;
-            }
-            self.streams.push((kind, name.name));
+        if ask {
+            return Ok(Some(query));
         }
+        self.complete(&query)?;
+        Ok(None)
+    }
+
+    /// Finishes an allowed publish or play: takes its name and quota slot.
+    pub fn complete(&mut self, q: &AuthQuery) -> Result<(), Denial> {
+        if !q.claim {
+            return Ok(());
+        }
+        self.claim(q.kind, &q.name)
+            .map_err(|(r, d)| denial(q.kind, q.stream_id, r, d))?;
+        if q.kind == Kind::Publish {
+            self.publish_stream_id = q.stream_id;
+        }
+        self.streams.push((q.kind, q.name.clone()));
         Ok(())
     }
 
+    /// The refusal of a query the auth service denied or could not answer.
+    pub fn refuse(q: &AuthQuery, reason: Reason, description: &str) -> Denial {
+        denial(q.kind, q.stream_id, reason, description.to_string())
+    }
+
+    /// nginx-rtmp's on_publish/on_play fields, then the stream's query
+    /// arguments.
+    fn form(&self, kind: Kind, name: &StreamName) -> String {
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        f.append_pair(
+            "call",
+            if kind == Kind::Publish {
+                "publish"
+            } else {
+                "play"
+            },
+        )
+        .append_pair("addr", &self.client.to_string())
+        .append_pair("app", &self.app.name)
+        .append_pair("name", &name.name)
+        .append_pair("tcurl", &opt(&self.tc_url))
+        .append_pair("pageurl", &opt(&self.page_url))
+        .append_pair("swfurl", &opt(&self.swf_url))
+        .append_pair("flashver", &opt(&self.flash_ver));
+        for (k, v) in &name.params {
+            f.append_pair(k, v);
+        }
+        f.finish()
+    }
+
     /// The stateless checks, in order: content blocks, addresses,
-    /// referrers, then the app's auth mode.
-    fn check(&self, kind: Kind, name: &StreamName) -> Result<(), (Reason, String)> {
+    /// referrers, then the app's auth mode. `Ok(true)`: ask the HTTP
+    /// auth service.
+    fn check(&self, kind: Kind, name: &StreamName) -> Result<bool, (Reason, String)> {
         let app = &self.app;
         if name.name.is_empty() {
             return Err((Reason::Unauthorized, "missing stream name".into()));
@@ -325,13 +406,14 @@ impl StreamPolicy {
             }
         }
         match mode {
-            AuthMode::None => Ok(()),
+            AuthMode::None => Ok(false),
+            AuthMode::Http => Ok(true),
             AuthMode::Deny => Err((Reason::Unauthorized, "not allowed here".into())),
             AuthMode::Key => {
                 let expected = app.keys.get(&name.name).map(|s| s.0.as_bytes());
                 let given = name.param("key").unwrap_or("").as_bytes();
                 match expected {
-                    Some(e) if bool::from(e.ct_eq(given)) => Ok(()),
+                    Some(e) if bool::from(e.ct_eq(given)) => Ok(false),
                     _ => Err((Reason::Unauthorized, "invalid stream key".into())),
                 }
             }
@@ -352,6 +434,7 @@ impl StreamPolicy {
                     self.client,
                     now,
                 )
+                .map(|()| false)
                 .map_err(|e| (Reason::Unauthorized, e.description().to_string()))
             }
         }
@@ -424,8 +507,25 @@ mod tests {
         }
     }
 
+    fn connect(page_url: Option<&str>) -> crate::rtmp::command::ConnectRequest {
+        crate::rtmp::command::ConnectRequest {
+            transaction_id: 1.0,
+            app_raw: "live".into(),
+            app: "live".into(),
+            tc_url: Some("rtmp://h/live".into()),
+            page_url: page_url.map(str::to_string),
+            swf_url: None,
+            flash_ver: Some("FMLE/3.0".into()),
+        }
+    }
+
     fn policy(app: &App, registry: &Arc<Registry>, client: &str) -> StreamPolicy {
-        StreamPolicy::new(app, registry.clone(), client.parse().unwrap(), None, None)
+        StreamPolicy::new(
+            app,
+            registry.clone(),
+            client.parse().unwrap(),
+            &connect(None),
+        )
     }
 
     #[test]
@@ -443,7 +543,10 @@ mod tests {
         assert_eq!(d.description, "invalid stream key");
         assert!(p.on_command(&cmd("publish", "cam1"), 1).is_err());
         assert!(p.on_command(&cmd("publish", "cam2?key=s3cret"), 1).is_err());
-        assert_eq!(p.on_command(&cmd("publish", "cam1?key=s3cret"), 1), Ok(()));
+        assert_eq!(
+            p.on_command(&cmd("publish", "cam1?key=s3cret"), 1),
+            Ok(None)
+        );
         assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
     }
 
@@ -462,8 +565,8 @@ mod tests {
                 .reason,
             Reason::Unauthorized
         );
-        assert_eq!(p.on_command(&cmd("play", "x"), 1), Ok(()));
-        assert_eq!(p.on_command(&cmd("createStream", ""), 0), Ok(()));
+        assert_eq!(p.on_command(&cmd("play", "x"), 1), Ok(None));
+        assert_eq!(p.on_command(&cmd("createStream", ""), 0), Ok(None));
     }
 
     #[test]
@@ -478,7 +581,7 @@ mod tests {
                 (Reason::ContentBlocked, "blocked content")
             );
         }
-        assert_eq!(p.on_command(&cmd("play", "Pirated-film"), 1), Ok(()));
+        assert_eq!(p.on_command(&cmd("play", "Pirated-film"), 1), Ok(None));
     }
 
     #[test]
@@ -508,7 +611,7 @@ mod tests {
         drop(first);
         drop(viewers);
         assert_eq!(r.counts("live"), (0, 0));
-        assert_eq!(second.on_command(&cmd("publish", "cam"), 1), Ok(()));
+        assert_eq!(second.on_command(&cmd("publish", "cam"), 1), Ok(None));
     }
 
     #[test]
@@ -527,13 +630,12 @@ mod tests {
             Reason::ForbiddenIp
         );
         let mut inside = policy(&a, &r, "10.1.2.3");
-        assert_eq!(inside.on_command(&cmd("publish", "cam"), 1), Ok(()));
+        assert_eq!(inside.on_command(&cmd("publish", "cam"), 1), Ok(None));
         let mut denied = StreamPolicy::new(
             &a,
             r.clone(),
             "192.0.2.66".parse().unwrap(),
-            Some("https://www.example.com/p".into()),
-            None,
+            &connect(Some("https://www.example.com/p")),
         );
         assert_eq!(
             denied
@@ -554,10 +656,9 @@ mod tests {
             &a,
             r.clone(),
             "192.0.2.1".parse().unwrap(),
-            Some("https://www.example.com/p".into()),
-            None,
+            &connect(Some("https://www.example.com/p")),
         );
-        assert_eq!(good.on_command(&cmd("play", "cam"), 1), Ok(()));
+        assert_eq!(good.on_command(&cmd("play", "cam"), 1), Ok(None));
     }
 
     #[test]
