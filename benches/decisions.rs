@@ -62,7 +62,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(key.on_command(black_box(&keyed), 1)).is_ok())
     });
     let mut tok = policy("token");
-    let expires = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 3600;
     let signed = prelude(&format!(
         "cam1?{}",
         token::sign(SECRET.as_bytes(), "live", "cam1", expires, None)
