@@ -25,7 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::callback::Callbacks;
 use crate::config::SessionLimits;
 use crate::config::{HttpAuth, OnError};
-use crate::policy::{AuthQuery, BitrateMeter, Denial, StreamPolicy};
+use crate::policy::{AuthQuery, BitrateMeter, Denial, Kind, StreamPolicy};
 use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
 use crate::rtmp::command;
@@ -73,19 +73,16 @@ impl ClientRules {
     /// Counts `bytes` the client sent at `now_ms`; refuses a publisher
     /// that stays over its app's bitrate cap.
     pub fn on_bytes(&mut self, bytes: u64, now_ms: u64) -> Result<(), Refusal> {
-        let Some((cap, stream_id)) = self.policy.as_ref().and_then(|p| p.publish_bitrate_cap())
-        else {
+        let Some(policy) = self.policy.as_ref() else {
+            return Ok(());
+        };
+        let Some(cap) = policy.publish_bitrate_cap() else {
             return Ok(());
         };
         if !self.meter.record(bytes, now_ms, cap) {
             return Ok(());
         }
-        Err(Refusal::stream(Denial {
-            reason: Reason::BitrateExceeded,
-            description: format!("publishing over {} kbit/s", cap / 1000),
-            code: crate::policy::PUBLISH_BAD_NAME,
-            stream_id,
-        }))
+        Err(Refusal::stream(policy.bitrate_denial(cap)))
     }
 
     /// Checks one command from the client, sent on `stream_id`.
@@ -184,11 +181,13 @@ impl End {
     }
 }
 
-/// Byte totals of a finished relay.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a finished relay moved.
+#[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub client_to_upstream: u64,
     pub upstream_to_client: u64,
+    /// Streams the client published or played, without query strings.
+    pub streams: Vec<(Kind, String)>,
 }
 
 /// Shared by both directions: bytes moved and the time of the last move.
@@ -290,9 +289,16 @@ pub async fn run(
     {
         refuse_stream(client, &from_upstream.parser, denial).await;
     }
+    let streams = from_client
+        .rules
+        .as_ref()
+        .and_then(|r| r.policy.as_ref())
+        .map(|p| p.streams.clone())
+        .unwrap_or_default();
     let totals = Totals {
         client_to_upstream: c2u.load(Ordering::Relaxed),
         upstream_to_client: u2c.load(Ordering::Relaxed),
+        streams,
     };
     (end, totals)
 }

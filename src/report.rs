@@ -207,6 +207,8 @@ pub struct Block {
     pub detail: String,
     /// The configured app, once the connect named one.
     pub app: Option<String>,
+    /// The stream, without its query string, for publish/play refusals.
+    pub stream: Option<String>,
     /// Enforced even in dry run: the guard's own capacity limits, and
     /// refusals after which there is nothing to let through.
     pub always: bool,
@@ -219,6 +221,7 @@ impl Block {
             reason,
             detail: detail.to_string(),
             app: None,
+            stream: None,
             always: !reason.dry_run_passes(),
         }
     }
@@ -231,6 +234,11 @@ impl Block {
 
     pub fn with_app(mut self, app: &str) -> Block {
         self.app = Some(app.to_string());
+        self
+    }
+
+    pub fn with_stream(mut self, stream: Option<&str>) -> Block {
+        self.stream = stream.map(str::to_string);
         self
     }
 }
@@ -250,6 +258,7 @@ pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
                 stage = block.stage.as_str(),
                 reason = block.reason.as_str(),
                 app = block.app.as_deref().unwrap_or(""),
+                stream = block.stream.as_deref().unwrap_or(""),
                 detail = block.detail.as_str(),
                 $message
             )
@@ -279,15 +288,20 @@ pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
     enforce
 }
 
-/// Logs the end of a session that reached the relay.
+/// Logs the end of a session that reached the relay, with the streams it
+/// published or played (names only: keys and tokens travel in the query).
 pub fn session_closed(
     client: SocketAddr,
     app: &str,
     end: &str,
     duration: Duration,
-    client_to_upstream: u64,
-    upstream_to_client: u64,
+    totals: &crate::relay::Totals,
 ) {
+    let streams: Vec<String> = totals
+        .streams
+        .iter()
+        .map(|(kind, name)| format!("{} {name}", kind.as_str()))
+        .collect();
     tracing::info!(
         event = "session_closed",
         client = %client.ip(),
@@ -295,8 +309,9 @@ pub fn session_closed(
         app,
         end,
         duration_seconds = duration.as_secs_f64(),
-        bytes_client_to_upstream = client_to_upstream,
-        bytes_upstream_to_client = upstream_to_client,
+        bytes_client_to_upstream = totals.client_to_upstream,
+        bytes_upstream_to_client = totals.upstream_to_client,
+        streams = streams.join(",").as_str(),
         "session closed"
     );
 }

@@ -350,7 +350,9 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
         .inc();
     let started = Instant::now();
     let on_refusal = |r: &relay::Refusal| {
-        let block = Block::new(Stage::Session, r.reason, &r.detail).with_app(&app.name);
+        let block = Block::new(Stage::Session, r.reason, &r.detail)
+            .with_app(&app.name)
+            .with_stream(r.status.as_ref().map(|d| d.stream.as_str()));
         report::refuse(guard, peer, &block)
     };
     let (end, totals) = relay::run(
@@ -385,14 +387,9 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
     )
     .await;
     drop(active);
-    report::session_closed(
-        peer,
-        &app.name,
-        end.as_str(),
-        started.elapsed(),
-        totals.client_to_upstream + head.len() as u64,
-        totals.upstream_to_client,
-    );
+    let mut totals = totals;
+    totals.client_to_upstream += head.len() as u64;
+    report::session_closed(peer, &app.name, end.as_str(), started.elapsed(), &totals);
     match end {
         relay::End::ClientRefused(_) => Outcome::Refused,
         relay::End::UpstreamViolation(why) => {

@@ -32,6 +32,15 @@ pub enum Kind {
     Play,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Publish => "publish",
+            Kind::Play => "play",
+        }
+    }
+}
+
 /// A refused publish or play.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -42,6 +51,9 @@ pub struct Denial {
     pub code: &'static str,
     /// Message stream id to send the `onStatus` on.
     pub stream_id: u32,
+    /// The stream name, without its query string (where keys and tokens
+    /// travel): safe to log.
+    pub stream: String,
 }
 
 /// A publish or play the app's HTTP auth service must decide on.
@@ -179,7 +191,7 @@ impl BitrateMeter {
     }
 }
 
-fn denial(kind: Kind, stream_id: u32, reason: Reason, description: String) -> Denial {
+fn denial(kind: Kind, stream_id: u32, stream: &str, reason: Reason, description: String) -> Denial {
     Denial {
         reason,
         description,
@@ -188,6 +200,7 @@ fn denial(kind: Kind, stream_id: u32, reason: Reason, description: String) -> De
             Kind::Play => PLAY_FAILED,
         },
         stream_id,
+        stream: stream.to_string(),
     }
 }
 
@@ -282,11 +295,27 @@ impl StreamPolicy {
     }
 
     /// The app's publish bitrate cap (bits/s), once this session publishes.
-    pub fn publish_bitrate_cap(&self) -> Option<(u64, u32)> {
-        let publishing = self.streams.iter().any(|(k, _)| *k == Kind::Publish);
-        let cap = self.app.max_publish_bitrate.filter(|_| publishing)?;
-        let stream_id = self.publish_stream_id;
-        Some((cap, stream_id))
+    pub fn publish_bitrate_cap(&self) -> Option<u64> {
+        self.app
+            .max_publish_bitrate
+            .filter(|_| self.streams.iter().any(|(k, _)| *k == Kind::Publish))
+    }
+
+    /// The refusal of a publisher that stayed over the cap.
+    pub fn bitrate_denial(&self, cap: u64) -> Denial {
+        let stream = self
+            .streams
+            .iter()
+            .find(|(k, _)| *k == Kind::Publish)
+            .map_or("", |(_, name)| name.as_str());
+        let description = format!("publishing over {} kbit/s", cap / 1000);
+        denial(
+            Kind::Publish,
+            self.publish_stream_id,
+            stream,
+            Reason::BitrateExceeded,
+            description,
+        )
     }
 
     /// Decides on a client command sent on message stream `stream_id`.
@@ -314,7 +343,7 @@ impl StreamPolicy {
         let claim = matches!(cmd.name.as_str(), "publish" | "play");
         let ask = self
             .check(kind, &name)
-            .map_err(|(r, d)| denial(kind, stream_id, r, d))?;
+            .map_err(|(r, d)| denial(kind, stream_id, &name.name, r, d))?;
         let query = AuthQuery {
             form: if ask {
                 self.form(kind, &name)
@@ -339,7 +368,7 @@ impl StreamPolicy {
             return Ok(());
         }
         self.claim(q.kind, &q.name)
-            .map_err(|(r, d)| denial(q.kind, q.stream_id, r, d))?;
+            .map_err(|(r, d)| denial(q.kind, q.stream_id, &q.name, r, d))?;
         if q.kind == Kind::Publish {
             self.publish_stream_id = q.stream_id;
         }
@@ -349,7 +378,13 @@ impl StreamPolicy {
 
     /// The refusal of a query the auth service denied or could not answer.
     pub fn refuse(q: &AuthQuery, reason: Reason, description: &str) -> Denial {
-        denial(q.kind, q.stream_id, reason, description.to_string())
+        denial(
+            q.kind,
+            q.stream_id,
+            &q.name,
+            reason,
+            description.to_string(),
+        )
     }
 
     /// nginx-rtmp's on_publish/on_play fields, then the stream's query
@@ -357,21 +392,14 @@ impl StreamPolicy {
     fn form(&self, kind: Kind, name: &StreamName) -> String {
         let mut f = form_urlencoded::Serializer::new(String::new());
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-        f.append_pair(
-            "call",
-            if kind == Kind::Publish {
-                "publish"
-            } else {
-                "play"
-            },
-        )
-        .append_pair("addr", &self.client.to_string())
-        .append_pair("app", &self.app.name)
-        .append_pair("name", &name.name)
-        .append_pair("tcurl", &opt(&self.tc_url))
-        .append_pair("pageurl", &opt(&self.page_url))
-        .append_pair("swfurl", &opt(&self.swf_url))
-        .append_pair("flashver", &opt(&self.flash_ver));
+        f.append_pair("call", kind.as_str())
+            .append_pair("addr", &self.client.to_string())
+            .append_pair("app", &self.app.name)
+            .append_pair("name", &name.name)
+            .append_pair("tcurl", &opt(&self.tc_url))
+            .append_pair("pageurl", &opt(&self.page_url))
+            .append_pair("swfurl", &opt(&self.swf_url))
+            .append_pair("flashver", &opt(&self.flash_ver));
         for (k, v) in &name.params {
             f.append_pair(k, v);
         }
