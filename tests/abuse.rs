@@ -53,11 +53,7 @@ fn denied_addresses_are_refused_at_accept_without_reaching_the_origin() {
     // Another address is served.
     let mut ok = RawClient::handshaken_from(h.addr(), "127.0.0.3");
     ok.send(&connect_bytes("live"));
-    assert!(
-        common::wait_for(Duration::from_secs(3), || (h.origin.accepted() == 1)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(h.origin.reaches(1, Duration::from_secs(3)));
 }
 
 #[test]
@@ -112,11 +108,7 @@ fn a_connection_flood_is_rate_limited_then_banned_and_others_are_untouched() {
     // Another client still gets through.
     let mut ok = RawClient::handshaken_from(h.addr(), "127.0.0.8");
     ok.send(&connect_bytes("live"));
-    assert!(
-        common::wait_for(Duration::from_secs(3), || (h.origin.accepted() == 1)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(h.origin.reaches(1, Duration::from_secs(3)));
 }
 
 #[test]
@@ -170,11 +162,7 @@ fn pending_connections_past_max_pending_are_shed_but_relaying_sessions_stay() {
     // One session gets past connect and relays.
     let mut relaying = RawClient::handshaken_from(h.addr(), "127.0.0.12");
     relaying.send(&connect_bytes("live"));
-    assert!(
-        common::wait_for(Duration::from_secs(3), || (h.origin.accepted() == 1)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(h.origin.reaches(1, Duration::from_secs(3)));
     // Two stalled handshakes fill max_pending; the next is shed.
     let _a = RawClient::tcp_from(h.addr(), "127.0.0.13");
     let _b = RawClient::tcp_from(h.addr(), "127.0.0.14");
@@ -256,11 +244,7 @@ fn dry_run_counts_what_it_would_block_and_blocks_nothing() {
         c.send(&bytes);
         clients.push(c);
     }
-    assert!(
-        common::wait_for(Duration::from_secs(3), || (h.origin.accepted() == 6)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(h.origin.reaches(6, Duration::from_secs(3)));
     let m = &h.guard.guard.metrics;
     assert_eq!(m.would_block_count(Stage::Accept, Reason::IpDenied), 6);
     assert!(m.would_block_count(Stage::Session, Reason::CommandFlood) >= 6);

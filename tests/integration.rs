@@ -132,11 +132,7 @@ fn round_robin_skips_a_refusing_server() {
         c.send(&connect_bytes("live"));
         clients.push(c);
     }
-    assert!(
-        common::wait_for(Duration::from_secs(5), || (origin.accepted() == 4)
-            .then_some(()))
-        .is_some()
-    );
+    assert!(origin.reaches(4, Duration::from_secs(5)));
     // Two of the four started at the dead server and were moved on.
     assert_eq!(
         running

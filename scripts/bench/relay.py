@@ -48,6 +48,17 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"port {port} never opened")
 
 
+def stop_all(procs):
+    """Terminates the servers a bench started, killing any that linger."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def cpu_seconds(pid):
     """utime + stime of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -112,12 +123,14 @@ backend origin
     return p
 
 
-def start_guard(work, port, metrics_port, origin_port):
+def start_guard(work, port, metrics_port, origin_port, extra=""):
+    """The release guard in front of the origin; `extra` adds TOML tables."""
     conf = os.path.join(work, "guard.toml")
     with open(conf, "w") as f:
         f.write(f"""[server]
 listen = ["127.0.0.1:{port}"]
 idle_timeout = "600s"
+{extra}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 [[upstream]]
@@ -210,13 +223,7 @@ def main():
                 cpu_s = "-" if name == "direct" else f"{cpu:.3f}"
                 print(f"| {n} | {name} | {mbps:.1f} | {mbps / direct:.2f}x | {cpu_s} |")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

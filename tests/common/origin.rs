@@ -89,6 +89,12 @@ impl TestOrigin {
         }
     }
 
+    /// Waits up to `within` for the origin to have accepted `n`
+    /// connections; true if it did.
+    pub fn reaches(&self, n: usize, within: std::time::Duration) -> bool {
+        super::wait_for(within, || (self.accepted() == n).then_some(())).is_some()
+    }
+
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
