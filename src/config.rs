@@ -46,6 +46,40 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     #[serde(default, rename = "app")]
     pub apps: Vec<App>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub state: Option<State>,
+    #[serde(default)]
+    pub audit: Option<Audit>,
+}
+
+/// `[admin]`: the admin API. Off when the table is absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// A file holding the bearer token; required unless `listen` is loopback.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The token, read from `token_file` at load.
+    #[serde(skip)]
+    pub token: Option<Secret>,
+}
+
+/// `[state]`: where runtime bans, blocks and suspensions are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub path: std::path::PathBuf,
+}
+
+/// `[audit]`: the append-only audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    pub path: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +95,9 @@ pub struct Server {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub mode: Mode,
+    /// On SIGTERM: how long live sessions may go on before they are closed.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 /// Whether the guard enforces what it decides.
@@ -84,6 +121,7 @@ impl Default for Server {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             mode: Mode::Enforce,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -432,6 +470,7 @@ impl Config {
         config
             .validate()
             .and_then(|()| config.load_app_files(base.as_deref()))
+            .and_then(|()| config.load_ops_files(base.as_deref()))
             .map_err(|invalid| ConfigError {
                 source: source.to_string(),
                 line: locate(text, &invalid.path),
@@ -464,6 +503,40 @@ impl Config {
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Resolves the state and audit paths, and reads the admin API's bearer
+    /// token; only a loopback admin address may go without one.
+    fn load_ops_files(&mut self, base: Option<&Path>) -> Result<(), Invalid> {
+        if let Some(state) = self.state.as_mut() {
+            state.path = resolve(base, &state.path);
+        }
+        if let Some(audit) = self.audit.as_mut() {
+            audit.path = resolve(base, &audit.path);
+        }
+        let Some(admin) = self.admin.as_mut() else {
+            return Ok(());
+        };
+        let at = |key: &str| vec![seg("admin"), seg(key)];
+        if let Some(file) = &admin.token_file {
+            let path = resolve(base, file);
+            let token = std::fs::read_to_string(&path).map_err(|e| Invalid {
+                path: at("token_file"),
+                why: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let token = token.trim();
+            check_at(
+                token.len() >= 16,
+                at("token_file"),
+                "the token must be at least 16 bytes",
+            )?;
+            admin.token = Some(Secret(token.to_string()));
+        }
+        check_at(
+            admin.token.is_some() || admin.listen.ip().is_loopback(),
+            at("token_file"),
+            "a non-loopback admin listen address needs token_file",
+        )
     }
 
     /// Reads each app's keys file and token secret.
@@ -517,6 +590,7 @@ impl Config {
             ("handshake_timeout", s.handshake_timeout),
             ("connect_timeout", s.connect_timeout),
             ("idle_timeout", s.idle_timeout),
+            ("drain_timeout", s.drain_timeout),
         ] {
             check(!d.is_zero(), &["server", key], "must be greater than zero")?;
         }

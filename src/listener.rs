@@ -110,7 +110,7 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
         let detail = format!(
             "{} connections already open",
-            guard.config.server.max_connections
+            guard.config.load().server.max_connections
         );
         let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
         report::refuse(guard, peer, &block);
@@ -165,7 +165,7 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
 /// Runs admission for `client`. `None`: refused (and reported).
 /// `slot`: a pending slot reserved at accept, if any.
 pub fn admit(guard: &Guard, client: SocketAddr, slot: Option<PendingSlot>) -> Option<Ticket> {
-    let dry_run = guard.config.server.mode == Mode::DryRun;
+    let dry_run = guard.config.load().server.mode == Mode::DryRun;
     let (ticket, refusal) = guard
         .admission
         .admit(client.ip(), Instant::now(), dry_run, slot);

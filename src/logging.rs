@@ -149,7 +149,7 @@ fn push_escaped(out: &mut String, s: &str) {
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-27T23:22:45.123456Z`.
-fn push_timestamp(out: &mut String, now: SystemTime) {
+pub fn push_timestamp(out: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);

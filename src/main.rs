@@ -165,7 +165,7 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match rtmp_guard::start(config).await {
+        let running = match rtmp_guard::start_from(config, path).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");
@@ -183,7 +183,9 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
             listen.join(", "),
             running.metrics_addr
         );
-        wait_for_stop().await;
+        serve_signals(&running).await;
+        let drain = running.guard.config().server.drain_timeout;
+        rtmp_guard::lifecycle::drain(&running, drain).await;
         tracing::info!(event = "stopping", "rtmp-guard stopping");
         running.stop();
         ExitCode::SUCCESS
@@ -196,16 +198,25 @@ fn raise_file_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
-async fn wait_for_stop() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+/// Reloads on SIGHUP (and reopens the audit log for logrotate); returns on
+/// SIGTERM or Ctrl-C, when the guard drains.
+async fn serve_signals(running: &rtmp_guard::Running) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                running.guard.audit.reopen();
+                let _ = rtmp_guard::lifecycle::reload(&running.guard);
+            }
+        }
     }
 }

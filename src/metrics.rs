@@ -49,7 +49,17 @@ pub struct Metrics {
     pub bytes_upstream_to_client: IntCounter,
     pub handshake_duration: Histogram,
     pub upstream_connect_duration: Histogram,
+    config_reloads_total: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub state_file_quarantined_total: IntCounter,
+    pub state_file_write_errors_total: IntCounter,
+    admin_actions_total: IntCounterVec,
 }
+
+/// Values of the `action` label of `rtmp_guard_admin_actions_total`.
+pub const ADMIN_ACTIONS: [&str; 9] = [
+    "kick", "ban", "unban", "block", "unblock", "suspend", "resume", "reload", "denied",
+];
 
 impl Metrics {
     /// Builds and registers every metric. `apps` and `upstreams` are the
@@ -137,6 +147,32 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_config_reloads_total",
+                "Config reloads (SIGHUP or the admin API), by result: success or failure.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = IntGauge::new(
+            "rtmp_guard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that succeeded (the start counts).",
+        )?;
+        let state_file_quarantined_total = IntCounter::new(
+            "rtmp_guard_state_file_quarantined_total",
+            "Unreadable or corrupt state files moved aside at start.",
+        )?;
+        let state_file_write_errors_total = IntCounter::new(
+            "rtmp_guard_state_file_write_errors_total",
+            "Failed writes of the state file (the change was not applied).",
+        )?;
+        let admin_actions_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_admin_actions_total",
+                "Admin API actions, by action; denied counts refused credentials.",
+            ),
+            &["action"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rtmp_guard_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -160,6 +196,17 @@ impl Metrics {
         registry.register(Box::new(handshake_duration.clone()))?;
         registry.register(Box::new(upstream_connect_duration.clone()))?;
         registry.register(Box::new(build_info))?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(state_file_quarantined_total.clone()))?;
+        registry.register(Box::new(state_file_write_errors_total.clone()))?;
+        registry.register(Box::new(admin_actions_total.clone()))?;
+        for result in ["success", "failure"] {
+            config_reloads_total.with_label_values(&[result]);
+        }
+        for action in ADMIN_ACTIONS {
+            admin_actions_total.with_label_values(&[action]);
+        }
 
         for stage in Stage::ALL {
             for reason in Reason::ALL {
@@ -196,7 +243,33 @@ impl Metrics {
             bytes_upstream_to_client: bytes_total.with_label_values(&["upstream_to_client"]),
             handshake_duration,
             upstream_connect_duration,
+            config_reloads_total,
+            config_last_reload_success,
+            state_file_quarantined_total,
+            state_file_write_errors_total,
+            admin_actions_total,
         })
+    }
+
+    /// Counts a reload; `ok` also stamps the success time.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads_total.with_label_values(&[result]).inc();
+        if ok {
+            self.config_last_reload_success
+                .set(crate::control::unix_now() as i64);
+        }
+    }
+
+    /// `action` must be one of [`ADMIN_ACTIONS`].
+    pub fn admin_action(&self, action: &'static str) {
+        self.admin_actions_total.with_label_values(&[action]).inc();
+    }
+
+    /// Makes sure an app's session series exist (after a reload adds one).
+    pub fn ensure_app(&self, app: &str) {
+        self.sessions_active.with_label_values(&[app]);
+        self.sessions_total.with_label_values(&[app]);
     }
 
     pub fn blocked(&self, stage: Stage, reason: Reason) {

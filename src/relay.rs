@@ -10,7 +10,7 @@
 //! The session ends when either side closes, or nothing moves in either
 //! direction for `idle_timeout`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -25,6 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::callback::Callbacks;
 use crate::config::SessionLimits;
 use crate::config::{HttpAuth, OnError};
+use crate::control::sessions::{self, Kick, Session};
 use crate::policy::{AuthQuery, BitrateMeter, Denial, Kind, StreamPolicy};
 use crate::report::Reason;
 use crate::rtmp::chunk::{types, ChunkParser, Message};
@@ -165,6 +166,8 @@ pub enum End {
     ClientRefused(Refusal),
     /// The upstream sent something the guard cannot read.
     UpstreamViolation(String),
+    /// The operator ended the session (not yet reported).
+    Kicked(Kick),
 }
 
 impl End {
@@ -177,6 +180,7 @@ impl End {
             End::UpstreamError(_) => "upstream_error",
             End::ClientRefused(_) => "client_refused",
             End::UpstreamViolation(_) => "upstream_protocol_violation",
+            End::Kicked(_) => "kicked",
         }
     }
 }
@@ -225,6 +229,10 @@ pub struct Settings<'a> {
     pub on_refusal: OnRefusal<'a>,
     /// The app's HTTP auth service, for `http` mode.
     pub http: Option<(&'a Callbacks, &'a HttpAuth)>,
+    /// The session's registry entry: bytes and streams shown to the
+    /// operator, and the operator's kicks.
+    pub session: &'a Session,
+    pub kicks: tokio::sync::watch::Receiver<Option<Kick>>,
 }
 
 /// The upstream is trusted to the extent that a refusal only ends the
@@ -246,26 +254,32 @@ pub async fn run(
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
-    let c2u = AtomicU64::new(0);
-    let u2c = AtomicU64::new(0);
+    let c2u = &settings.session.client_to_upstream;
+    let u2c = &settings.session.upstream_to_client;
+    let to_client_writing = AtomicBool::new(false);
+    let to_upstream_writing = AtomicBool::new(false);
     let (client_read, client_write) = client.split();
     let (upstream_read, upstream_write) = upstream.split();
     let depth = settings.max_amf_depth;
     let client_side = Side {
         max_amf_depth: depth,
         activity: &activity,
-        moved: &c2u,
+        moved: c2u,
         counter: settings.bytes_client_to_upstream,
         on_refusal: settings.on_refusal,
         http: settings.http,
+        writing: &to_upstream_writing,
+        session: Some(settings.session),
     };
     let upstream_side = Side {
         max_amf_depth: depth,
         activity: &activity,
-        moved: &u2c,
+        moved: u2c,
         counter: settings.bytes_upstream_to_client,
         on_refusal: &always_enforce,
         http: None,
+        writing: &to_client_writing,
+        session: None,
     };
     let end = tokio::select! {
         end = pump(client_read, upstream_write, &mut from_client, &client_side) => match end {
@@ -281,13 +295,21 @@ pub async fn run(
             PumpEnd::Refused(r) => End::UpstreamViolation(r.detail),
         },
         _ = idle(&activity, settings.idle_timeout) => End::Idle,
+        kick = sessions::kicked(settings.kicks.clone()) => End::Kicked(kick),
     };
-    if let End::ClientRefused(Refusal {
-        status: Some(denial),
-        ..
-    }) = &end
-    {
-        refuse_stream(client, &from_upstream.parser, denial).await;
+    // A reply may go to the client only between the origin's messages:
+    // not if the origin's last write to the client was cut off mid-way.
+    let client_clean = !to_client_writing.load(Ordering::Relaxed);
+    let denial = match &end {
+        End::ClientRefused(Refusal {
+            status: Some(denial),
+            ..
+        }) => Some(denial.clone()),
+        End::Kicked(kick) => Some(kick_denial(kick, from_client.rules.as_ref())),
+        _ => None,
+    };
+    if let Some(denial) = denial.filter(|_| client_clean) {
+        refuse_stream(client, &from_upstream.parser, &denial).await;
     }
     let streams = from_client
         .rules
@@ -301,6 +323,22 @@ pub async fn run(
         streams,
     };
     (end, totals)
+}
+
+/// The `onStatus` a kicked session gets: on its stream's message stream
+/// if it has one.
+fn kick_denial(kick: &Kick, rules: Option<&ClientRules>) -> Denial {
+    let policy = rules.and_then(|r| r.policy.as_ref());
+    Denial {
+        reason: kick.reason,
+        description: kick.description.clone(),
+        code: reply::CONNECTION_CLOSED,
+        stream_id: policy.map_or(0, |p| p.stream_id()),
+        stream: policy
+            .and_then(|p| p.streams.first())
+            .map(|(_, name)| name.clone())
+            .unwrap_or_default(),
+    }
 }
 
 /// How long a refused publish or play waits for its answer at most.
@@ -338,6 +376,10 @@ struct Side<'a> {
     counter: &'a IntCounter,
     on_refusal: OnRefusal<'a>,
     http: Option<(&'a Callbacks, &'a HttpAuth)>,
+    /// Set while a write to the peer is in progress.
+    writing: &'a AtomicBool,
+    /// Where this direction's streams are shown (the client's only).
+    session: Option<&'a Session>,
 }
 
 /// Copies one direction, parsing and inspecting everything it forwards.
@@ -372,6 +414,7 @@ where
                 Err(refusal) => return PumpEnd::Refused(refusal),
             }
         }
+        show_streams(dir, side);
         if let Some(rules) = dir.rules.as_mut() {
             let now_ms = side.activity.start.elapsed().as_millis() as u64;
             if let Err(refusal) = rules.on_bytes(buf.len() as u64, now_ms) {
@@ -380,14 +423,31 @@ where
                 }
             }
         }
+        side.writing.store(true, Ordering::Relaxed);
         if let Err(e) = writer.write_all(&buf).await {
             return PumpEnd::Write(e);
         }
+        side.writing.store(false, Ordering::Relaxed);
         let n = buf.len() as u64;
         side.moved.fetch_add(n, Ordering::Relaxed);
         side.counter.inc_by(n);
         side.activity.touch();
         buf.clear();
+    }
+}
+
+/// Copies the streams the client publishes or plays to its registry entry
+/// when they change.
+fn show_streams(dir: &Direction, side: &Side<'_>) {
+    let (Some(session), Some(policy)) = (
+        side.session,
+        dir.rules.as_ref().and_then(|r| r.policy.as_ref()),
+    ) else {
+        return;
+    };
+    let shown = session.streams.lock().map_or(0, |s| s.len());
+    if shown != policy.streams.len() {
+        session.set_streams(&policy.streams);
     }
 }
 

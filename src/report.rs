@@ -84,10 +84,15 @@ pub enum Reason {
     BitrateExceeded,
     /// The HTTP auth service did not answer and `on_error` is deny.
     AuthUnavailable,
+    /// A connect to an app the operator suspended.
+    AppSuspended,
+    /// Ended by the operator (admin API, or a ban, block or suspension
+    /// made while the session was live).
+    Kicked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -110,6 +115,8 @@ impl Reason {
         Reason::StreamBusy,
         Reason::BitrateExceeded,
         Reason::AuthUnavailable,
+        Reason::AppSuspended,
+        Reason::Kicked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -136,6 +143,8 @@ impl Reason {
             Reason::StreamBusy => "stream_busy",
             Reason::BitrateExceeded => "bitrate_exceeded",
             Reason::AuthUnavailable => "auth_unavailable",
+            Reason::AppSuspended => "app_suspended",
+            Reason::Kicked => "kicked",
         }
     }
 
@@ -187,7 +196,9 @@ impl Reason {
             | Reason::QuotaExceeded
             | Reason::StreamBusy
             | Reason::BitrateExceeded
-            | Reason::AuthUnavailable => 0,
+            | Reason::AuthUnavailable
+            | Reason::AppSuspended
+            | Reason::Kicked => 0,
         }
     }
 }
@@ -248,7 +259,7 @@ impl Block {
 /// only in dry run, for refusals dry run lets through (then it is counted
 /// in `rtmp_guard_would_block_total` instead).
 pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
-    let enforce = block.always || guard.config.server.mode == Mode::Enforce;
+    let enforce = block.always || guard.config.load().server.mode == Mode::Enforce;
     macro_rules! event {
         ($event:literal, $message:literal) => {
             tracing::warn!(
@@ -267,6 +278,7 @@ pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
     if enforce {
         guard.metrics.blocked(block.stage, block.reason);
         event!("blocked", "session blocked");
+        guard.audit.blocked(block, client);
     } else {
         guard.metrics.would_block(block.stage, block.reason);
         event!("would_block", "session would be blocked (dry run)");
@@ -281,7 +293,7 @@ pub fn refuse(guard: &Guard, client: SocketAddr, block: &Block) -> bool {
             prefix = %ban.prefix,
             reason = ban.reason.as_str(),
             duration_seconds = ban.duration.as_secs(),
-            dry_run = guard.config.server.mode == Mode::DryRun,
+            dry_run = guard.config.load().server.mode == Mode::DryRun,
             "prefix banned"
         );
     }

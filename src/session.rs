@@ -123,7 +123,7 @@ async fn proxy_header(
     slot: PendingSlot,
     accepted: Instant,
 ) -> Result<(), Outcome> {
-    let deadline = accepted + guard.config.server.handshake_timeout;
+    let deadline = accepted + guard.config.load().server.handshake_timeout;
     let header = match timeout_at(deadline, read_proxy_header(client)).await {
         Err(_) => {
             return Err(Outcome::Blocked(Block::new(
@@ -191,7 +191,7 @@ async fn read_proxy_header(
 }
 
 async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: Instant) -> Outcome {
-    let config = &guard.config;
+    let config = guard.config();
     let limits = &config.limits;
     let peer = conn.client;
 
@@ -276,12 +276,22 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
             format!("unknown app {shown:?}"),
         ));
     };
-    let Some((up_index, up)) = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .find(|(_, u)| u.name == app.upstream)
-    else {
+    if guard.remedies.load().suspension(&app.name).is_some() {
+        send_reply(
+            client,
+            &reply::connect_error(
+                request.transaction_id,
+                reply::CONNECT_REJECTED,
+                // ffmpeg prints only the description: lead with the code.
+                "NetConnection.Connect.Rejected: application suspended",
+            ),
+        )
+        .await;
+        return Outcome::Blocked(
+            Block::new(Stage::Connect, Reason::AppSuspended, "app suspended").with_app(&app.name),
+        );
+    }
+    let Some(up) = config.upstream(&app.upstream) else {
         // Validation guarantees the upstream exists; refuse rather than panic.
         return Outcome::Unreachable;
     };
@@ -292,19 +302,13 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
     }
 
     // Stage: upstream.
-    let rr = guard.round_robin.get(up_index);
+    let rr = guard.round_robin(&up.name);
     let header = match up.proxy_protocol {
         ProxyProtocolOut::Off => Vec::new(),
         ProxyProtocolOut::V1 => proxy_protocol::encode_v1(conn.client, conn.local),
         ProxyProtocolOut::V2 => proxy_protocol::encode_v2(conn.client, conn.local),
     };
-    let connected = match rr {
-        Some(rr) => upstream::connect(up, rr, &header, &guard.metrics).await,
-        None => Err(upstream::Unreachable {
-            kind: crate::metrics::upstream_kind::CONNECT_REFUSED,
-            detail: "no round-robin state".into(),
-        }),
-    };
+    let connected = upstream::connect(up, &rr, &header, &guard.metrics).await;
     let mut connected = match connected {
         Ok(c) => c,
         Err(failure) => {
@@ -349,6 +353,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
         .with_label_values(&[&app.name])
         .inc();
     let started = Instant::now();
+    let registration = guard.sessions.register(peer, &app.name);
     let on_refusal = |r: &relay::Refusal| {
         let block = Block::new(Stage::Session, r.reason, &r.detail)
             .with_app(&app.name)
@@ -383,6 +388,8 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
             bytes_upstream_to_client: &guard.metrics.bytes_upstream_to_client,
             on_refusal: &on_refusal,
             http: app.http_auth.as_ref().map(|h| (&guard.callbacks, h)),
+            session: &registration.session,
+            kicks: registration.kicks.clone(),
         },
     )
     .await;
@@ -390,8 +397,18 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
     let mut totals = totals;
     totals.client_to_upstream += head.len() as u64;
     report::session_closed(peer, &app.name, end.as_str(), started.elapsed(), &totals);
+    drop(registration);
     match end {
         relay::End::ClientRefused(_) => Outcome::Refused,
+        relay::End::Kicked(kick) => {
+            let stream = totals.streams.first().map(|(_, n)| n.as_str());
+            Outcome::Blocked(
+                Block::new(Stage::Session, kick.reason, &kick.description)
+                    .with_app(&app.name)
+                    .with_stream(stream)
+                    .always(),
+            )
+        }
         relay::End::UpstreamViolation(why) => {
             guard
                 .metrics

@@ -113,6 +113,11 @@ impl BanList {
         self.bans.is_empty()
     }
 
+    /// Lifts the ban on exactly `prefix`; false if there was none.
+    pub fn unban(&self, prefix: &IpNet) -> bool {
+        self.bans.remove(prefix).is_some()
+    }
+
     pub fn list(&self) -> Vec<(IpNet, Ban)> {
         self.bans.iter().map(|e| (*e.key(), *e.value())).collect()
     }

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use governor::Quota;
 use ipnet::IpNet;
@@ -33,20 +35,88 @@ pub struct NewBan {
 }
 
 pub struct Admission {
+    /// What the config says; swapped whole on reload.
+    rules: ArcSwap<Rules>,
+    /// Rate and concurrency state; replaced only when a reload changes
+    /// its shape (rate, burst, prefix lengths, size).
+    table: ArcSwap<AddressTable>,
+    bans: BanList,
+    /// Prefixes the operator banned, with when each ban ends.
+    manual: ArcSwap<Vec<(IpNet, Option<SystemTime>)>>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// The admission settings from one config.
+struct Rules {
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
     rule: PrefixRule,
-    table: AddressTable,
-    bans: BanList,
     max_concurrent: u32,
     max_pending: usize,
-    pending: Arc<AtomicUsize>,
     auto_ban: bool,
     threshold: u32,
     window: Duration,
     ban_for: Duration,
     scores: Vec<(Reason, u32)>,
+    /// What the address table was built from.
+    table_shape: (u32, u32, u8, u8, usize),
+}
+
+impl Rules {
+    fn new(config: &Config) -> Rules {
+        let per_ip = &config.limits.per_ip;
+        let scores = Reason::ALL
+            .into_iter()
+            .map(|r| {
+                let points = config
+                    .bans
+                    .scores
+                    .get(r.as_str())
+                    .copied()
+                    .unwrap_or(r.default_ban_score());
+                (r, points)
+            })
+            .collect();
+        Rules {
+            deny: config.access.deny.clone(),
+            allow: config.access.allow.clone(),
+            trusted_proxies: config.proxy_protocol.trusted.clone(),
+            rule: PrefixRule {
+                ipv4: per_ip.ipv4_prefix,
+                ipv6: per_ip.ipv6_prefix,
+            },
+            max_concurrent: per_ip.max_concurrent,
+            max_pending: config.limits.global.max_pending,
+            auto_ban: config.bans.auto,
+            threshold: config.bans.threshold,
+            window: config.bans.window,
+            ban_for: config.bans.duration,
+            scores,
+            table_shape: (
+                per_ip.connections_per_second,
+                per_ip.burst,
+                per_ip.ipv4_prefix,
+                per_ip.ipv6_prefix,
+                per_ip.max_tracked,
+            ),
+        }
+    }
+
+    fn score_of(&self, reason: Reason) -> u32 {
+        self.scores
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, p)| *p)
+    }
+
+    fn table(&self) -> AddressTable {
+        let (rate, burst, _, _, max_tracked) = self.table_shape;
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(one));
+        AddressTable::new(quota, max_tracked)
+    }
 }
 
 /// One connection counted against `max_pending` until it drops.
@@ -82,47 +152,45 @@ impl Drop for Ticket {
 
 impl Admission {
     pub fn new(config: &Config) -> Admission {
-        let per_ip = &config.limits.per_ip;
-        let one = NonZeroU32::MIN;
-        let quota =
-            Quota::per_second(NonZeroU32::new(per_ip.connections_per_second).unwrap_or(one))
-                .allow_burst(NonZeroU32::new(per_ip.burst).unwrap_or(one));
-        let scores = Reason::ALL
-            .into_iter()
-            .map(|r| {
-                let points = config
-                    .bans
-                    .scores
-                    .get(r.as_str())
-                    .copied()
-                    .unwrap_or(r.default_ban_score());
-                (r, points)
-            })
-            .collect();
+        let rules = Rules::new(config);
         Admission {
-            deny: config.access.deny.clone(),
-            allow: config.access.allow.clone(),
-            trusted_proxies: config.proxy_protocol.trusted.clone(),
-            rule: PrefixRule {
-                ipv4: per_ip.ipv4_prefix,
-                ipv6: per_ip.ipv6_prefix,
-            },
-            table: AddressTable::new(quota, per_ip.max_tracked),
+            table: ArcSwap::from_pointee(rules.table()),
+            rules: ArcSwap::from_pointee(rules),
             bans: BanList::default(),
-            max_concurrent: per_ip.max_concurrent,
-            max_pending: config.limits.global.max_pending,
+            manual: ArcSwap::default(),
             pending: Arc::new(AtomicUsize::new(0)),
-            auto_ban: config.bans.auto,
-            threshold: config.bans.threshold,
-            window: config.bans.window,
-            ban_for: config.bans.duration,
-            scores,
         }
+    }
+
+    /// Applies a reloaded config. Rate state starts afresh only if the
+    /// table's shape changed; bans and open connections carry over.
+    pub fn reconfigure(&self, config: &Config) {
+        let rules = Rules::new(config);
+        if rules.table_shape != self.rules.load().table_shape {
+            self.table.store(Arc::new(rules.table()));
+        }
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Replaces the operator's bans.
+    pub fn set_manual_bans(&self, bans: Vec<(IpNet, Option<SystemTime>)>) {
+        self.manual.store(Arc::new(bans));
+    }
+
+    fn manually_banned(&self, client: IpAddr) -> bool {
+        let manual = self.manual.load();
+        if manual.is_empty() {
+            return false;
+        }
+        let now = SystemTime::now();
+        manual
+            .iter()
+            .any(|(net, until)| net.contains(&client) && until.is_none_or(|u| u > now))
     }
 
     /// Whether `peer` is a load balancer whose PROXY header is required.
     pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
-        prefix::in_any(&self.trusted_proxies, peer)
+        prefix::in_any(&self.rules.load().trusted_proxies, peer)
     }
 
     /// Decides on a new connection from `client`. Address rules and bans
@@ -140,12 +208,14 @@ impl Admission {
         keep_refused: bool,
         slot: Option<PendingSlot>,
     ) -> (Option<Ticket>, Option<Reason>) {
-        let prefix = self.rule.key(client);
-        let early = if prefix::in_any(&self.deny, client)
-            || (!self.allow.is_empty() && !prefix::in_any(&self.allow, client))
+        let rules = self.rules.load();
+        let table = self.table.load();
+        let prefix = rules.rule.key(client);
+        let early = if prefix::in_any(&rules.deny, client)
+            || (!rules.allow.is_empty() && !prefix::in_any(&rules.allow, client))
         {
             Some(Reason::IpDenied)
-        } else if self.bans.is_banned(&prefix, now) {
+        } else if self.bans.is_banned(&prefix, now) || self.manually_banned(client) {
             Some(Reason::Banned)
         } else {
             None
@@ -153,7 +223,7 @@ impl Admission {
         if early.is_some() && !keep_refused {
             return (None, early);
         }
-        let entry = self.table.entry(prefix, now);
+        let entry = table.entry(prefix, now);
         let open = entry.concurrent.fetch_add(1, Ordering::Relaxed);
         let (slot, overloaded) = match slot {
             Some(slot) => (slot, false),
@@ -164,9 +234,9 @@ impl Admission {
             entry,
             pending: Some(slot),
         };
-        let refusal = early.or(if !self.table.allow_connection(&prefix) {
+        let refusal = early.or(if !table.allow_connection(&prefix) {
             Some(Reason::RateLimited)
-        } else if open >= self.max_concurrent {
+        } else if open >= rules.max_concurrent {
             Some(Reason::TooManyConnections)
         } else if overloaded {
             Some(Reason::Overloaded)
@@ -182,51 +252,50 @@ impl Admission {
         let before = self.pending.fetch_add(1, Ordering::Relaxed);
         (
             PendingSlot(self.pending.clone()),
-            before >= self.max_pending,
+            before >= self.rules.load().max_pending,
         )
     }
 
     /// Adds a refusal's score to the client's prefix; returns the ban it
     /// caused, if any.
     pub fn record(&self, client: IpAddr, reason: Reason, now: Instant) -> Option<NewBan> {
-        let points = self.score_of(reason);
-        if points == 0 || !self.auto_ban {
+        let rules = self.rules.load();
+        let points = rules.score_of(reason);
+        if points == 0 || !rules.auto_ban {
             return None;
         }
-        let prefix = self.rule.key(client);
+        let prefix = rules.rule.key(client);
         if self.bans.is_banned(&prefix, now) {
             return None;
         }
-        let entry = self.table.entry(prefix, now);
+        let entry = self.table.load().entry(prefix, now);
         let mut score = entry.score.lock().unwrap_or_else(|p| p.into_inner());
-        if score.add(now, points, self.window, self.threshold) < self.threshold {
+        if score.add(now, points, rules.window, rules.threshold) < rules.threshold {
             return None;
         }
         score.reset();
         self.bans
-            .ban(prefix, now + self.ban_for, reason)
+            .ban(prefix, now + rules.ban_for, reason)
             .then_some(NewBan {
                 prefix,
                 reason,
-                duration: self.ban_for,
+                duration: rules.ban_for,
             })
-    }
-
-    fn score_of(&self, reason: Reason) -> u32 {
-        self.scores
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, p)| *p)
     }
 
     /// Periodic upkeep: drops stale address state and expired bans.
     pub fn sweep(&self, now: Instant) {
-        self.table.sweep(now, self.window);
+        self.table.load().sweep(now, self.rules.load().window);
         self.bans.expire(now);
     }
 
     pub fn tracked_addresses(&self) -> usize {
-        self.table.len()
+        self.table.load().len()
+    }
+
+    /// Lifts an automatic ban on exactly `prefix`.
+    pub fn unban(&self, prefix: &IpNet) -> bool {
+        self.bans.unban(prefix)
     }
 
     pub fn bans(&self) -> &BanList {
@@ -238,7 +307,8 @@ impl Admission {
     }
 
     pub fn is_banned(&self, client: IpAddr, now: Instant) -> bool {
-        self.bans.is_banned(&self.rule.key(client), now)
+        self.bans
+            .is_banned(&self.rules.load().rule.key(client), now)
     }
 }
 

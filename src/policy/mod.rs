@@ -208,6 +208,8 @@ fn denial(kind: Kind, stream_id: u32, stream: &str, reason: Reason, description:
 #[derive(Debug, Default)]
 pub struct Registry {
     state: Mutex<RegistryState>,
+    /// The operator's content blocks: (app, glob on the stream name).
+    blocks: arc_swap::ArcSwap<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +223,19 @@ struct RegistryState {
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, RegistryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the operator's content blocks.
+    pub fn set_blocks(&self, blocks: Vec<(String, String)>) {
+        self.blocks.store(Arc::new(blocks));
+    }
+
+    /// Whether the operator blocked `stream` in `app`.
+    pub fn blocked(&self, app: &str, stream: &str) -> bool {
+        self.blocks
+            .load()
+            .iter()
+            .any(|(a, g)| a == app && glob::matches(g, stream))
     }
 
     /// Current (publishers, viewers) of an app.
@@ -271,6 +286,8 @@ pub struct StreamPolicy {
     /// Streams this session publishes or plays, for the log and the API.
     pub streams: Vec<(Kind, String)>,
     publish_stream_id: u32,
+    /// Message stream of the last publish or play allowed.
+    last_stream_id: u32,
 }
 
 impl StreamPolicy {
@@ -291,6 +308,7 @@ impl StreamPolicy {
             claims: Vec::new(),
             streams: Vec::new(),
             publish_stream_id: 0,
+            last_stream_id: 0,
         }
     }
 
@@ -362,6 +380,11 @@ impl StreamPolicy {
         Ok(None)
     }
 
+    /// The message stream of the session's last allowed publish or play.
+    pub fn stream_id(&self) -> u32 {
+        self.last_stream_id
+    }
+
     /// Finishes an allowed publish or play: takes its name and quota slot.
     pub fn complete(&mut self, q: &AuthQuery) -> Result<(), Denial> {
         if !q.claim {
@@ -372,6 +395,7 @@ impl StreamPolicy {
         if q.kind == Kind::Publish {
             self.publish_stream_id = q.stream_id;
         }
+        self.last_stream_id = q.stream_id;
         self.streams.push((q.kind, q.name.clone()));
         Ok(())
     }
@@ -414,7 +438,9 @@ impl StreamPolicy {
         if name.name.is_empty() {
             return Err((Reason::Unauthorized, "missing stream name".into()));
         }
-        if glob::any(&app.blocked_streams, &name.name) {
+        if glob::any(&app.blocked_streams, &name.name)
+            || self.registry.blocked(&app.name, &name.name)
+        {
             return Err((Reason::ContentBlocked, "blocked content".into()));
         }
         let (allow, deny, mode) = match kind {

@@ -17,6 +17,8 @@ use super::chunk::{MessageHeader, DEFAULT_CHUNK_SIZE};
 /// NetConnection status codes the guard replies with.
 pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
 pub const CONNECT_FAILED: &str = "NetConnection.Connect.Failed";
+/// Sent (level error) to a session the operator ends.
+pub const CONNECTION_CLOSED: &str = "NetConnection.Connect.Closed";
 
 /// Longest client-chosen text echoed back in a description.
 const MAX_ECHO: usize = 128;

@@ -102,3 +102,35 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and
+/// body, or (0, error) if the server is not there.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let attempt = || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((status, body.to_string()))
+    };
+    attempt().unwrap_or_else(|e| (0, e.to_string()))
+}

@@ -1,0 +1,158 @@
+//! The operator's remedies, carried out: each change is written to the
+//! state file before it takes effect, then applied to admission, the stream
+//! policy and the live sessions it concerns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::control::sessions::{Kick, Session};
+use crate::control::{state, unix_now, ContentBlock, ManualBan, Remedies, Suspension};
+use crate::policy::glob;
+use crate::report::Reason;
+use crate::Guard;
+
+/// Makes `remedies` the ones in force.
+pub fn install(guard: &Guard, remedies: Remedies) {
+    guard.admission.set_manual_bans(remedies.ban_nets());
+    guard.streams.set_blocks(remedies.block_globs());
+    guard.remedies.store(Arc::new(remedies));
+    crate::publish_gauges(guard);
+}
+
+/// Applies `f` to a copy of the remedies, persists the result, then puts
+/// it in force. Nothing changes if the state file cannot be written.
+pub async fn change<T>(guard: &Guard, f: impl FnOnce(&mut Remedies) -> T) -> Result<T, String> {
+    let _one_writer = guard.remedies_write.lock().await;
+    let mut next = Remedies::clone(&guard.remedies.load());
+    let out = f(&mut next);
+    if let Some(st) = guard.config().state.clone() {
+        let snapshot = next.clone();
+        let saved = tokio::task::spawn_blocking(move || state::save(&st.path, &snapshot))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot write the state file: {e}")));
+        if let Err(why) = saved {
+            guard.metrics.state_file_write_errors_total.inc();
+            tracing::error!(event = "state_write_failed", error = %why, "remedy not applied");
+            return Err(why);
+        }
+    }
+    install(guard, next);
+    Ok(out)
+}
+
+fn kick_all(guard: &Guard, which: impl Fn(&Session) -> bool, reason: Reason, why: &str) -> usize {
+    let kick = Kick {
+        reason,
+        description: why.to_string(),
+    };
+    guard.sessions.kick_where(which, &kick)
+}
+
+/// Bans `cidr` for `duration` (`None`: until lifted) and ends its live
+/// sessions. Returns how many were ended.
+pub async fn ban(
+    guard: &Guard,
+    cidr: IpNet,
+    duration: Option<Duration>,
+    reason: &str,
+) -> Result<usize, String> {
+    let now = unix_now();
+    let ban = ManualBan {
+        cidr: cidr.trunc(),
+        until: duration.map(|d| now.saturating_add(d.as_secs().max(1))),
+        reason: reason.to_string(),
+        created: now,
+    };
+    change(guard, |r| r.add_ban(ban)).await?;
+    Ok(kick_all(
+        guard,
+        |s| cidr.contains(&s.client.ip()),
+        Reason::Banned,
+        "address banned by the operator",
+    ))
+}
+
+/// Lifts a ban on exactly `cidr`, made by the operator or automatically.
+/// False if there was none.
+pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, String> {
+    let cidr = cidr.trunc();
+    let automatic = guard.admission.unban(&cidr);
+    let manual = change(guard, |r| r.remove_ban(&cidr)).await?;
+    Ok(automatic || manual)
+}
+
+/// Blocks streams matching `stream` in `app`, ending the live sessions
+/// that publish or play one.
+pub async fn block(guard: &Guard, app: &str, stream: &str, reason: &str) -> Result<usize, String> {
+    let block = ContentBlock {
+        app: app.to_string(),
+        stream: stream.to_string(),
+        reason: reason.to_string(),
+        created: unix_now(),
+    };
+    change(guard, |r| r.add_block(block)).await?;
+    Ok(kick_all(
+        guard,
+        |s| s.app == app && s.streams().iter().any(|(_, n)| glob::matches(stream, n)),
+        Reason::ContentBlocked,
+        "blocked content",
+    ))
+}
+
+pub async fn unblock(guard: &Guard, app: &str, stream: &str) -> Result<bool, String> {
+    change(guard, |r| r.remove_block(app, stream)).await
+}
+
+/// Suspends `app`; with `terminate`, ends its live sessions too.
+pub async fn suspend(
+    guard: &Guard,
+    app: &str,
+    reason: &str,
+    terminate: bool,
+) -> Result<usize, String> {
+    let suspension = Suspension {
+        app: app.to_string(),
+        reason: reason.to_string(),
+        created: unix_now(),
+    };
+    change(guard, |r| r.suspend(suspension)).await?;
+    if !terminate {
+        return Ok(0);
+    }
+    Ok(kick_all(
+        guard,
+        |s| s.app == app,
+        Reason::AppSuspended,
+        "application suspended",
+    ))
+}
+
+pub async fn resume(guard: &Guard, app: &str) -> Result<bool, String> {
+    change(guard, |r| r.resume(app)).await
+}
+
+/// Ends one session; false if no session has that id.
+pub fn kick(guard: &Guard, id: u64, why: &str) -> bool {
+    match guard.sessions.get(id) {
+        Some(s) => {
+            s.kick(Kick {
+                reason: Reason::Kicked,
+                description: why.to_string(),
+            });
+            true
+        }
+        None => false,
+    }
+}
+
+/// Drops operator bans that have ended (from housekeeping).
+pub async fn expire_bans(guard: &Guard) {
+    let now = unix_now();
+    let expired = guard.remedies.load().bans.iter().any(|b| !b.active(now));
+    if expired {
+        let _ = change(guard, |r| r.expire(now)).await;
+    }
+}

@@ -1,0 +1,428 @@
+//! The admin API: JSON over HTTP, for the operator's remedies, reloads and
+//! health checks. Every `/api/*` call needs the bearer token when one is
+//! configured; every mutation writes an audit line.
+//!
+//! ```text
+//! GET    /healthz                     alive
+//! GET    /readyz                      listening on a valid config, not draining
+//! GET    /api/v1/sessions             live sessions
+//! DELETE /api/v1/sessions/{id}        kick one
+//! GET    /api/v1/bans                 operator and automatic bans
+//! POST   /api/v1/bans                 {"cidr", "duration": "1h" | null, "reason"}
+//! DELETE /api/v1/bans/{cidr}          the '/' URL-encoded as %2F
+//! GET    /api/v1/blocks
+//! POST   /api/v1/blocks               {"app", "stream": glob, "reason"}
+//! DELETE /api/v1/blocks               {"app", "stream"}
+//! GET    /api/v1/apps
+//! POST   /api/v1/apps/{app}/suspend   {"reason", "terminate": true}
+//! POST   /api/v1/apps/{app}/resume
+//! POST   /api/v1/reload
+//! ```
+
+pub mod actions;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::control::unix;
+use crate::Guard;
+
+type Shared = State<Arc<Guard>>;
+
+/// Serves the admin API on an already-bound listener.
+pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>) {
+    if let Err(e) = axum::serve(listener, router(guard)).await {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+pub fn router(guard: Arc<Guard>) -> Router {
+    let api = Router::new()
+        .route("/sessions", get(sessions))
+        .route("/sessions/:id", delete(kick))
+        .route("/bans", get(bans).post(add_ban))
+        .route("/bans/:cidr", delete(lift_ban))
+        .route("/blocks", get(blocks).post(add_block).delete(lift_block))
+        .route("/apps", get(apps))
+        .route("/apps/:app/suspend", post(suspend))
+        .route("/apps/:app/resume", post(resume))
+        .route("/reload", post(reload))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(guard.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .nest("/api/v1", api)
+        .with_state(guard)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Checks the bearer token, in constant time, when one is configured.
+async fn authorize(State(guard): Shared, request: Request, next: Next) -> Response {
+    let config = guard.config();
+    let expected = config.admin.as_ref().and_then(|a| a.token.as_ref());
+    if let Some(expected) = expected {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.0.as_bytes())) {
+            guard.metrics.admin_action("denied");
+            guard
+                .audit
+                .action("auth", request.uri().path(), "", "denied");
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    next.run(request).await
+}
+
+async fn ready(State(guard): Shared) -> Response {
+    if guard.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready (starting or draining)",
+        )
+    }
+}
+
+/// Parses a JSON body; an empty body reads as `{}`.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Response> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+/// Audits and counts a mutation, and turns its result into a response.
+fn done(
+    guard: &Guard,
+    action: &'static str,
+    target: &str,
+    reason: &str,
+    result: Result<Value, String>,
+) -> Response {
+    match result {
+        Ok(v) => {
+            guard.metrics.admin_action(action);
+            guard.audit.action(action, target, reason, "ok");
+            tracing::info!(event = "admin", action, target, reason, "admin action");
+            Json(v).into_response()
+        }
+        Err(why) => {
+            guard.audit.action(action, target, reason, "failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, why)
+        }
+    }
+}
+
+async fn sessions(State(guard): Shared) -> Response {
+    let list: Vec<Value> = guard
+        .sessions
+        .list()
+        .iter()
+        .map(|s| {
+            let (up, down) = s.bytes();
+            let streams = s.streams();
+            let (role, stream) = streams
+                .first()
+                .map_or((None, None), |(k, n)| (Some(k.as_str()), Some(n.clone())));
+            json!({
+                "id": s.id,
+                "client": s.client.to_string(),
+                "app": s.app,
+                "stream": stream,
+                "role": role,
+                "bytes_client_to_upstream": up,
+                "bytes_upstream_to_client": down,
+                "started": unix(s.started),
+            })
+        })
+        .collect();
+    Json(json!({ "sessions": list })).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KickBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn kick(State(guard): Shared, Path(id): Path<String>, bytes: Bytes) -> Response {
+    let b: KickBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "session id must be a number");
+    };
+    let why = if b.reason.is_empty() {
+        "session ended by the operator".to_string()
+    } else {
+        format!("session ended by the operator: {}", b.reason)
+    };
+    if !actions::kick(&guard, id, &why) {
+        return error(StatusCode::NOT_FOUND, format!("no session {id}"));
+    }
+    done(
+        &guard,
+        "kick",
+        &id.to_string(),
+        &b.reason,
+        Ok(json!({ "kicked": id })),
+    )
+}
+
+async fn bans(State(guard): Shared) -> Response {
+    let now = std::time::Instant::now();
+    let unix_now = crate::control::unix_now();
+    let mut list: Vec<Value> = guard
+        .remedies
+        .load()
+        .bans
+        .iter()
+        .map(|b| {
+            json!({
+                "cidr": b.cidr.to_string(),
+                "source": "operator",
+                "reason": b.reason,
+                "until": b.until,
+                "created": b.created,
+            })
+        })
+        .collect();
+    for (prefix, ban) in guard.admission.bans().list() {
+        if ban.until <= now {
+            continue;
+        }
+        list.push(json!({
+            "cidr": prefix.to_string(),
+            "source": "automatic",
+            "reason": ban.reason.as_str(),
+            "until": unix_now + ban.until.duration_since(now).as_secs(),
+        }));
+    }
+    Json(json!({ "bans": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    cidr: String,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+fn parse_net(text: &str) -> Result<IpNet, Response> {
+    crate::config::parse_cidr(text).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+async fn add_ban(State(guard): Shared, bytes: Bytes) -> Response {
+    let b: BanBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let cidr = match parse_net(&b.cidr) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let duration = match b.duration.as_deref().map(crate::config::parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "duration must be like \"1h\", or null for no end",
+            )
+        }
+    };
+    let result = actions::ban(&guard, cidr, duration, &b.reason)
+        .await
+        .map(|ended| json!({ "banned": cidr.trunc().to_string(), "sessions_ended": ended }));
+    done(&guard, "ban", &cidr.to_string(), &b.reason, result)
+}
+
+async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Response {
+    let cidr = match parse_net(&cidr) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match actions::unban(&guard, cidr).await {
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no ban on {cidr}")),
+        result => done(
+            &guard,
+            "unban",
+            &cidr.to_string(),
+            "",
+            result.map(|_| json!({ "lifted": cidr.trunc().to_string() })),
+        ),
+    }
+}
+
+async fn blocks(State(guard): Shared) -> Response {
+    Json(json!({ "blocks": guard.remedies.load().blocks })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockBody {
+    app: String,
+    stream: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn add_block(State(guard): Shared, bytes: Bytes) -> Response {
+    let b: BlockBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.app.is_empty() || b.stream.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "app and stream must not be empty");
+    }
+    let target = format!("{}/{}", b.app, b.stream);
+    let result = actions::block(&guard, &b.app, &b.stream, &b.reason)
+        .await
+        .map(|ended| json!({ "blocked": target, "sessions_ended": ended }));
+    done(&guard, "block", &target, &b.reason, result)
+}
+
+async fn lift_block(State(guard): Shared, bytes: Bytes) -> Response {
+    let b: BlockBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let target = format!("{}/{}", b.app, b.stream);
+    match actions::unblock(&guard, &b.app, &b.stream).await {
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no block on {target}")),
+        result => done(
+            &guard,
+            "unblock",
+            &target,
+            &b.reason,
+            result.map(|_| json!({ "lifted": target })),
+        ),
+    }
+}
+
+async fn apps(State(guard): Shared) -> Response {
+    let config = guard.config();
+    let remedies = guard.remedies.load();
+    let list: Vec<Value> = config
+        .apps
+        .iter()
+        .map(|a| {
+            let (publishers, viewers) = guard.streams.counts(&a.name);
+            let sessions = guard
+                .sessions
+                .list()
+                .iter()
+                .filter(|s| s.app == a.name)
+                .count();
+            let suspension = remedies.suspension(&a.name);
+            json!({
+                "name": a.name,
+                "state": if suspension.is_some() { "suspended" } else { "active" },
+                "suspended_reason": suspension.map(|s| s.reason.clone()),
+                "sessions": sessions,
+                "publishers": publishers,
+                "viewers": viewers,
+            })
+        })
+        .collect();
+    Json(json!({ "apps": list })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    #[serde(default)]
+    reason: String,
+    #[serde(default = "yes")]
+    terminate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn known_app(guard: &Guard, app: &str) -> Result<(), Response> {
+    match guard.config().app(app) {
+        Some(_) => Ok(()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no app {app:?}"))),
+    }
+}
+
+async fn suspend(State(guard): Shared, Path(app): Path<String>, bytes: Bytes) -> Response {
+    let b: SuspendBody = match body(&bytes) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = known_app(&guard, &app) {
+        return r;
+    }
+    let result = actions::suspend(&guard, &app, &b.reason, b.terminate)
+        .await
+        .map(|ended| json!({ "suspended": app, "sessions_ended": ended }));
+    done(&guard, "suspend", &app, &b.reason, result)
+}
+
+async fn resume(State(guard): Shared, Path(app): Path<String>) -> Response {
+    if let Err(r) = known_app(&guard, &app) {
+        return r;
+    }
+    match actions::resume(&guard, &app).await {
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("app {app:?} is not suspended"),
+        ),
+        result => done(
+            &guard,
+            "resume",
+            &app,
+            "",
+            result.map(|_| json!({ "resumed": app })),
+        ),
+    }
+}
+
+async fn reload(State(guard): Shared) -> Response {
+    match crate::lifecycle::reload(&guard) {
+        Ok(()) => done(
+            &guard,
+            "reload",
+            "config",
+            "",
+            Ok(json!({ "reloaded": true })),
+        ),
+        Err(why) => {
+            guard.audit.action("reload", "config", "", "failed");
+            error(StatusCode::UNPROCESSABLE_ENTITY, why)
+        }
+    }
+}

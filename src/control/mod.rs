@@ -1,0 +1,236 @@
+//! The provider's remedies, applied at run time: bans by CIDR, content
+//! blocks, app suspensions; and the registry of live sessions they act on.
+//!
+//! [`Remedies`] is plain data with the decisions on it (no I/O), so the
+//! admin API, the state file and the session stages all share one copy of
+//! the rules. [`state`] keeps it on disk; [`sessions`] tracks who is live.
+
+pub mod sessions;
+pub mod state;
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::glob;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    unix(SystemTime::now())
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Everything the operator decided at run time. Serialized as the state
+/// file, so field names are an interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remedies {
+    #[serde(default)]
+    pub bans: Vec<ManualBan>,
+    #[serde(default)]
+    pub blocks: Vec<ContentBlock>,
+    #[serde(default)]
+    pub suspensions: Vec<Suspension>,
+}
+
+/// A prefix the operator banned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualBan {
+    pub cidr: IpNet,
+    /// Unix time the ban ends; `None`: until lifted.
+    pub until: Option<u64>,
+    pub reason: String,
+    pub created: u64,
+}
+
+/// Streams of an app that may not be published or played.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentBlock {
+    pub app: String,
+    /// A glob on the stream name, without its query string.
+    pub stream: String,
+    pub reason: String,
+    pub created: u64,
+}
+
+/// An app whose new connects are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspension {
+    pub app: String,
+    pub reason: String,
+    pub created: u64,
+}
+
+impl ManualBan {
+    pub fn active(&self, now: u64) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+}
+
+impl ContentBlock {
+    pub fn matches(&self, app: &str, stream: &str) -> bool {
+        self.app == app && glob::matches(&self.stream, stream)
+    }
+}
+
+impl Remedies {
+    /// The active ban covering `ip`, if any.
+    pub fn ban_of(&self, ip: IpAddr, now: u64) -> Option<&ManualBan> {
+        self.bans
+            .iter()
+            .find(|b| b.active(now) && b.cidr.contains(&ip))
+    }
+
+    pub fn blocked(&self, app: &str, stream: &str) -> Option<&ContentBlock> {
+        self.blocks.iter().find(|b| b.matches(app, stream))
+    }
+
+    pub fn suspension(&self, app: &str) -> Option<&Suspension> {
+        self.suspensions.iter().find(|s| s.app == app)
+    }
+
+    /// Adds or replaces the ban on exactly `ban.cidr`.
+    pub fn add_ban(&mut self, ban: ManualBan) {
+        self.bans.retain(|b| b.cidr != ban.cidr);
+        self.bans.push(ban);
+    }
+
+    /// Lifts the ban on exactly `cidr`; false if there was none.
+    pub fn remove_ban(&mut self, cidr: &IpNet) -> bool {
+        let before = self.bans.len();
+        self.bans.retain(|b| b.cidr != *cidr);
+        self.bans.len() != before
+    }
+
+    /// Adds or replaces the block on exactly (`app`, `stream`).
+    pub fn add_block(&mut self, block: ContentBlock) {
+        self.blocks
+            .retain(|b| !(b.app == block.app && b.stream == block.stream));
+        self.blocks.push(block);
+    }
+
+    pub fn remove_block(&mut self, app: &str, stream: &str) -> bool {
+        let before = self.blocks.len();
+        self.blocks
+            .retain(|b| !(b.app == app && b.stream == stream));
+        self.blocks.len() != before
+    }
+
+    pub fn suspend(&mut self, suspension: Suspension) {
+        self.suspensions.retain(|s| s.app != suspension.app);
+        self.suspensions.push(suspension);
+    }
+
+    pub fn resume(&mut self, app: &str) -> bool {
+        let before = self.suspensions.len();
+        self.suspensions.retain(|s| s.app != app);
+        self.suspensions.len() != before
+    }
+
+    /// Drops bans that ended; true if any did.
+    pub fn expire(&mut self, now: u64) -> bool {
+        let before = self.bans.len();
+        self.bans.retain(|b| b.active(now));
+        self.bans.len() != before
+    }
+
+    /// (app, glob) pairs of the content blocks, for the stream policy.
+    pub fn block_globs(&self) -> Vec<(String, String)> {
+        self.blocks
+            .iter()
+            .map(|b| (b.app.clone(), b.stream.clone()))
+            .collect()
+    }
+
+    /// The bans as admission checks them.
+    pub fn ban_nets(&self) -> Vec<(IpNet, Option<SystemTime>)> {
+        self.bans
+            .iter()
+            .map(|b| {
+                let until = b
+                    .until
+                    .map(|u| UNIX_EPOCH + std::time::Duration::from_secs(u));
+                (b.cidr, until)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(cidr: &str, until: Option<u64>) -> ManualBan {
+        ManualBan {
+            cidr: cidr.parse().unwrap(),
+            until,
+            reason: "test".into(),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn bans_cover_their_prefix_until_they_end() {
+        let mut r = Remedies::default();
+        r.add_ban(ban("192.0.2.0/24", Some(100)));
+        r.add_ban(ban("2001:db8::/32", None));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(r.ban_of(ip("192.0.2.7"), 99).is_some());
+        assert!(r.ban_of(ip("192.0.2.7"), 100).is_none());
+        assert!(r.ban_of(ip("192.0.3.7"), 0).is_none());
+        assert!(r.ban_of(ip("2001:db8::1"), u64::MAX).is_some());
+        assert!(r.expire(100));
+        assert_eq!(r.bans.len(), 1);
+        assert!(r.remove_ban(&"2001:db8::/32".parse().unwrap()));
+        assert!(!r.remove_ban(&"2001:db8::/32".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_second_ban_on_the_same_prefix_replaces_the_first() {
+        let mut r = Remedies::default();
+        r.add_ban(ban("192.0.2.0/24", Some(100)));
+        r.add_ban(ban("192.0.2.0/24", None));
+        assert_eq!(r.bans, vec![ban("192.0.2.0/24", None)]);
+    }
+
+    #[test]
+    fn blocks_match_app_and_glob_case_sensitively() {
+        let mut r = Remedies::default();
+        let block = |stream: &str| ContentBlock {
+            app: "live".into(),
+            stream: stream.into(),
+            reason: "dmca".into(),
+            created: 0,
+        };
+        r.add_block(block("film-*"));
+        r.add_block(block("film-*"));
+        assert_eq!(r.blocks.len(), 1);
+        assert!(r.blocked("live", "film-1").is_some());
+        assert!(r.blocked("live", "Film-1").is_none());
+        assert!(r.blocked("other", "film-1").is_none());
+        assert!(r.remove_block("live", "film-*"));
+        assert!(r.blocked("live", "film-1").is_none());
+    }
+
+    #[test]
+    fn suspensions_are_per_app() {
+        let mut r = Remedies::default();
+        r.suspend(Suspension {
+            app: "live".into(),
+            reason: "abuse".into(),
+            created: 0,
+        });
+        assert!(r.suspension("live").is_some());
+        assert!(r.suspension("vod").is_none());
+        assert!(r.resume("live"));
+        assert!(!r.resume("live"));
+    }
+}

@@ -1,0 +1,181 @@
+//! Live sessions, for listing and for ending them on the operator's word.
+//!
+//! A session registers when it starts relaying and is removed when its
+//! [`Registration`] drops, so the registry cannot leak an entry even if
+//! the session's task unwinds.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::policy::Kind;
+use crate::report::Reason;
+
+/// Why the operator ended a session, as the client and the log see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    pub reason: Reason,
+    pub description: String,
+}
+
+/// One live session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub app: String,
+    pub started: SystemTime,
+    /// Streams published or played, without query strings.
+    pub streams: Mutex<Vec<(Kind, String)>>,
+    pub client_to_upstream: AtomicU64,
+    pub upstream_to_client: AtomicU64,
+    kick: watch::Sender<Option<Kick>>,
+}
+
+impl Session {
+    /// Ends the session; the first kick wins.
+    pub fn kick(&self, kick: Kick) {
+        self.kick.send_if_modified(|k| {
+            let fresh = k.is_none();
+            if fresh {
+                *k = Some(kick);
+            }
+            fresh
+        });
+    }
+
+    pub fn streams(&self) -> Vec<(Kind, String)> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_streams(&self, streams: &[(Kind, String)]) {
+        *self.streams.lock().unwrap_or_else(|p| p.into_inner()) = streams.to_vec();
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.client_to_upstream.load(Ordering::Relaxed),
+            self.upstream_to_client.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Resolves when the session is kicked; never otherwise.
+pub async fn kicked(mut rx: watch::Receiver<Option<Kick>>) -> Kick {
+    loop {
+        if let Some(kick) = rx.borrow_and_update().clone() {
+            return kick;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    live: DashMap<u64, Arc<Session>>,
+}
+
+/// A session's place in the registry; removes it when dropped.
+pub struct Registration<'a> {
+    pub session: Arc<Session>,
+    pub kicks: watch::Receiver<Option<Kick>>,
+    sessions: &'a Sessions,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.sessions.live.remove(&self.session.id);
+    }
+}
+
+impl Sessions {
+    pub fn register(&self, client: SocketAddr, app: &str) -> Registration<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (kick, kicks) = watch::channel(None);
+        let session = Arc::new(Session {
+            id,
+            client,
+            app: app.to_string(),
+            started: SystemTime::now(),
+            streams: Mutex::new(Vec::new()),
+            client_to_upstream: AtomicU64::new(0),
+            upstream_to_client: AtomicU64::new(0),
+            kick,
+        });
+        self.live.insert(id, session.clone());
+        Registration {
+            session,
+            kicks,
+            sessions: self,
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Session>> {
+        self.live.get(&id).map(|s| s.clone())
+    }
+
+    /// Every live session, oldest first.
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        let mut all: Vec<_> = self.live.iter().map(|s| s.clone()).collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// Kicks every session `which` picks; returns how many.
+    pub fn kick_where(&self, which: impl Fn(&Session) -> bool, kick: &Kick) -> usize {
+        let mut n = 0;
+        for s in self.live.iter() {
+            if which(&s) {
+                s.kick(kick.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kick_reaches_the_session_and_dropping_unregisters() {
+        let sessions = Sessions::default();
+        let addr: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let reg = sessions.register(addr, "live");
+        let other = sessions.register("127.0.0.3:5000".parse().unwrap(), "live");
+        assert_eq!(sessions.len(), 2);
+        let kick = Kick {
+            reason: Reason::Banned,
+            description: "banned".into(),
+        };
+        let n = sessions.kick_where(|s| s.client.ip() == addr.ip(), &kick);
+        assert_eq!(n, 1);
+        assert_eq!(kicked(reg.kicks.clone()).await, kick);
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            kicked(other.kicks.clone()),
+        );
+        assert!(pending.await.is_err(), "the other session was not kicked");
+        drop(reg);
+        assert_eq!(sessions.len(), 1);
+    }
+}

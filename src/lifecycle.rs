@@ -1,0 +1,150 @@
+//! The guard's life after start: reloading the config, restoring the
+//! operator's remedies from the state file, and draining on SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::control::state::{self, Loaded};
+use crate::{Guard, Running};
+
+/// Reads and validates the whole config file, then swaps it in. New
+/// connections use it at once; live sessions keep the one they began with.
+/// An invalid file changes nothing.
+pub fn reload(guard: &Guard) -> Result<(), String> {
+    let loaded = match &guard.config_path {
+        Some(path) => Config::load(path),
+        None => Config::embedded_default(),
+    };
+    let new = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            guard.metrics.reloaded(false);
+            tracing::error!(event = "config_reload_failed", error = %e, "config reload failed; the old config stays in force");
+            return Err(e.to_string());
+        }
+    };
+    let old = guard.config();
+    for what in restart_only_changes(&old, &new) {
+        tracing::warn!(
+            event = "config_needs_restart",
+            key = what,
+            "changed, but takes effect only at restart"
+        );
+    }
+    guard.admission.reconfigure(&new);
+    resize(
+        guard,
+        old.server.max_connections,
+        new.server.max_connections,
+    );
+    for app in &new.apps {
+        guard.metrics.ensure_app(&app.name);
+    }
+    guard.config.store(Arc::new(new));
+    guard.metrics.reloaded(true);
+    tracing::info!(event = "config_reloaded", "config reloaded");
+    Ok(())
+}
+
+/// Settings a running guard cannot change: its sockets and files.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        changed.push("metrics.listen");
+    }
+    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+        changed.push("admin.listen");
+    }
+    if old.state.as_ref().map(|s| &s.path) != new.state.as_ref().map(|s| &s.path) {
+        changed.push("state.path");
+    }
+    if old.audit.as_ref().map(|a| &a.path) != new.audit.as_ref().map(|a| &a.path) {
+        changed.push("audit.path");
+    }
+    changed
+}
+
+/// Grows or shrinks the connection permits to a new `max_connections`.
+fn resize(guard: &Guard, old: usize, new: usize) {
+    if new > old {
+        guard.connections.add_permits(new - old);
+    } else if old > new {
+        // Permits held by open connections are forgotten as they return.
+        let mut left = old - new;
+        while left > 0 {
+            let n = guard.connections.forget_permits(left);
+            if n == 0 {
+                break;
+            }
+            left -= n;
+        }
+    }
+}
+
+/// Restores the remedies from `[state] path`. A corrupt file is moved
+/// aside and the guard starts without it; config-file rules still apply.
+pub fn load_state(guard: &Guard) {
+    let Some(st) = guard.config().state.clone() else {
+        return;
+    };
+    match state::load(&st.path) {
+        Loaded::Read(remedies) => {
+            tracing::info!(
+                event = "state_loaded",
+                path = %st.path.display(),
+                bans = remedies.bans.len(),
+                blocks = remedies.blocks.len(),
+                suspensions = remedies.suspensions.len(),
+                "state restored"
+            );
+            crate::admin::actions::install(guard, remedies);
+        }
+        Loaded::Missing => {}
+        Loaded::Quarantined { why, moved_to } => {
+            guard.metrics.state_file_quarantined_total.inc();
+            let moved = moved_to.map_or("(could not move it)".to_string(), |p| {
+                p.display().to_string()
+            });
+            tracing::error!(
+                event = "state_quarantined",
+                path = %st.path.display(),
+                moved_to = %moved,
+                error = %why,
+                "STATE FILE UNUSABLE: moved aside; starting without runtime bans, blocks and suspensions"
+            );
+        }
+    }
+}
+
+/// Stops accepting, lets live sessions go on for up to `timeout`, then
+/// returns (the caller exits, closing what is left).
+pub async fn drain(running: &Running, timeout: Duration) {
+    running.stop_accepting();
+    let guard = &running.guard;
+    let deadline = Instant::now() + timeout;
+    let open = || guard.metrics.connections_active.get();
+    tracing::info!(
+        event = "draining",
+        connections = open(),
+        timeout_seconds = timeout.as_secs(),
+        "draining"
+    );
+    while open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = open();
+    if left > 0 {
+        tracing::warn!(
+            event = "drain_timeout",
+            connections = left,
+            "drain timeout: closing the sessions left"
+        );
+    }
+    guard.audit.flush();
+}

@@ -1,0 +1,394 @@
+//! The admin API in-process, in front of a test origin: auth, kicks, bans,
+//! blocks, suspensions, reloads, the state file and the audit log.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::client::{commands_in, status_code, Closed, RawClient};
+use common::origin::{Harness, TestOrigin};
+use common::{http, wait_for};
+use rtmp_guard::config::Config;
+use rtmp_guard::report::{Reason, Stage};
+
+const TOKEN: &str = "an-admin-token-of-some-length";
+
+/// The config for one test: admin API with a token, state and audit files
+/// in `dir`, app `live` in front of `origin`; `extra` is appended.
+fn config_text(dir: &Path, origin: SocketAddr, extra: &str) -> String {
+    let token = dir.join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
+         [state]\npath = \"{}\"\n[audit]\npath = \"{}\"\n\
+         [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
+         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n{extra}",
+        token.display(),
+        dir.join("state.json").display(),
+        dir.join("audit.jsonl").display(),
+    )
+}
+
+struct Admin {
+    h: Harness,
+    dir: tempfile::TempDir,
+}
+
+impl Admin {
+    fn start() -> Admin {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let h = Harness::with_config(move |origin| config_text(&path, origin, ""));
+        Admin { h, dir }
+    }
+
+    fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let addr = self.h.guard.admin_addr.expect("admin API listening");
+        let (status, text) = http(addr, method, path, Some(TOKEN), body);
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        self.h.guard.guard.audit.flush();
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// A client from `source` that opened `command` `name` on app live and
+    /// is relaying (listed by the API).
+    fn live_client(&self, source: &str, command: &str, name: &str) -> RawClient {
+        let sessions = &self.h.guard.guard.sessions;
+        let newest = || sessions.list().last().map_or(0, |s| s.id);
+        let before = newest();
+        let mut c = RawClient::handshaken_from(self.h.addr(), source);
+        c.open_stream("live", command, name);
+        wait_for(Duration::from_secs(5), || {
+            let s = sessions.list().into_iter().find(|s| s.id > before)?;
+            (!s.streams().is_empty()).then_some(())
+        })
+        .expect("session relaying its stream");
+        c
+    }
+}
+
+/// The status code of the first error reply in what the client got before
+/// the guard closed; panics if it stayed open.
+fn closed_with(c: &mut RawClient) -> String {
+    match c.wait_closed(Duration::from_secs(5)) {
+        Closed::Within(_, got) => commands_in(&got)
+            .iter()
+            .find_map(status_code)
+            .unwrap_or_else(|| "closed without a reply".into()),
+        Closed::StillOpen => panic!("the session stayed open"),
+    }
+}
+
+#[test]
+fn every_api_call_needs_the_token_but_health_checks_do_not() {
+    let a = Admin::start();
+    let addr = a.h.guard.admin_addr.unwrap();
+    assert_eq!(http(addr, "GET", "/api/v1/sessions", None, "").0, 401);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/api/v1/sessions",
+            Some("wrong-token-wrong-token"),
+            ""
+        )
+        .0,
+        401
+    );
+    assert_eq!(http(addr, "POST", "/api/v1/reload", None, "").0, 401);
+    assert_eq!(
+        http(addr, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+        200
+    );
+    assert_eq!(http(addr, "GET", "/healthz", None, "").0, 200);
+    assert_eq!(http(addr, "GET", "/readyz", None, "").0, 200);
+    let (status, body) = a.api("POST", "/api/v1/bans", "{\"cidr\": 5}");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("bad JSON"),
+        "{body}"
+    );
+    assert_eq!(a.api("GET", "/api/v1/nothing", "").0, 404);
+}
+
+#[test]
+fn a_kicked_session_gets_an_error_status_and_is_listed_until_then() {
+    let a = Admin::start();
+    let mut c = a.live_client("127.0.0.1", "publish", "cam1?key=hush");
+    let (status, list) = a.api("GET", "/api/v1/sessions", "");
+    assert_eq!(status, 200);
+    let s = &list["sessions"][0];
+    assert_eq!(s["app"], "live");
+    assert_eq!(s["stream"], "cam1", "no query string: {s}");
+    assert_eq!(s["role"], "publish");
+    assert!(s["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(s["bytes_client_to_upstream"].as_u64().unwrap() > 0);
+    let id = s["id"].as_u64().unwrap();
+
+    let (status, _) = a.api(
+        "DELETE",
+        &format!("/api/v1/sessions/{id}"),
+        "{\"reason\": \"abuse report 42\"}",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(closed_with(&mut c), "NetConnection.Connect.Closed");
+    assert_eq!(a.h.blocked(Stage::Session, Reason::Kicked), 1);
+    assert_eq!(
+        a.api("DELETE", &format!("/api/v1/sessions/{id}"), "").0,
+        404
+    );
+    let audit = a.audit();
+    assert!(audit
+        .iter()
+        .any(|l| l["action"] == "kick" && l["reason"] == "abuse report 42"));
+    assert!(audit
+        .iter()
+        .any(|l| l["event"] == "blocked" && l["reason"] == "kicked" && l["stream"] == "cam1"));
+}
+
+#[test]
+fn a_ban_ends_live_sessions_from_the_prefix_and_refuses_new_ones() {
+    let a = Admin::start();
+    let mut banned = a.live_client("127.0.0.2", "play", "cam1");
+    let mut other = a.live_client("127.0.0.3", "play", "cam1");
+    let (status, body) = a.api(
+        "POST",
+        "/api/v1/bans",
+        "{\"cidr\": \"127.0.0.2/32\", \"duration\": \"1h\", \"reason\": \"abuse\"}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions_ended"], 1);
+    assert_eq!(closed_with(&mut banned), "NetConnection.Connect.Closed");
+    assert_eq!(
+        other.wait_closed(Duration::from_millis(300)),
+        Closed::StillOpen
+    );
+    let mut again = RawClient::tcp_from(a.h.addr(), "127.0.0.2");
+    assert!(matches!(
+        again.wait_closed(Duration::from_secs(2)),
+        Closed::Within(_, got) if got.is_empty()
+    ));
+    assert!(a.h.blocked(Stage::Accept, Reason::Banned) >= 1);
+    assert_eq!(a.h.blocked(Stage::Session, Reason::Banned), 1);
+
+    let (_, list) = a.api("GET", "/api/v1/bans", "");
+    let ban = &list["bans"][0];
+    assert_eq!(ban["cidr"], "127.0.0.2/32");
+    assert_eq!(ban["source"], "operator");
+    assert!(ban["until"].as_u64().unwrap() > 0);
+    assert_eq!(a.api("DELETE", "/api/v1/bans/127.0.0.2%2F32", "").0, 200);
+    assert_eq!(a.api("DELETE", "/api/v1/bans/127.0.0.2%2F32", "").0, 404);
+    let _c = a.live_client("127.0.0.2", "play", "cam1");
+}
+
+#[test]
+fn a_block_ends_matching_players_and_publishers_and_refuses_later_ones() {
+    let a = Admin::start();
+    let mut publisher = a.live_client("127.0.0.1", "publish", "film-1");
+    let mut player = a.live_client("127.0.0.1", "play", "film-1");
+    let mut unrelated = a.live_client("127.0.0.1", "play", "news");
+    let (status, body) = a.api(
+        "POST",
+        "/api/v1/blocks",
+        "{\"app\": \"live\", \"stream\": \"film-*\", \"reason\": \"dmca\"}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions_ended"], 2);
+    assert_eq!(closed_with(&mut publisher), "NetConnection.Connect.Closed");
+    assert_eq!(closed_with(&mut player), "NetConnection.Connect.Closed");
+    assert_eq!(
+        unrelated.wait_closed(Duration::from_millis(300)),
+        Closed::StillOpen
+    );
+
+    let mut c = RawClient::handshaken(a.h.addr());
+    c.open_stream("live", "play", "film-2");
+    assert_eq!(closed_with(&mut c), "NetStream.Play.Failed");
+    assert!(a.h.blocked(Stage::Session, Reason::ContentBlocked) >= 3);
+    let (_, list) = a.api("GET", "/api/v1/blocks", "");
+    assert_eq!(list["blocks"][0]["reason"], "dmca");
+    let lift = "{\"app\": \"live\", \"stream\": \"film-*\"}";
+    assert_eq!(a.api("DELETE", "/api/v1/blocks", lift).0, 200);
+    let _c = a.live_client("127.0.0.1", "play", "film-2");
+}
+
+#[test]
+fn a_suspended_app_refuses_connects_until_resumed() {
+    let a = Admin::start();
+    let mut live = a.live_client("127.0.0.1", "publish", "cam1");
+    let (status, body) = a.api(
+        "POST",
+        "/api/v1/apps/live/suspend",
+        "{\"reason\": \"unpaid\"}",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(closed_with(&mut live), "NetConnection.Connect.Closed");
+    let (_, apps) = a.api("GET", "/api/v1/apps", "");
+    assert_eq!(apps["apps"][0]["state"], "suspended");
+
+    let mut c = RawClient::handshaken(a.h.addr());
+    c.send(&common::client::connect_bytes("live"));
+    assert_eq!(closed_with(&mut c), "NetConnection.Connect.Rejected");
+    assert_eq!(a.h.blocked(Stage::Connect, Reason::AppSuspended), 1);
+    assert_eq!(a.api("POST", "/api/v1/apps/nope/suspend", "").0, 404);
+
+    assert_eq!(a.api("POST", "/api/v1/apps/live/resume", "").0, 200);
+    let (_, apps) = a.api("GET", "/api/v1/apps", "");
+    assert_eq!(apps["apps"][0]["state"], "active");
+    let _c = a.live_client("127.0.0.1", "publish", "cam1");
+
+    // terminate = false leaves live sessions alone.
+    let mut stays = a.live_client("127.0.0.1", "play", "cam1");
+    let body = "{\"terminate\": false}";
+    assert_eq!(a.api("POST", "/api/v1/apps/live/suspend", body).0, 200);
+    assert_eq!(
+        stays.wait_closed(Duration::from_millis(300)),
+        Closed::StillOpen
+    );
+}
+
+/// A guard started on `dir`'s config file, as `rtmp-guard --config` does.
+fn start_from_file(
+    dir: &Path,
+    origin: SocketAddr,
+) -> (tokio::runtime::Runtime, rtmp_guard::Running, PathBuf) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = dir.join("rtmp-guard.toml");
+    if !path.exists() {
+        std::fs::write(&path, config_text(dir, origin, "")).unwrap();
+    }
+    let config = Config::load(&path).unwrap();
+    let running = rt
+        .block_on(rtmp_guard::start_from(config, Some(path.clone())))
+        .unwrap();
+    (rt, running, path)
+}
+
+#[test]
+fn remedies_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    {
+        let (_rt, running, _) = start_from_file(dir.path(), origin.addr);
+        let addr = running.admin_addr.unwrap();
+        let post = |path: &str, body: &str| http(addr, "POST", path, Some(TOKEN), body).0;
+        assert_eq!(
+            post(
+                "/api/v1/bans",
+                "{\"cidr\": \"192.0.2.0/24\", \"reason\": \"r\"}"
+            ),
+            200
+        );
+        assert_eq!(
+            post("/api/v1/blocks", "{\"app\": \"live\", \"stream\": \"x-*\"}"),
+            200
+        );
+        assert_eq!(post("/api/v1/apps/live/suspend", "{}"), 200);
+    }
+    let (_rt, running, _) = start_from_file(dir.path(), origin.addr);
+    let remedies = running.guard.remedies.load();
+    assert_eq!(remedies.bans[0].cidr.to_string(), "192.0.2.0/24");
+    assert_eq!(remedies.bans[0].until, None);
+    assert_eq!(remedies.blocks[0].stream, "x-*");
+    assert_eq!(remedies.suspensions[0].app, "live");
+    // In force, not just listed.
+    let mut c = RawClient::handshaken(running.rtmp_addrs[0]);
+    c.send(&common::client::connect_bytes("live"));
+    assert_eq!(closed_with(&mut c), "NetConnection.Connect.Rejected");
+}
+
+#[test]
+fn a_corrupt_state_file_is_quarantined_and_the_guard_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), "{\"bans\": [{\"cidr\": ").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, _) = start_from_file(dir.path(), origin.addr);
+    assert_eq!(running.guard.metrics.state_file_quarantined_total.get(), 1);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("state.json.corrupt-")),
+        "{names:?}"
+    );
+    assert!(running.guard.remedies.load().bans.is_empty());
+    let _c = RawClient::handshaken(running.rtmp_addrs[0]);
+}
+
+#[test]
+fn reload_applies_a_valid_file_and_a_broken_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, path) = start_from_file(dir.path(), origin.addr);
+    let addr = running.admin_addr.unwrap();
+    let metric = |s: &str| common::metric(&running.guard.metrics.render(), s).unwrap();
+    let mut live = RawClient::handshaken(running.rtmp_addrs[0]);
+    live.open_stream("live", "publish", "cam1");
+
+    // Deny loopback: new connections are refused, the live one stays.
+    let text = config_text(
+        dir.path(),
+        origin.addr,
+        "[access]\ndeny = [\"127.0.0.0/8\"]\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric("rtmp_guard_config_reloads_total{result=\"success\"}"),
+        2.0
+    );
+    let mut refused = RawClient::tcp(running.rtmp_addrs[0]);
+    assert!(matches!(
+        refused.wait_closed(Duration::from_secs(2)),
+        Closed::Within(_, got) if got.is_empty()
+    ));
+    assert_eq!(
+        running
+            .guard
+            .metrics
+            .blocked_count(Stage::Accept, Reason::IpDenied),
+        1
+    );
+    assert_eq!(
+        live.wait_closed(Duration::from_millis(300)),
+        Closed::StillOpen
+    );
+
+    // A broken file: the API says where, and the deny stays in force.
+    std::fs::write(&path, "[server]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n").unwrap();
+    let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+    assert_eq!(status, 422);
+    assert!(
+        body.contains("rtmp-guard.toml:3") && body.contains("bogus"),
+        "{body}"
+    );
+    assert_eq!(
+        metric("rtmp_guard_config_reloads_total{result=\"failure\"}"),
+        1.0
+    );
+    let mut refused = RawClient::tcp(running.rtmp_addrs[0]);
+    assert!(matches!(
+        refused.wait_closed(Duration::from_secs(2)),
+        Closed::Within(_, got) if got.is_empty()
+    ));
+}
