@@ -72,6 +72,15 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// A refused request: its status and message.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Checks the bearer token, in constant time, when one is configured.
 async fn authorize(State(guard): Shared, request: Request, next: Next) -> Response {
     let config = guard.config();
@@ -106,14 +115,14 @@ async fn ready(State(guard): Shared) -> Response {
 }
 
 /// Parses a JSON body; an empty body reads as `{}`.
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Response> {
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
     serde_json::from_slice(text)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
 /// Audits and counts a mutation, and turns its result into a response.
@@ -174,7 +183,7 @@ struct KickBody {
 async fn kick(State(guard): Shared, Path(id): Path<String>, bytes: Bytes) -> Response {
     let b: KickBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, "session id must be a number");
@@ -238,18 +247,18 @@ struct BanBody {
     reason: String,
 }
 
-fn parse_net(text: &str) -> Result<IpNet, Response> {
-    crate::config::parse_cidr(text).map_err(|e| error(StatusCode::BAD_REQUEST, e))
+fn parse_net(text: &str) -> Result<IpNet, ApiError> {
+    crate::config::parse_cidr(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
 async fn add_ban(State(guard): Shared, bytes: Bytes) -> Response {
     let b: BanBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let cidr = match parse_net(&b.cidr) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let duration = match b.duration.as_deref().map(crate::config::parse_duration) {
         None => None,
@@ -270,7 +279,7 @@ async fn add_ban(State(guard): Shared, bytes: Bytes) -> Response {
 async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Response {
     let cidr = match parse_net(&cidr) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match actions::unban(&guard, cidr).await {
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no ban on {cidr}")),
@@ -300,7 +309,7 @@ struct BlockBody {
 async fn add_block(State(guard): Shared, bytes: Bytes) -> Response {
     let b: BlockBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if b.app.is_empty() || b.stream.is_empty() {
         return error(StatusCode::BAD_REQUEST, "app and stream must not be empty");
@@ -315,7 +324,7 @@ async fn add_block(State(guard): Shared, bytes: Bytes) -> Response {
 async fn lift_block(State(guard): Shared, bytes: Bytes) -> Response {
     let b: BlockBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let target = format!("{}/{}", b.app, b.stream);
     match actions::unblock(&guard, &b.app, &b.stream).await {
@@ -371,20 +380,20 @@ fn yes() -> bool {
     true
 }
 
-fn known_app(guard: &Guard, app: &str) -> Result<(), Response> {
+fn known_app(guard: &Guard, app: &str) -> Result<(), ApiError> {
     match guard.config().app(app) {
         Some(_) => Ok(()),
-        None => Err(error(StatusCode::NOT_FOUND, format!("no app {app:?}"))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no app {app:?}"))),
     }
 }
 
 async fn suspend(State(guard): Shared, Path(app): Path<String>, bytes: Bytes) -> Response {
     let b: SuspendBody = match body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    if let Err(r) = known_app(&guard, &app) {
-        return r;
+    if let Err(e) = known_app(&guard, &app) {
+        return e.into_response();
     }
     let result = actions::suspend(&guard, &app, &b.reason, b.terminate)
         .await
@@ -393,8 +402,8 @@ async fn suspend(State(guard): Shared, Path(app): Path<String>, bytes: Bytes) ->
 }
 
 async fn resume(State(guard): Shared, Path(app): Path<String>) -> Response {
-    if let Err(r) = known_app(&guard, &app) {
-        return r;
+    if let Err(e) = known_app(&guard, &app) {
+        return e.into_response();
     }
     match actions::resume(&guard, &app).await {
         Ok(false) => error(
