@@ -1034,6 +1034,18 @@ mod tests {
     }
 
     #[test]
+    fn a_non_loopback_admin_api_needs_a_token() {
+        let e = err("[metrics]\nlisten = \"127.0.0.1:1\"\n\n[admin]\nlisten = \"0.0.0.0:9936\"\n");
+        assert_eq!(e.line, Some(4), "the [admin] table: {e}");
+        assert_eq!(e.key.as_deref(), Some("admin.token_file"), "{e}");
+        assert!(Config::parse("[admin]\nlisten = \"127.0.0.1:9936\"\n", "t.toml").is_ok());
+        let e = err("[admin]\nlisten = \"[::1]:9936\"\ntoken_file = \"/nonexistent\"\n");
+        assert!(e.why.contains("cannot read"), "{e}");
+        let e = err("[admin]\nlisten = \"127.0.0.1:9936\"\ntokn_file = \"x\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = err("[server]\nlisten = [\"127.0.0.1:1\"]\nhandshake_timout = \"5s\"\n");
         assert_eq!(e.source, "test.toml");
