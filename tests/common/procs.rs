@@ -225,6 +225,25 @@ impl GuardProc {
         guard
     }
 
+    /// Sends a signal (`HUP`, `TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {name} failed");
+    }
+
+    /// Waits up to `within` for the guard to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(within, || self._proc.child.try_wait().ok().flatten())
+    }
+
+    /// The config file the guard runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("rtmp-guard.toml")
+    }
+
     pub fn metrics_text(&self) -> Option<String> {
         http_get(self.metrics, "/metrics")
     }
