@@ -193,6 +193,32 @@ fn a_ban_ends_live_sessions_from_the_prefix_and_refuses_new_ones() {
 }
 
 #[test]
+fn automatic_bans_are_listed_and_can_be_lifted() {
+    let a = Admin::start();
+    // Unknown apps score 3 each; the fourth passes the threshold of 10.
+    for _ in 0..4 {
+        let mut c = RawClient::handshaken_from(a.h.addr(), "127.0.0.4");
+        c.send(&common::client::connect_bytes("nope"));
+        assert!(matches!(
+            c.wait_closed(Duration::from_secs(3)),
+            Closed::Within(..)
+        ));
+    }
+    let (_, list) = a.api("GET", "/api/v1/bans", "");
+    let ban = list["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cidr"] == "127.0.0.4/32")
+        .unwrap_or_else(|| panic!("no automatic ban listed: {list}"))
+        .clone();
+    assert_eq!(ban["source"], "automatic");
+    assert_eq!(ban["reason"], "unknown_app");
+    assert_eq!(a.api("DELETE", "/api/v1/bans/127.0.0.4%2F32", "").0, 200);
+    let _c = a.live_client("127.0.0.4", "play", "cam1");
+}
+
+#[test]
 fn a_block_ends_matching_players_and_publishers_and_refuses_later_ones() {
     let a = Admin::start();
     let mut publisher = a.live_client("127.0.0.1", "publish", "film-1");
