@@ -75,14 +75,17 @@ fn resize(guard: &Guard, old: usize, new: usize) {
     if new > old {
         guard.connections.add_permits(new - old);
     } else if old > new {
-        // Permits held by open connections are forgotten as they return.
-        let mut left = old - new;
-        while left > 0 {
-            let n = guard.connections.forget_permits(left);
-            if n == 0 {
-                break;
-            }
-            left -= n;
+        // Only free permits can be forgotten at once; with more connections
+        // open than the new limit, the rest are taken as those close.
+        let left = (old - new).saturating_sub(guard.connections.forget_permits(old - new));
+        if left > 0 {
+            let permits = guard.connections.clone();
+            let n = u32::try_from(left).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(n).await {
+                    p.forget();
+                }
+            });
         }
     }
 }
