@@ -27,6 +27,7 @@ pub enum Loaded {
 /// Reads the state file; a corrupt one is renamed
 /// `<name>.corrupt-<unix time>` and reported.
 pub fn load(path: &Path) -> Loaded {
+    remove_stale_temps(path);
     let text = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
@@ -35,6 +36,28 @@ pub fn load(path: &Path) -> Loaded {
     match serde_json::from_slice::<Remedies>(&text) {
         Ok(remedies) => Loaded::Read(remedies),
         Err(e) => quarantine(path, format!("corrupt: {e}")),
+    }
+}
+
+/// Deletes temp files a crash left mid-write (`<name>.tmp-<pid>`); the
+/// state file itself is whole either way.
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -107,6 +130,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // No temp file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temp_files_left_by_a_crash_are_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        save(&path, &sample()).unwrap();
+        fs::write(dir.path().join("state.json.tmp-999"), b"{\"ba").unwrap();
+        assert!(matches!(load(&path), Loaded::Read(_)));
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
