@@ -160,10 +160,7 @@ fn command_flood_is_closed_and_ffmpeg_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("publish.log");
     let mut publisher = ffmpeg_publish(&url, 6, &log);
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("cmd")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("cmd"));
 
     let mut flooder = RawClient::handshaken_from(guard.rtmp, "127.0.0.23");
     flooder.send(&connect_bytes("live"));

@@ -119,10 +119,7 @@ fn remedies_end_live_ffmpeg_sessions_and_refuse_the_next() {
     let log = dir.path().join("kick.log");
     let mut publisher = ffmpeg_publish(&format!("rtmp://{rtmp}/live/kickme"), 60, &log);
     let id = session_id(admin, "publish", "kickme").expect("publisher listed");
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("kickme")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("kickme"));
     let (status, _) = api(
         admin,
         "DELETE",
@@ -147,10 +144,7 @@ fn remedies_end_live_ffmpeg_sessions_and_refuse_the_next() {
     // the next play is refused.
     let log = dir.path().join("cam1.log");
     let _cam1 = ffmpeg_publish(&format!("rtmp://{rtmp}/live/cam1"), 60, &log);
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("cam1")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("cam1"));
     let play_log = dir.path().join("player.log");
     let mut player = background_player(&format!("rtmp://{rtmp}/live/cam1"), 60, &play_log);
     let player_id = session_id(admin, "play", "cam1").expect("player listed");
@@ -209,10 +203,7 @@ fn remedies_end_live_ffmpeg_sessions_and_refuse_the_next() {
         60,
         &dir.path().join("news.log"),
     );
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("news")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("news"));
     let mut from2 = RawClient::handshaken_from(rtmp, "127.0.0.2");
     from2.open_stream("live", "play", "news");
     session_id(admin, "play", "news").expect("127.0.0.2's player listed");
@@ -263,10 +254,7 @@ fn ten_reloads_under_load_do_not_interrupt_publisher_or_player() {
     let url = format!("rtmp://{}/live/cam1", g.rtmp);
     let log = dir.path().join("publish.log");
     let mut publisher = ffmpeg_publish(&url, 24, &log);
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("cam1")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("cam1"));
     let player = std::thread::spawn(move || ffmpeg_play(&url, 15));
     std::thread::sleep(Duration::from_secs(2));
     for i in 0..10 {
@@ -334,10 +322,7 @@ fn a_broken_config_on_reload_leaves_the_old_one_in_force() {
             8,
             &dir.path().join("p.log"),
         );
-        assert!(wait_for(Duration::from_secs(10), || nginx
-            .publishing("cam1")
-            .then_some(()))
-        .is_some());
+        assert!(nginx.wait_publishing("cam1"));
         ffmpeg_play(&format!("rtmp://{}/live/cam1", g.rtmp), 2)
     };
     assert!(frames >= 25, "{frames}");

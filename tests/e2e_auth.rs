@@ -58,14 +58,7 @@ fn stream_keys_let_the_right_publisher_in_and_keep_others_out() {
     let (nginx, guard, dir) = setup();
     let url = format!("rtmp://{}/live/cam1", guard.rtmp);
     let mut publisher = ffmpeg_publish(&format!("{url}?key=s3cret"), 10, &log_of(&dir, "ok.log"));
-    assert!(
-        wait_for(Duration::from_secs(10), || nginx
-            .publishing("cam1")
-            .then_some(()))
-        .is_some(),
-        "{}",
-        guard.log_text()
-    );
+    assert!(nginx.wait_publishing("cam1"), "{}", guard.log_text());
     let (frames, _) = ffmpeg_play(&url, 3);
     assert!(frames >= 25, "player got {frames} frames");
 
@@ -149,10 +142,7 @@ fn signed_urls_work_until_they_expire() {
     let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut publisher = ffmpeg_publish(&url, 4, &log_of(&dir, "tok.log"));
     assert!(
-        wait_for(Duration::from_secs(10), || nginx
-            .publishing("show")
-            .then_some(()))
-        .is_some(),
+        nginx.wait_publishing("show"),
         "minted URL {url} was refused: {}",
         guard.log_text()
     );
@@ -205,10 +195,7 @@ fn blocked_names_and_viewer_quota() {
     // max_viewers = 2: the third concurrent player is refused.
     let url = format!("rtmp://{}/live/cam1", guard.rtmp);
     let mut publisher = ffmpeg_publish(&format!("{url}?key=s3cret"), 14, &log_of(&dir, "pub.log"));
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("cam1")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("cam1"));
     let players: Vec<_> = (0..2)
         .map(|_| {
             let url = url.clone();
@@ -243,10 +230,7 @@ fn referrers_are_checked_on_play() {
     let (nginx, guard, dir) = setup();
     let url = format!("rtmp://{}/ref/cam", guard.rtmp);
     let mut publisher = ffmpeg_publish(&url, 10, &log_of(&dir, "ref.log"));
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("cam")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("cam"));
     let dump = |page: &str, out: &std::path::Path| {
         Command::new("timeout")
             .args([

@@ -13,7 +13,7 @@ use common::flood::{self, Mode};
 use common::procs::{
     ffmpeg_play, ffmpeg_publish, final_speed, origin_tables, rss_kib, wait_exit, GuardProc, Nginx,
 };
-use common::{blocked_sample, have_tools, wait_for};
+use common::{blocked_sample, have_tools};
 
 fn flood_guard(nginx: &Nginx) -> GuardProc {
     let origin = nginx.rtmp;
@@ -41,10 +41,7 @@ fn origin_stays_healthy_under_flood() {
     let seconds = 58;
     let started = std::time::Instant::now();
     let mut publisher = ffmpeg_publish(&url, seconds, &publish_log);
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("flood")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("flood"));
     let rss_before = rss_kib(guard.pid()).unwrap();
 
     let modes = [

@@ -180,10 +180,7 @@ fn answers_are_cached() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("rtmp://{}/live/good", guard.rtmp);
     let mut p = ffmpeg_publish(&url, 10, &dir.path().join("p.log"));
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("good")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("good"));
     for _ in 0..2 {
         assert!(
             ffmpeg_play(&url, 2).0 > 0,

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::procs::{ffmpeg_play, ffmpeg_publish, origin_tables, wait_exit, GuardProc, Nginx};
-use common::{blocked_sample, have_tools, hostile, wait_for};
+use common::{blocked_sample, have_tools, hostile};
 
 fn guard_for(nginx: &Nginx) -> GuardProc {
     let origin = nginx.rtmp;
@@ -36,10 +36,7 @@ fn ffmpeg_publishes_and_ffmpeg_and_rtmpdump_play_through_the_guard() {
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = ffmpeg_publish(&url, 12, &dir.path().join("publish.log"));
     assert!(
-        wait_for(Duration::from_secs(10), || nginx
-            .publishing("e2e")
-            .then_some(()))
-        .is_some(),
+        nginx.wait_publishing("e2e"),
         "nginx never saw the stream; guard log:\n{}",
         guard.log_text()
     );
@@ -122,10 +119,7 @@ fn hostile_set_never_reaches_nginx_while_a_publisher_streams() {
     let url = format!("rtmp://{}/live/hostile", guard.rtmp);
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = ffmpeg_publish(&url, 14, &dir.path().join("publish.log"));
-    assert!(wait_for(Duration::from_secs(10), || nginx
-        .publishing("hostile")
-        .then_some(()))
-    .is_some());
+    assert!(nginx.wait_publishing("hostile"));
     let accepted_before = nginx.naccepted();
     assert_eq!(accepted_before, 1);
 

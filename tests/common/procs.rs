@@ -101,6 +101,14 @@ impl Nginx {
             .any(|s| s.contains(&format!("<name>{name}</name>")) && s.contains("<publishing/>"))
     }
 
+    /// Waits up to 10 s for `/stat` to show `name` published.
+    pub fn wait_publishing(&self, name: &str) -> bool {
+        wait_for(Duration::from_secs(10), || {
+            self.publishing(name).then_some(())
+        })
+        .is_some()
+    }
+
     pub fn error_log(&self) -> String {
         fs::read_to_string(self._dir.path().join("error.log")).unwrap_or_default()
     }
