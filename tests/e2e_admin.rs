@@ -8,11 +8,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::client::{Closed, RawClient};
-use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx, Proc};
+use common::procs::{
+    ffmpeg_play, ffmpeg_play_background, ffmpeg_publish, wait_exit, GuardProc, Nginx,
+};
 use common::{blocked_sample, free_port, have_tools, http, wait_for};
 
 const TOKEN: &str = "an-admin-token-for-e2e-tests";
@@ -62,29 +63,6 @@ fn listed(admin: SocketAddr, id: u64) -> bool {
     list["sessions"]
         .as_array()
         .is_some_and(|l| l.iter().any(|s| s["id"] == id))
-}
-
-/// ffmpeg playing `url` in the background for up to `seconds`.
-fn background_player(url: &str, seconds: u32, log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-rw_timeout",
-            "5000000",
-            "-i",
-            url,
-        ])
-        .args(["-t", &seconds.to_string(), "-map", "0:v", "-f", "null", "-"])
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .expect("spawn ffmpeg player");
-    Proc {
-        child,
-        name: "ffmpeg-play",
-    }
 }
 
 fn text(path: &Path) -> String {
@@ -146,7 +124,7 @@ fn remedies_end_live_ffmpeg_sessions_and_refuse_the_next() {
     let _cam1 = ffmpeg_publish(&format!("rtmp://{rtmp}/live/cam1"), 60, &log);
     assert!(nginx.wait_publishing("cam1"));
     let play_log = dir.path().join("player.log");
-    let mut player = background_player(&format!("rtmp://{rtmp}/live/cam1"), 60, &play_log);
+    let mut player = ffmpeg_play_background(&format!("rtmp://{rtmp}/live/cam1"), 60, &play_log);
     let player_id = session_id(admin, "play", "cam1").expect("player listed");
     std::thread::sleep(Duration::from_secs(2));
     let asked = Instant::now();

@@ -327,25 +327,55 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The arguments of an ffmpeg player decoding `url`'s video for up to
+/// `seconds` and discarding it.
+fn player_args(url: &str, seconds: u32) -> Vec<String> {
+    let seconds = seconds.to_string();
+    [
+        "-hide_banner",
+        "-nostdin",
+        "-rw_timeout",
+        "5000000",
+        "-i",
+        url,
+        "-t",
+        &seconds,
+        "-map",
+        "0:v",
+        "-f",
+        "null",
+        "-",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// ffmpeg playing `url` for up to `seconds`; returns frames decoded and
 /// its output.
 pub fn ffmpeg_play(url: &str, seconds: u32) -> (u64, Output) {
     let out = Command::new("timeout")
         .arg((seconds + 15).to_string())
         .arg("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-nostdin",
-            "-rw_timeout",
-            "5000000",
-            "-i",
-            url,
-        ])
-        .args(["-t", &seconds.to_string(), "-map", "0:v", "-f", "null", "-"])
+        .args(player_args(url, seconds))
         .output()
         .expect("run ffmpeg player");
     let stderr = String::from_utf8_lossy(&out.stderr);
     (last_frame_count(&stderr), out)
+}
+
+/// As [`ffmpeg_play`], in the background, its output in `log`.
+pub fn ffmpeg_play_background(url: &str, seconds: u32, log: &Path) -> Proc {
+    let out = fs::File::create(log).expect("ffmpeg log");
+    let child = Command::new("ffmpeg")
+        .args(player_args(url, seconds))
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("spawn ffmpeg player");
+    Proc {
+        child,
+        name: "ffmpeg-play",
+    }
 }
 
 fn last_frame_count(stderr: &str) -> u64 {
