@@ -124,26 +124,37 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     /// The RTMP accept loops, stopped first when draining.
-    listeners: Vec<JoinHandle<()>>,
+    listeners: std::sync::Mutex<Vec<JoinHandle<()>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting new RTMP connections; sessions go on.
-    pub fn stop_accepting(&self) {
+    /// Stops accepting new RTMP connections, and returns once every
+    /// listening socket is closed; then `/readyz` fails. Sessions go on.
+    pub async fn stop_accepting(&self) {
+        let listeners = std::mem::take(&mut *self.lock_listeners());
+        for task in &listeners {
+            task.abort();
+        }
+        for task in listeners {
+            let _ = task.await;
+        }
         self.guard
             .ready
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        for task in &self.listeners {
-            task.abort();
-        }
     }
 
-    /// Stops accepting and serving metrics and the admin API. Sessions
-    /// already running end on their own.
+    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops accepting and serving metrics and the admin API, without
+    /// waiting. Sessions already running end on their own.
     pub fn stop(&self) {
-        self.stop_accepting();
-        for task in &self.tasks {
+        self.guard
+            .ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.lock_listeners().iter().chain(&self.tasks) {
             task.abort();
         }
     }
@@ -237,7 +248,7 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         rtmp_addrs,
         metrics_addr,
         admin_addr,
-        listeners,
+        listeners: std::sync::Mutex::new(listeners),
         tasks,
     })
 }

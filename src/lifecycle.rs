@@ -128,7 +128,7 @@ pub fn load_state(guard: &Guard) {
 /// Stops accepting, lets live sessions go on for up to `timeout`, then
 /// returns (the caller exits, closing what is left).
 pub async fn drain(running: &Running, timeout: Duration) {
-    running.stop_accepting();
+    running.stop_accepting().await;
     let guard = &running.guard;
     let deadline = Instant::now() + timeout;
     let open = || guard.metrics.connections_active.get();
