@@ -279,11 +279,13 @@ fn a_broken_config_on_reload_leaves_the_old_one_in_force() {
         (g.metric("rtmp_guard_config_reloads_total{result=\"failure\"}") == 1.0).then_some(())
     })
     .is_some());
-    let log = g.log_text();
-    assert!(
-        log.contains("rtmp-guard.toml:3") && log.contains("max_conections"),
-        "{log}"
-    );
+    // The log line goes through the log's writer thread: it may land just
+    // after the count.
+    let logged = wait_for(Duration::from_secs(5), || {
+        let log = g.log_text();
+        (log.contains("rtmp-guard.toml:3") && log.contains("max_conections")).then_some(())
+    });
+    assert!(logged.is_some(), "{}", g.log_text());
     let (status, body) = api(admin, "POST", "/api/v1/reload", "");
     assert_eq!(status, 422);
     assert!(
