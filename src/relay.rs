@@ -55,6 +55,8 @@ pub struct ClientRules {
     /// Decisions on publish and play.
     pub policy: Option<StreamPolicy>,
     meter: BitrateMeter,
+    /// How many of the policy's streams the session registry shows.
+    shown: usize,
 }
 
 impl ClientRules {
@@ -68,6 +70,7 @@ impl ClientRules {
             max_streams: limits.max_streams,
             policy,
             meter: BitrateMeter::default(),
+            shown: 0,
         }
     }
 
@@ -437,17 +440,17 @@ where
 }
 
 /// Copies the streams the client publishes or plays to its registry entry
-/// when they change.
-fn show_streams(dir: &Direction, side: &Side<'_>) {
-    let (Some(session), Some(policy)) = (
-        side.session,
-        dir.rules.as_ref().and_then(|r| r.policy.as_ref()),
-    ) else {
+/// when they change; on other reads it costs a comparison.
+fn show_streams(dir: &mut Direction, side: &Side<'_>) {
+    let (Some(session), Some(rules)) = (side.session, dir.rules.as_mut()) else {
         return;
     };
-    let shown = session.streams.lock().map_or(0, |s| s.len());
-    if shown != policy.streams.len() {
+    let Some(policy) = rules.policy.as_ref() else {
+        return;
+    };
+    if rules.shown != policy.streams.len() {
         session.set_streams(&policy.streams);
+        rules.shown = policy.streams.len();
     }
 }
 
