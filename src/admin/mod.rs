@@ -342,17 +342,13 @@ async fn lift_block(State(guard): Shared, bytes: Bytes) -> Response {
 async fn apps(State(guard): Shared) -> Response {
     let config = guard.config();
     let remedies = guard.remedies.load();
+    let live = guard.sessions.list();
     let list: Vec<Value> = config
         .apps
         .iter()
         .map(|a| {
             let (publishers, viewers) = guard.streams.counts(&a.name);
-            let sessions = guard
-                .sessions
-                .list()
-                .iter()
-                .filter(|s| s.app == a.name)
-                .count();
+            let sessions = live.iter().filter(|s| s.app == a.name).count();
             let suspension = remedies.suspension(&a.name);
             json!({
                 "name": a.name,
