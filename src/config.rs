@@ -519,18 +519,7 @@ impl Config {
         };
         let at = |key: &str| vec![seg("admin"), seg(key)];
         if let Some(file) = &admin.token_file {
-            let path = resolve(base, file);
-            let token = std::fs::read_to_string(&path).map_err(|e| Invalid {
-                path: at("token_file"),
-                why: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let token = token.trim();
-            check_at(
-                token.len() >= 16,
-                at("token_file"),
-                "the token must be at least 16 bytes",
-            )?;
-            admin.token = Some(Secret(token.to_string()));
+            admin.token = Some(read_secret(base, file, at("token_file"), "token")?);
         }
         check_at(
             admin.token.is_some() || admin.listen.ip().is_loopback(),
@@ -556,18 +545,8 @@ impl Config {
                 app.keys.extend(keys);
             }
             if let Some(file) = &app.token_secret_file {
-                let path = resolve(base, file);
-                let secret = std::fs::read_to_string(&path).map_err(|e| Invalid {
-                    path: at("token_secret_file"),
-                    why: format!("cannot read {}: {e}", path.display()),
-                })?;
-                let secret = secret.trim();
-                check_at(
-                    secret.len() >= 16,
-                    at("token_secret_file"),
-                    "the secret must be at least 16 bytes",
-                )?;
-                app.token_secret = Some(Secret(secret.to_string()));
+                let secret = read_secret(base, file, at("token_secret_file"), "secret")?;
+                app.token_secret = Some(secret);
             }
             let uses = |m: AuthMode| app.publish == m || app.play == m;
             check_at(
@@ -810,6 +789,7 @@ struct Invalid {
     why: String,
 }
 
+#[derive(Clone)]
 enum PathSeg {
     Key(String),
     Index(usize),
@@ -901,6 +881,28 @@ fn locate(text: &str, path: &[PathSeg]) -> Option<usize> {
         }
     }
     best.map(|offset| line_of(text, offset))
+}
+
+/// Reads a secret (`what`: "token", "secret") from a file named at
+/// `key`: trimmed, and at least 16 bytes.
+fn read_secret(
+    base: Option<&Path>,
+    file: &Path,
+    key: Vec<PathSeg>,
+    what: &str,
+) -> Result<Secret, Invalid> {
+    let path = resolve(base, file);
+    let text = std::fs::read_to_string(&path).map_err(|e| Invalid {
+        path: key.clone(),
+        why: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let secret = text.trim();
+    check_at(
+        secret.len() >= 16,
+        key,
+        &format!("the {what} must be at least 16 bytes"),
+    )?;
+    Ok(Secret(secret.to_string()))
 }
 
 fn resolve(base: Option<&Path>, file: &Path) -> std::path::PathBuf {
