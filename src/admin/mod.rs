@@ -180,13 +180,17 @@ struct KickBody {
     reason: String,
 }
 
-async fn kick(State(guard): Shared, Path(id): Path<String>, bytes: Bytes) -> Response {
-    let b: KickBody = match body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn kick(
+    State(guard): Shared,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: KickBody = body(&bytes)?;
     let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, "session id must be a number");
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "session id must be a number".into(),
+        ));
     };
     let why = if b.reason.is_empty() {
         "session ended by the operator".to_string()
@@ -194,15 +198,15 @@ async fn kick(State(guard): Shared, Path(id): Path<String>, bytes: Bytes) -> Res
         format!("session ended by the operator: {}", b.reason)
     };
     if !actions::kick(&guard, id, &why) {
-        return error(StatusCode::NOT_FOUND, format!("no session {id}"));
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no session {id}")));
     }
-    done(
+    Ok(done(
         &guard,
         "kick",
         &id.to_string(),
         &b.reason,
         Ok(json!({ "kicked": id })),
-    )
+    ))
 }
 
 async fn bans(State(guard): Shared) -> Response {
@@ -251,45 +255,36 @@ fn parse_net(text: &str) -> Result<IpNet, ApiError> {
     crate::config::parse_cidr(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
-async fn add_ban(State(guard): Shared, bytes: Bytes) -> Response {
-    let b: BanBody = match body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let cidr = match parse_net(&b.cidr) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
+    let b: BanBody = body(&bytes)?;
+    let cidr = parse_net(&b.cidr)?;
     let duration = match b.duration.as_deref().map(crate::config::parse_duration) {
         None => None,
         Some(Ok(d)) if !d.is_zero() => Some(d),
         Some(_) => {
-            return error(
+            return Err(ApiError(
                 StatusCode::BAD_REQUEST,
-                "duration must be like \"1h\", or null for no end",
-            )
+                "duration must be like \"1h\", or null for no end".into(),
+            ))
         }
     };
     let result = actions::ban(&guard, cidr, duration, &b.reason)
         .await
         .map(|ended| json!({ "banned": cidr.trunc().to_string(), "sessions_ended": ended }));
-    done(&guard, "ban", &cidr.to_string(), &b.reason, result)
+    Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result))
 }
 
-async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Response {
-    let cidr = match parse_net(&cidr) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
+async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Response, ApiError> {
+    let cidr = parse_net(&cidr)?;
     match actions::unban(&guard, cidr).await {
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no ban on {cidr}")),
-        result => done(
+        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no ban on {cidr}"))),
+        result => Ok(done(
             &guard,
             "unban",
             &cidr.to_string(),
             "",
             result.map(|_| json!({ "lifted": cidr.trunc().to_string() })),
-        ),
+        )),
     }
 }
 
@@ -306,36 +301,36 @@ struct BlockBody {
     reason: String,
 }
 
-async fn add_block(State(guard): Shared, bytes: Bytes) -> Response {
-    let b: BlockBody = match body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn add_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
+    let b: BlockBody = body(&bytes)?;
     if b.app.is_empty() || b.stream.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "app and stream must not be empty");
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "app and stream must not be empty".into(),
+        ));
     }
     let target = format!("{}/{}", b.app, b.stream);
     let result = actions::block(&guard, &b.app, &b.stream, &b.reason)
         .await
         .map(|ended| json!({ "blocked": target, "sessions_ended": ended }));
-    done(&guard, "block", &target, &b.reason, result)
+    Ok(done(&guard, "block", &target, &b.reason, result))
 }
 
-async fn lift_block(State(guard): Shared, bytes: Bytes) -> Response {
-    let b: BlockBody = match body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
+    let b: BlockBody = body(&bytes)?;
     let target = format!("{}/{}", b.app, b.stream);
     match actions::unblock(&guard, &b.app, &b.stream).await {
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no block on {target}")),
-        result => done(
+        Ok(false) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no block on {target}"),
+        )),
+        result => Ok(done(
             &guard,
             "unblock",
             &target,
             &b.reason,
             result.map(|_| json!({ "lifted": target })),
-        ),
+        )),
     }
 }
 
@@ -383,36 +378,33 @@ fn known_app(guard: &Guard, app: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn suspend(State(guard): Shared, Path(app): Path<String>, bytes: Bytes) -> Response {
-    let b: SuspendBody = match body(&bytes) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = known_app(&guard, &app) {
-        return e.into_response();
-    }
+async fn suspend(
+    State(guard): Shared,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let b: SuspendBody = body(&bytes)?;
+    known_app(&guard, &app)?;
     let result = actions::suspend(&guard, &app, &b.reason, b.terminate)
         .await
         .map(|ended| json!({ "suspended": app, "sessions_ended": ended }));
-    done(&guard, "suspend", &app, &b.reason, result)
+    Ok(done(&guard, "suspend", &app, &b.reason, result))
 }
 
-async fn resume(State(guard): Shared, Path(app): Path<String>) -> Response {
-    if let Err(e) = known_app(&guard, &app) {
-        return e.into_response();
-    }
+async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Response, ApiError> {
+    known_app(&guard, &app)?;
     match actions::resume(&guard, &app).await {
-        Ok(false) => error(
+        Ok(false) => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("app {app:?} is not suspended"),
-        ),
-        result => done(
+        )),
+        result => Ok(done(
             &guard,
             "resume",
             &app,
             "",
             result.map(|_| json!({ "resumed": app })),
-        ),
+        )),
     }
 }
 
