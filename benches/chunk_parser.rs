@@ -7,6 +7,7 @@
 //!     cargo bench --bench chunk_parser
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rtmp_guard::config::Limits;
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
 use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser, MessageHeader};
 
@@ -43,12 +44,7 @@ fn stream(chunk_size: u32) -> Vec<u8> {
 }
 
 fn parse(data: &[u8]) -> u64 {
-    let mut parser = ChunkParser::new(ChunkLimits {
-        max_chunk_size: 65_536,
-        max_command_size: 65_536,
-        max_message_size: 0xFF_FFFF,
-        max_chunk_streams: 64,
-    });
+    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
     for read in data.chunks(READ_SIZE) {
         let mut pos = 0;
         while pos < read.len() {

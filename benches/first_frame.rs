@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::client::{command_bytes, command_on, connect_values, status_code};
 use common::procs::{GuardProc, Nginx, Proc};
+use rtmp_guard::config::Limits;
 use rtmp_guard::policy::token;
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser};
@@ -184,12 +185,7 @@ fn first_frames(addr: SocketAddr, name: &str) -> Option<(f64, f64)> {
             break buf[step.consumed..n].to_vec();
         }
     };
-    let mut parser = ChunkParser::new(ChunkLimits {
-        max_chunk_size: 65_536,
-        max_command_size: 65_536,
-        max_message_size: 0xFF_FFFF,
-        max_chunk_streams: 64,
-    });
+    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
     let mut play_start = None;
     loop {
         let mut pos = 0;

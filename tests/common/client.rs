@@ -5,6 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use rtmp_guard::config::Limits;
 use rtmp_guard::rtmp::amf0::{write, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
 use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser, MessageHeader};
@@ -194,12 +195,7 @@ pub fn connect_bytes(app: &str) -> Vec<u8> {
 
 /// Decodes the commands in bytes the guard sent (its replies).
 pub fn commands_in(bytes: &[u8]) -> Vec<command::Command> {
-    let mut parser = ChunkParser::new(ChunkLimits {
-        max_chunk_size: 65_536,
-        max_command_size: 65_536,
-        max_message_size: 0xFF_FFFF,
-        max_chunk_streams: 64,
-    });
+    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
