@@ -182,7 +182,12 @@ fn blocked_names_and_viewer_quota() {
     assert!(!wait_exit(&mut p, Duration::from_secs(15))
         .expect("exited")
         .success());
-    assert!(text(&log).contains("blocked content"), "{}", text(&log));
+    assert!(
+        text(&log).contains("blocked content"),
+        "{}\n--- guard:\n{}",
+        text(&log),
+        guard.log_text()
+    );
     // ...nor played.
     let (frames, out) = ffmpeg_play(&format!("rtmp://{}/live/pirated-film", guard.rtmp), 2);
     assert_eq!(frames, 0);

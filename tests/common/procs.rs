@@ -67,6 +67,7 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nginx");
+        let pid = u64::from(child.id());
         let nginx = Nginx {
             _proc: Proc {
                 child,
@@ -77,9 +78,13 @@ impl Nginx {
             _dir: dir,
         };
         // Poll the HTTP side only: touching the RTMP port would count as
-        // an accepted connection.
-        wait_for(Duration::from_secs(10), || http_get(nginx.http, "/stat"))
-            .unwrap_or_else(|| panic!("nginx did not start: {}", nginx.error_log()));
+        // an accepted connection. The pid check makes sure the answer came
+        // from this nginx, which has bound both of its ports.
+        wait_for(Duration::from_secs(10), || {
+            let stat = http_get(nginx.http, "/stat")?;
+            (xml_value(&stat, "pid") == Some(pid)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("nginx did not start: {}", nginx.error_log()));
         nginx
     }
 
