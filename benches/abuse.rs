@@ -150,13 +150,19 @@ fn reject_rate() {
     println!(
         "\n== rejection rate: {THREADS} client threads, {ROUNDS} rounds of {ROUND:?}, alternated"
     );
-    let guard = GuardProc::start(|listen| {
+    let config = |listen: SocketAddr, audit: &str| {
         format!(
             "[server]\nlisten = [\"{listen}\"]\n[access]\ndeny = [\"127.0.1.0/24\"]\n\
              [limits.per_ip]\nconnections_per_second = 1\nburst = 1\n\
-             [bans]\nthreshold = 1\n"
+             [bans]\nthreshold = 1\n{audit}"
         )
-    });
+    };
+    let guard = GuardProc::start(move |listen| config(listen, ""));
+    // The same guard with the audit log on: one more JSON line per refusal.
+    let audit_dir = tempfile::tempdir().expect("temp dir");
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let audit_conf = format!("[audit]\npath = \"{}\"\n", audit_path.display());
+    let audited = GuardProc::start(move |listen| config(listen, &audit_conf));
     let (haproxy, hap_addr) = haproxy_reject();
     // Ban 127.0.2.x: one HTTP request each (not_rtmp scores 5, the
     // threshold is 1).
@@ -171,14 +177,17 @@ fn reject_rate() {
         ("haproxy reject", vec![], vec![]),
         ("guard ip_denied", vec![], vec![]),
         ("guard banned", vec![], vec![]),
+        ("guard ip_denied + audit", vec![], vec![]),
     ];
+    let paths = rows.len();
     for round in 0..ROUNDS {
-        for k in 0..3 {
-            let idx = (k + round) % 3;
+        for k in 0..paths {
+            let idx = (k + round) % paths;
             let (target, net, pid) = match idx {
                 0 => (hap_addr, 1, haproxy.child.id()),
                 1 => (guard.rtmp, 1, guard.pid()),
-                _ => (guard.rtmp, 2, guard.pid()),
+                2 => (guard.rtmp, 2, guard.pid()),
+                _ => (audited.rtmp, 1, audited.pid()),
             };
             let cpu0 = cpu_seconds(pid);
             let rate = load(ROUND, move |t, _| {
@@ -197,11 +206,31 @@ fn reject_rate() {
     for (name, rates, cpu) in rows {
         println!("| {name} | {:.0} | {:.1} |", median(rates), median(cpu));
     }
+    let denied = guard.metric(&common::blocked_sample("accept", "ip_denied"));
+    let banned = guard.metric(&common::blocked_sample("accept", "banned"));
+    // Every refusal must also have written its log line.
+    let mut guard = guard;
+    guard.signal("TERM");
+    let _ = guard.wait_exit(Duration::from_secs(40));
+    let log = guard.log_text();
+    let logged = |reason: &str| {
+        let needle = format!("\"reason\":\"{reason}\"");
+        log.lines().filter(|l| l.contains(&needle)).count()
+    };
     println!(
-        "guard counted: ip_denied={} banned={}",
-        guard.metric(&common::blocked_sample("accept", "ip_denied")),
-        guard.metric(&common::blocked_sample("accept", "banned"))
+        "guard counted: ip_denied={denied} banned={banned}; log lines: ip_denied={} banned={}",
+        logged("ip_denied"),
+        logged("banned")
     );
+    let audited_count = audited.metric(&common::blocked_sample("accept", "ip_denied"));
+    // SIGTERM drains and flushes the audit queue before exit.
+    let mut audited = audited;
+    audited.signal("TERM");
+    let _ = audited.wait_exit(Duration::from_secs(40));
+    let lines = std::fs::read_to_string(&audit_path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!("audited guard counted ip_denied={audited_count}, audit lines={lines}");
 }
 
 /// A full handshake, a `connect` for an unknown app, and the `_error`.

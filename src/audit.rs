@@ -1,109 +1,94 @@
 //! The audit log: one JSON line per blocked session and per admin action,
 //! appended to `[audit] path`, reopened on SIGHUP so logrotate can move it.
 //!
-//! Lines go through a bounded queue to a writer thread, as the main log
-//! does, so a flood of refusals never waits on the disk in the accept loop
-//! unless the queue is full.
+//! Lines go to a [`LineWriter`] thread, as the main log's do, so a flood of
+//! refusals never waits on the disk in the accept loop unless its queue is
+//! full.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::io::Write;
+use std::path::Path;
 
-use serde_json::{json, Value};
-
+use crate::line_writer::{LineWriter, Reopen};
 use crate::logging;
-
-/// Lines queued before producers wait.
-const QUEUE: usize = 16 * 1024;
-
-enum Item {
-    Line(String),
-    Reopen,
-    Flush(SyncSender<()>),
-}
 
 /// The audit log, or nothing when `[audit]` is absent.
 #[derive(Default)]
 pub struct Audit {
-    tx: Option<SyncSender<Item>>,
+    out: Option<LineWriter>,
 }
 
 impl Audit {
     /// Opens `path` for appending and starts the writer thread.
     pub fn open(path: &Path) -> std::io::Result<Audit> {
         let file = open_append(path)?;
-        let (tx, rx) = sync_channel(QUEUE);
         let path = path.to_path_buf();
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_loop(path, file, rx))?;
-        Ok(Audit { tx: Some(tx) })
+        let reopen: Reopen =
+            Box::new(move || Ok(Box::new(open_append(&path)?) as Box<dyn Write + Send>));
+        let out = LineWriter::spawn("audit-writer", Box::new(file), Some(reopen))?;
+        Ok(Audit { out: Some(out) })
     }
 
-    fn send(&self, item: Item) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(item);
-        }
-    }
-
-    /// Appends one record; `time` is added first.
-    pub fn record(&self, fields: Value) {
-        if self.tx.is_none() {
+    /// Appends one record of string fields; `time` is added first. The
+    /// line is written by hand rather than through serde_json: under a
+    /// flood of refusals this runs once per refused connection.
+    pub fn record(&self, fields: &[(&str, &str)]) {
+        let Some(out) = &self.out else {
             return;
-        }
+        };
         let mut line = String::with_capacity(192);
         line.push_str("{\"time\":\"");
         logging::push_timestamp(&mut line, std::time::SystemTime::now());
         line.push('"');
-        if let Value::Object(map) = fields {
-            for (k, v) in map {
-                line.push(',');
-                line.push_str(&Value::String(k).to_string());
-                line.push(':');
-                line.push_str(&v.to_string());
-            }
+        for (key, value) in fields {
+            line.push_str(",\"");
+            logging::push_escaped(&mut line, key);
+            line.push_str("\":\"");
+            logging::push_escaped(&mut line, value);
+            line.push('"');
         }
-        line.push('}');
-        self.send(Item::Line(line));
+        line.push_str("}\n");
+        out.line(line.into_bytes());
     }
 
     /// One blocked session.
     pub fn blocked(&self, block: &crate::report::Block, client: std::net::SocketAddr) {
-        if self.tx.is_none() {
+        if self.out.is_none() {
             return;
         }
-        self.record(json!({
-            "event": "blocked",
-            "client": client.ip().to_string(),
-            "stage": block.stage.as_str(),
-            "reason": block.reason.as_str(),
-            "app": block.app.as_deref().unwrap_or(""),
-            "stream": block.stream.as_deref().unwrap_or(""),
-        }));
+        self.record(&[
+            ("event", "blocked"),
+            ("client", &client.ip().to_string()),
+            ("stage", block.stage.as_str()),
+            ("reason", block.reason.as_str()),
+            ("app", block.app.as_deref().unwrap_or("")),
+            ("stream", block.stream.as_deref().unwrap_or("")),
+        ]);
     }
 
     /// One admin action.
     pub fn action(&self, action: &str, target: &str, reason: &str, result: &str) {
-        self.record(json!({
-            "event": "admin",
-            "action": action,
-            "target": target,
-            "reason": reason,
-            "result": result,
-        }));
+        self.record(&[
+            ("event", "admin"),
+            ("action", action),
+            ("target", target),
+            ("reason", reason),
+            ("result", result),
+        ]);
     }
 
     /// Reopens the file at its path (after logrotate moved it).
     pub fn reopen(&self) {
-        self.send(Item::Reopen);
+        if let Some(out) = &self.out {
+            out.reopen();
+        }
     }
 
     /// Waits until every line queued so far is on disk (tests, shutdown).
     pub fn flush(&self) {
-        let (tx, rx) = sync_channel(1);
-        self.send(Item::Flush(tx));
-        let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+        if let Some(out) = &self.out {
+            out.flush();
+        }
     }
 }
 
@@ -111,40 +96,10 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn write_loop(path: PathBuf, file: File, rx: Receiver<Item>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    while let Ok(first) = rx.recv() {
-        let mut item = Some(first);
-        // Drain what is queued before flushing, so bursts become few writes.
-        while let Some(next) = item.take() {
-            match next {
-                Item::Line(line) => {
-                    let _ = out.write_all(line.as_bytes());
-                    let _ = out.write_all(b"\n");
-                }
-                Item::Reopen => {
-                    let _ = out.flush();
-                    match open_append(&path) {
-                        Ok(f) => out = BufWriter::with_capacity(64 * 1024, f),
-                        Err(e) => {
-                            tracing::error!(event = "audit_reopen_failed", error = %e, path = %path.display(), "cannot reopen the audit log")
-                        }
-                    }
-                }
-                Item::Flush(done) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
-            }
-            item = rx.try_recv().ok();
-        }
-        let _ = out.flush();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn lines_are_json_and_survive_a_rotation() {
@@ -166,5 +121,21 @@ mod tests {
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         let v: Value = serde_json::from_str(new.trim()).unwrap();
         assert_eq!(v["action"], "unban");
+    }
+
+    #[test]
+    fn any_text_comes_back_unchanged_through_the_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&path).unwrap();
+        let odd = "tab\tnew\nline \u{1} \\ \" é 🎥";
+        audit.action("block", odd, odd, "ok");
+        audit.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["target"], odd);
+        assert_eq!(v["reason"], odd);
+        assert_eq!(v["event"], "admin");
     }
 }

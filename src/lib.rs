@@ -16,6 +16,7 @@ pub mod callback;
 pub mod config;
 pub mod control;
 pub mod lifecycle;
+pub mod line_writer;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

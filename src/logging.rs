@@ -4,7 +4,8 @@
 //! on the hot path. The JSON lines are written by a small formatter of our
 //! own (flat fields, a cheaply formatted timestamp) rather than the general
 //! one, which costs several times more per event, and all output goes
-//! through a writer thread so the accept loop never waits on write(2).
+//! through a [`LineWriter`] thread so the accept loop never waits on
+//! write(2).
 
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,6 +16,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::line_writer::LineWriter;
+
 /// Output format, from `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -22,34 +25,43 @@ pub enum Format {
     Json,
 }
 
-/// Installs the global subscriber. The returned guard flushes queued lines
-/// when dropped; keep it until exit. The queue never drops a line: when
-/// full, it slows the producer instead.
-pub fn init(format: Format) -> tracing_appender::non_blocking::WorkerGuard {
+/// Installs the global subscriber, writing to stdout through a
+/// [`LineWriter`] thread. Keep the returned guard until exit: dropping it
+/// waits for the queued lines. The queue never drops a line: when full
+/// (16 Ki lines, a few MiB), it slows the producer instead.
+pub fn init(format: Format) -> FlushOnDrop {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let (writer, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Bounded so a flood of refusals cannot queue much memory (about
-        // 5 MiB of lines); past it, refusals wait for the disk.
-        .buffered_lines_limit(16 * 1024)
-        // The writer thread drains every queued line before it flushes, so
-        // a burst becomes a few large writes.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let writer = match LineWriter::spawn("log-writer", Box::new(std::io::stdout()), None) {
+        Ok(w) => w,
+        Err(e) => {
+            // No thread: log nowhere rather than refuse to run.
+            eprintln!("cannot start the log writer thread: {e}");
+            return FlushOnDrop(None);
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi && format == Format::Text)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     match format {
         Format::Text => builder.init(),
         Format::Json => builder.event_format(JsonLines).init(),
     }
-    flush
+    FlushOnDrop(Some(writer))
+}
+
+/// Flushes the log when dropped.
+pub struct FlushOnDrop(Option<LineWriter>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.flush();
+        }
+    }
 }
 
 /// `{"timestamp":"…Z","level":"WARN","message":"…","field":value,…}`
@@ -131,8 +143,8 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// JSON string escaping.
-fn push_escaped(out: &mut String, s: &str) {
+/// JSON string escaping (without the quotes).
+pub fn push_escaped(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
