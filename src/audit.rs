@@ -29,7 +29,8 @@ impl Audit {
         Ok(Audit { out: Some(out) })
     }
 
-    /// Appends one record of string fields; `time` is added first. The
+    /// Appends one record of string fields, in the order given (keep them
+    /// sorted, as earlier versions wrote them); `time` is added first. The
     /// line is written by hand rather than through serde_json: under a
     /// flood of refusals this runs once per refused connection.
     pub fn record(&self, fields: &[(&str, &str)]) {
@@ -56,12 +57,14 @@ impl Audit {
         if self.out.is_none() {
             return;
         }
+        // Field order is an interface: the fail2ban filter in
+        // deploy/fail2ban matches `"client":…,"event":…,"reason":…`.
         self.record(&[
-            ("event", "blocked"),
-            ("client", &client.ip().to_string()),
-            ("stage", block.stage.as_str()),
-            ("reason", block.reason.as_str()),
             ("app", block.app.as_deref().unwrap_or("")),
+            ("client", &client.ip().to_string()),
+            ("event", "blocked"),
+            ("reason", block.reason.as_str()),
+            ("stage", block.stage.as_str()),
             ("stream", block.stream.as_deref().unwrap_or("")),
         ]);
     }
@@ -69,11 +72,11 @@ impl Audit {
     /// One admin action.
     pub fn action(&self, action: &str, target: &str, reason: &str, result: &str) {
         self.record(&[
-            ("event", "admin"),
             ("action", action),
-            ("target", target),
+            ("event", "admin"),
             ("reason", reason),
             ("result", result),
+            ("target", target),
         ]);
     }
 

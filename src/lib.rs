@@ -179,7 +179,7 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
     let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     let metrics = Metrics::new(&apps, &upstreams).map_err(std::io::Error::other)?;
     let metrics = Arc::new(metrics);
-    metrics.reloaded(true);
+    metrics.loaded();
 
     let listeners = listener::bind(&config.server.listen)?;
     let metrics_listener = metrics::bind(config.metrics.listen).await.map_err(|e| {

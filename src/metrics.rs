@@ -256,9 +256,16 @@ impl Metrics {
         let result = if ok { "success" } else { "failure" };
         self.config_reloads_total.with_label_values(&[result]).inc();
         if ok {
-            self.config_last_reload_success
-                .set(crate::control::unix_now() as i64);
+            self.loaded();
         }
+    }
+
+    /// Stamps the time of a good config load: the start, or a reload. The
+    /// start is not counted as a reload, so `rtmp_guard_config_reloads_total`
+    /// counts exactly the SIGHUPs and API calls.
+    pub fn loaded(&self) {
+        self.config_last_reload_success
+            .set(crate::control::unix_now() as i64);
     }
 
     /// `action` must be one of [`ADMIN_ACTIONS`].
