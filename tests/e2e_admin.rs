@@ -244,8 +244,9 @@ fn ten_reloads_under_load_do_not_interrupt_publisher_or_player() {
         std::thread::sleep(Duration::from_millis(1000));
     }
     let (frames, out) = player.join().unwrap();
+    eprintln!("player got {frames} frames of 375 through ten reloads");
     assert!(
-        frames >= 15 * 25 * 95 / 100,
+        frames >= 15 * 25 * 98 / 100,
         "player got {frames} frames of 375 through ten reloads: {}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -34,7 +34,9 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts nginx-rtmp with app `live` and `/stat`; `extra_app` is
-    /// pasted into the rtmp server block.
+    /// pasted into the rtmp server block. `live` starts each player at a
+    /// key frame (`wait_key`, `wait_video`), so a player's frame count does
+    /// not depend on where in the GOP it joined.
     pub fn start(extra_app: &str) -> Nginx {
         Nginx::start_with(extra_app, "")
     }
@@ -51,7 +53,7 @@ impl Nginx {
             "load_module {RTMP_MODULE};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
              error_log {d}/error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 1024; }}\n\
              rtmp {{\n  server {{\n    listen 127.0.0.1:{rtmp_port}{listen_options};\n    chunk_size 4096;\n\
-             application live {{ live on; record off; }}\n    {extra_app}\n  }}\n}}\n\
+             application live {{ live on; record off; wait_key on; wait_video on; }}\n    {extra_app}\n  }}\n}}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
              server {{\n    listen 127.0.0.1:{http_port};\n    location /stat {{ rtmp_stat all; }}\n  }}\n}}\n"
