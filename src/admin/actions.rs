@@ -9,14 +9,13 @@ use ipnet::IpNet;
 
 use crate::control::sessions::{Kick, Session};
 use crate::control::{state, unix_now, ContentBlock, ManualBan, Remedies, Suspension};
-use crate::policy::glob;
 use crate::report::Reason;
 use crate::Guard;
 
 /// Makes `remedies` the ones in force.
 pub fn install(guard: &Guard, remedies: Remedies) {
-    guard.admission.set_manual_bans(remedies.ban_nets());
-    guard.streams.set_blocks(remedies.block_globs());
+    guard.admission.set_manual_bans(remedies.bans.clone());
+    guard.streams.set_blocks(remedies.blocks.clone());
     guard.remedies.store(Arc::new(remedies));
     crate::publish_gauges(guard);
 }
@@ -93,10 +92,11 @@ pub async fn block(guard: &Guard, app: &str, stream: &str, reason: &str) -> Resu
         reason: reason.to_string(),
         created: unix_now(),
     };
+    let live = block.clone();
     change(guard, |r| r.add_block(block)).await?;
     Ok(kick_all(
         guard,
-        |s| s.app == app && s.streams().iter().any(|(_, n)| glob::matches(stream, n)),
+        |s| s.streams().iter().any(|(_, n)| live.matches(&s.app, n)),
         Reason::ContentBlocked,
         "blocked content",
     ))

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -21,6 +21,7 @@ use governor::Quota;
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::control::{unix_now, ManualBan};
 use crate::report::Reason;
 use bans::BanList;
 use prefix::PrefixRule;
@@ -42,7 +43,7 @@ pub struct Admission {
     table: ArcSwap<AddressTable>,
     bans: BanList,
     /// Prefixes the operator banned, with when each ban ends.
-    manual: ArcSwap<Vec<(IpNet, Option<SystemTime>)>>,
+    manual: ArcSwap<Vec<ManualBan>>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -173,7 +174,7 @@ impl Admission {
     }
 
     /// Replaces the operator's bans.
-    pub fn set_manual_bans(&self, bans: Vec<(IpNet, Option<SystemTime>)>) {
+    pub fn set_manual_bans(&self, bans: Vec<ManualBan>) {
         self.manual.store(Arc::new(bans));
     }
 
@@ -182,10 +183,8 @@ impl Admission {
         if manual.is_empty() {
             return false;
         }
-        let now = SystemTime::now();
-        manual
-            .iter()
-            .any(|(net, until)| net.contains(&client) && until.is_none_or(|u| u > now))
+        let now = unix_now();
+        manual.iter().any(|b| b.covers(client, now))
     }
 
     /// Whether `peer` is a load balancer whose PROXY header is required.

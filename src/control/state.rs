@@ -42,14 +42,10 @@ pub fn load(path: &Path) -> Loaded {
 /// Deletes temp files a crash left mid-write (`<name>.tmp-<pid>`); the
 /// state file itself is whole either way.
 fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(name) = path.file_name() else {
         return;
     };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = dir_of(path);
     let prefix = format!("{}.tmp-", name.to_string_lossy());
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -58,6 +54,14 @@ fn remove_stale_temps(path: &Path) {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = fs::remove_file(entry.path());
         }
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     }
 }
 
@@ -71,10 +75,6 @@ fn quarantine(path: &Path, why: String) -> Loaded {
 
 /// Writes the state atomically; returns only once it is durable.
 pub fn save(path: &Path, remedies: &Remedies) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let mut text = serde_json::to_vec_pretty(remedies).map_err(std::io::Error::other)?;
     text.push(b'\n');
     let mut tmp_name = path.as_os_str().to_owned();
@@ -89,7 +89,7 @@ pub fn save(path: &Path, remedies: &Remedies) -> std::io::Result<()> {
         f.write_all(&text)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
+        File::open(dir_of(path))?.sync_all()
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);

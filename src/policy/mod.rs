@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::admit::prefix::in_any;
 use crate::config::{App, AuthMode};
+use crate::control::ContentBlock;
 use crate::report::Reason;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::command::Command;
@@ -208,8 +209,8 @@ fn denial(kind: Kind, stream_id: u32, stream: &str, reason: Reason, description:
 #[derive(Debug, Default)]
 pub struct Registry {
     state: Mutex<RegistryState>,
-    /// The operator's content blocks: (app, glob on the stream name).
-    blocks: arc_swap::ArcSwap<Vec<(String, String)>>,
+    /// The operator's content blocks.
+    blocks: arc_swap::ArcSwap<Vec<ContentBlock>>,
 }
 
 #[derive(Debug, Default)]
@@ -226,16 +227,13 @@ impl Registry {
     }
 
     /// Replaces the operator's content blocks.
-    pub fn set_blocks(&self, blocks: Vec<(String, String)>) {
+    pub fn set_blocks(&self, blocks: Vec<ContentBlock>) {
         self.blocks.store(Arc::new(blocks));
     }
 
     /// Whether the operator blocked `stream` in `app`.
     pub fn blocked(&self, app: &str, stream: &str) -> bool {
-        self.blocks
-            .load()
-            .iter()
-            .any(|(a, g)| a == app && glob::matches(g, stream))
+        self.blocks.load().iter().any(|b| b.matches(app, stream))
     }
 
     /// Current (publishers, viewers) of an app.
