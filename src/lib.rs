@@ -82,6 +82,7 @@ impl Guard {
 
     /// The round-robin state of upstream `name`.
     pub fn round_robin(&self, name: &str) -> Arc<RoundRobin> {
+        // Look up first: the common case allocates no key.
         if let Some(rr) = self.round_robin.get(name) {
             return rr.clone();
         }
@@ -167,6 +168,11 @@ impl Drop for Running {
     }
 }
 
+/// Prefixes a start-up error with what could not be done.
+fn cannot(what: String) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    move |e| std::io::Error::new(e.kind(), format!("cannot {what}: {e}"))
+}
+
 /// Binds every listener and starts serving, on a config that did not come
 /// from a file. Must run inside a tokio runtime.
 pub async fn start(config: Config) -> std::io::Result<Running> {
@@ -182,28 +188,23 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
     metrics.loaded();
 
     let listeners = listener::bind(&config.server.listen)?;
-    let metrics_listener = metrics::bind(config.metrics.listen).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot serve metrics on {}: {e}", config.metrics.listen),
-        )
-    })?;
+    let metrics_listener = metrics::bind(config.metrics.listen)
+        .await
+        .map_err(cannot(format!(
+            "serve metrics on {}",
+            config.metrics.listen
+        )))?;
     let admin_listener = match &config.admin {
-        Some(a) => Some(tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot serve the admin API on {}: {e}", a.listen),
-            )
-        })?),
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen)
+                .await
+                .map_err(cannot(format!("serve the admin API on {}", a.listen)))?,
+        ),
         None => None,
     };
     let audit = match &config.audit {
-        Some(a) => audit::Audit::open(&a.path).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot open the audit log {}: {e}", a.path.display()),
-            )
-        })?,
+        Some(a) => audit::Audit::open(&a.path)
+            .map_err(cannot(format!("open the audit log {}", a.path.display())))?,
         None => audit::Audit::default(),
     };
     let rtmp_addrs = listeners
