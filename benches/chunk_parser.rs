@@ -9,7 +9,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rtmp_guard::config::Limits;
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
-use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser, MessageHeader};
+use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader};
 
 const STREAM_BYTES: usize = 16 << 20;
 const MESSAGE_BYTES: usize = 64 << 10;
@@ -44,7 +44,7 @@ fn stream(chunk_size: u32) -> Vec<u8> {
 }
 
 fn parse(data: &[u8]) -> u64 {
-    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
+    let mut parser = ChunkParser::new(Limits::default().chunk_limits());
     for read in data.chunks(READ_SIZE) {
         let mut pos = 0;
         while pos < read.len() {

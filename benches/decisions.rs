@@ -59,7 +59,9 @@ fn bench(c: &mut Criterion) {
     let mut key = policy("key");
     let keyed = prelude("cam1?key=s3cret");
     c.bench_function("decision/key", |b| {
-        b.iter(|| black_box(key.on_command(black_box(&keyed), 1)).is_ok())
+        b.iter(|| {
+            black_box(key.on_command(black_box(&keyed), 1, rtmp_guard::control::unix_now())).is_ok()
+        })
     });
     let mut tok = policy("token");
     let expires = SystemTime::now()
@@ -71,12 +73,18 @@ fn bench(c: &mut Criterion) {
         token::sign(SECRET.as_bytes(), "live", "cam1", expires, None)
     ));
     c.bench_function("decision/token", |b| {
-        b.iter(|| black_box(tok.on_command(black_box(&signed), 1)).is_ok())
+        b.iter(|| {
+            black_box(tok.on_command(black_box(&signed), 1, rtmp_guard::control::unix_now()))
+                .is_ok()
+        })
     });
     let mut bad = policy("key");
     let wrong = prelude("cam1?key=nope");
     c.bench_function("decision/key_refused", |b| {
-        b.iter(|| black_box(bad.on_command(black_box(&wrong), 1)).is_err())
+        b.iter(|| {
+            black_box(bad.on_command(black_box(&wrong), 1, rtmp_guard::control::unix_now()))
+                .is_err()
+        })
     });
 }
 

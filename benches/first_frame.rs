@@ -33,7 +33,7 @@ use common::procs::{GuardProc, Nginx, Proc};
 use rtmp_guard::config::Limits;
 use rtmp_guard::policy::token;
 use rtmp_guard::rtmp::amf0::Amf0Value;
-use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser};
+use rtmp_guard::rtmp::chunk::ChunkParser;
 use rtmp_guard::rtmp::command;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
@@ -185,7 +185,7 @@ fn first_frames(addr: SocketAddr, name: &str) -> Option<(f64, f64)> {
             break buf[step.consumed..n].to_vec();
         }
     };
-    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
+    let mut parser = ChunkParser::new(Limits::default().chunk_limits());
     let mut play_start = None;
     loop {
         let mut pos = 0;

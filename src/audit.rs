@@ -53,7 +53,7 @@ impl Audit {
     }
 
     /// One blocked session.
-    pub fn blocked(&self, block: &crate::report::Block, client: std::net::SocketAddr) {
+    pub fn blocked(&self, block: &crate::verdict::Block, client: std::net::SocketAddr) {
         if self.out.is_none() {
             return;
         }

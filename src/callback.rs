@@ -15,6 +15,17 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::config::HttpAuth;
 
+/// Why the service could not be asked; the app's `on_error` decides.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("bad auth request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("auth service unreachable: {0}")]
+    Unreachable(#[from] hyper_util::client::legacy::Error),
+}
+
 /// Cached answers kept at most; past it, expired ones are dropped, then
 /// all.
 const MAX_CACHED: usize = 10_000;
@@ -37,7 +48,7 @@ impl Callbacks {
     /// Asks the service about `form`. `Ok(allowed)`, or `Err(why)` when it
     /// could not be asked (timeout, refused, bad URL): then `on_error`
     /// decides.
-    pub async fn ask(&self, auth: &HttpAuth, form: &str) -> Result<bool, String> {
+    pub async fn ask(&self, auth: &HttpAuth, form: &str) -> Result<bool, CallbackError> {
         let key = (auth.url.clone(), form.to_string());
         if let Some(hit) = self.cache.get(&key) {
             let (at, allowed) = *hit;
@@ -56,15 +67,13 @@ impl Callbacks {
         Ok(allowed)
     }
 
-    async fn post(&self, auth: &HttpAuth, form: &str) -> Result<bool, String> {
+    async fn post(&self, auth: &HttpAuth, form: &str) -> Result<bool, CallbackError> {
         let request = hyper::Request::post(&auth.url)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form.to_string())))
-            .map_err(|e| format!("bad auth request: {e}"))?;
+            .body(Full::new(Bytes::from(form.to_string())))?;
         match tokio::time::timeout(auth.timeout, self.client.request(request)).await {
-            Err(_) => Err(format!("no answer within {:?}", auth.timeout)),
-            Ok(Err(e)) => Err(format!("auth service unreachable: {e}")),
-            Ok(Ok(response)) => Ok(response.status().is_success()),
+            Err(_) => Err(CallbackError::Timeout(auth.timeout)),
+            Ok(response) => Ok(response?.status().is_success()),
         }
     }
 }

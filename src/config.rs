@@ -265,6 +265,18 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The chunk parser's share of these limits.
+    pub fn chunk_limits(&self) -> crate::rtmp::chunk::ChunkLimits {
+        crate::rtmp::chunk::ChunkLimits {
+            max_chunk_size: self.max_chunk_size,
+            max_command_size: self.max_command_size,
+            max_message_size: self.max_message_size,
+            max_chunk_streams: self.max_chunk_streams,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
@@ -677,7 +689,7 @@ impl Config {
         )?;
         for reason in b.scores.keys() {
             check(
-                crate::report::Reason::from_name(reason).is_some(),
+                crate::verdict::Reason::from_name(reason).is_some(),
                 &["bans", "scores", reason],
                 &format!("{reason:?} is not a block reason"),
             )?;

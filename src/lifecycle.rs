@@ -4,16 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::config::Config;
-use crate::control::state::{self, Loaded};
-use crate::{Guard, Running};
+use crate::config::{Config, ConfigError};
+use crate::guard::Guard;
+use crate::server::Running;
 
 /// Reads and validates the whole config file, then swaps it in. New
 /// connections use it at once; live sessions keep the one they began with.
 /// An invalid file changes nothing.
-pub fn reload(guard: &Guard) -> Result<(), String> {
+pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     let loaded = match &guard.config_path {
         Some(path) => Config::load(path),
         None => Config::embedded_default(),
@@ -23,7 +21,7 @@ pub fn reload(guard: &Guard) -> Result<(), String> {
         Err(e) => {
             guard.metrics.reloaded(false);
             tracing::error!(event = "config_reload_failed", error = %e, "config reload failed; the old config stays in force");
-            return Err(e.to_string());
+            return Err(e);
         }
     };
     let old = guard.config();
@@ -90,58 +88,19 @@ fn resize(guard: &Guard, old: usize, new: usize) {
     }
 }
 
-/// Restores the remedies from `[state] path`. A corrupt file is moved
-/// aside and the guard starts without it; config-file rules still apply.
-pub fn load_state(guard: &Guard) {
-    let Some(st) = guard.config().state.clone() else {
-        return;
-    };
-    match state::load(&st.path) {
-        Loaded::Read(remedies) => {
-            tracing::info!(
-                event = "state_loaded",
-                path = %st.path.display(),
-                bans = remedies.bans.len(),
-                blocks = remedies.blocks.len(),
-                suspensions = remedies.suspensions.len(),
-                "state restored"
-            );
-            crate::admin::actions::install(guard, remedies);
-        }
-        Loaded::Missing => {}
-        Loaded::Quarantined { why, moved_to } => {
-            guard.metrics.state_file_quarantined_total.inc();
-            let moved = moved_to.map_or("(could not move it)".to_string(), |p| {
-                p.display().to_string()
-            });
-            tracing::error!(
-                event = "state_quarantined",
-                path = %st.path.display(),
-                moved_to = %moved,
-                error = %why,
-                "STATE FILE UNUSABLE: moved aside; starting without runtime bans, blocks and suspensions"
-            );
-        }
-    }
-}
-
 /// Stops accepting, lets live sessions go on for up to `timeout`, then
 /// returns (the caller exits, closing what is left).
 pub async fn drain(running: &Running, timeout: Duration) {
     running.stop_accepting().await;
     let guard = &running.guard;
-    let deadline = Instant::now() + timeout;
-    let open = || guard.metrics.connections_active.get();
     tracing::info!(
         event = "draining",
-        connections = open(),
+        connections = guard.open.get(),
         timeout_seconds = timeout.as_secs(),
         "draining"
     );
-    while open() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let left = open();
+    let _ = tokio::time::timeout(timeout, guard.open.all_closed()).await;
+    let left = guard.open.get();
     if left > 0 {
         tracing::warn!(
             event = "drain_timeout",

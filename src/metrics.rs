@@ -12,7 +12,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::report::{Reason, Stage};
+use crate::verdict::{Reason, Stage};
 
 /// Kinds of upstream failure: the `kind` label.
 pub mod upstream_kind {

@@ -1,172 +1,165 @@
-//! The relay: both directions copied verbatim, and both read as RTMP.
+//! The relay stage: both directions copied, and both read as RTMP.
 //!
 //! Each direction reads into its own bounded buffer, runs every byte through
-//! that direction's [`ChunkParser`], inspects every command and data message,
-//! and only then writes the buffer on. The parser follows message boundaries
-//! without copying audio or video, so inspection costs a few header reads per
-//! chunk. A message the guard cannot read ends the session: the origin must
-//! never act on a message the guard read differently.
+//! that direction's [`ChunkParser`], has every message judged, and only then
+//! writes the buffer on. The client's messages are judged by its
+//! [`SessionRules`]; the origin's must be readable. The parser follows
+//! message boundaries without copying audio or video, so judging costs a
+//! few header reads per chunk. A message the guard cannot read ends the
+//! session: the origin must never act on a message the guard read
+//! differently.
 //!
-//! The session ends when either side closes, or nothing moves in either
-//! direction for `idle_timeout`.
+//! The session ends when either side closes, a peer breaks the rules, the
+//! operator kicks it, or nothing moves in either direction for
+//! `idle_timeout`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
-use std::num::NonZeroU32;
-
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-
 use crate::callback::Callbacks;
-use crate::config::SessionLimits;
-use crate::config::{HttpAuth, OnError};
+use crate::config::{App, HttpAuth, OnError};
+use crate::connect::{Connect, Route};
+use crate::connection::Connection;
+use crate::context::{Ctx, Stop};
 use crate::control::sessions::{self, Kick, Session};
-use crate::policy::{AuthQuery, BitrateMeter, Denial, Kind, StreamPolicy};
-use crate::report::Reason;
-use crate::rtmp::chunk::{types, ChunkParser, Message};
-use crate::rtmp::command;
-use crate::rtmp::command::Command;
+use crate::metrics::upstream_kind;
+use crate::policy::session::{check_origin_message, Answer, Now, SessionRules};
+use crate::policy::{AuthQuery, StreamPolicy};
+use crate::report::{self, Closed};
+use crate::rtmp::chunk::ChunkParser;
 use crate::rtmp::reply;
+use crate::upstream::Origin;
+use crate::verdict::{Block, Denial, Reason, Refusal, Stage, Verdict};
 
 /// Read buffer per direction. Pages are touched only as data arrives, so an
 /// idle session costs little of it.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 
-/// One direction's state, handed over from the connect stage.
-pub struct Direction {
-    pub parser: ChunkParser,
-    /// Bytes already read but not yet parsed or forwarded.
-    pub pending: Vec<u8>,
-    /// Limits on commands; the client's direction only.
-    pub rules: Option<ClientRules>,
-}
+/// How long a refused publish or play waits for its answer at most.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `[limits.session]`: how fast a client may send commands, and how many
-/// streams it may create. Audio, video and data are never limited here.
-pub struct ClientRules {
-    limiter: DefaultDirectRateLimiter,
-    streams: u32,
-    max_streams: u32,
-    /// Decisions on publish and play.
-    pub policy: Option<StreamPolicy>,
-    meter: BitrateMeter,
-    /// How many of the policy's streams the session registry shows.
-    shown: usize,
-}
-
-impl ClientRules {
-    pub fn new(limits: &SessionLimits, policy: Option<StreamPolicy>) -> ClientRules {
-        let one = NonZeroU32::MIN;
-        let quota = Quota::per_second(NonZeroU32::new(limits.commands_per_second).unwrap_or(one))
-            .allow_burst(NonZeroU32::new(limits.commands_burst).unwrap_or(one));
-        ClientRules {
-            limiter: RateLimiter::direct(quota),
-            streams: 0,
-            max_streams: limits.max_streams,
-            policy,
-            meter: BitrateMeter::default(),
-            shown: 0,
+/// Relays a routed, connected session to its end, and logs how it ended.
+pub async fn run(
+    ctx: &Ctx,
+    mut client: Connection<TcpStream>,
+    origin: Origin,
+    route: &Route<'_>,
+    connect: Connect,
+) -> Result<(), Stop> {
+    let guard = &ctx.guard;
+    let app = route.app;
+    let limits = &ctx.config.limits;
+    let active = guard
+        .metrics
+        .sessions_active
+        .with_label_values(&[&app.name]);
+    active.inc();
+    guard
+        .metrics
+        .sessions_total
+        .with_label_values(&[&app.name])
+        .inc();
+    let registration = guard.sessions.register(ctx.client.socket(), &app.name);
+    let policy = StreamPolicy::new(
+        app,
+        guard.streams.clone(),
+        ctx.client.ip(),
+        &connect.request,
+    );
+    let mut rules = SessionRules::new(&limits.session, limits.max_amf_depth, policy);
+    // The origin is sent the client's stream from its start: the bytes up
+    // to the `connect` (already judged), then what followed.
+    let inspected = connect.head.len();
+    let mut pending = connect.head;
+    pending.extend_from_slice(client.buffered());
+    let from_client = Direction {
+        parser: connect.parser,
+        pending,
+        inspected,
+    };
+    let from_origin = Direction {
+        parser: ChunkParser::new(limits.chunk_limits()),
+        pending: origin.leftover,
+        inspected: 0,
+    };
+    let started = Instant::now();
+    let mut origin = origin.stream;
+    let relay = Relay {
+        ctx,
+        app,
+        session: &registration.session,
+        http: app.http_auth.as_ref().map(|h| (&guard.callbacks, h)),
+        activity: Activity::new(),
+    };
+    let end = relay
+        .pump_both(
+            &mut client.stream,
+            &mut origin,
+            from_client,
+            from_origin,
+            &mut rules,
+            &registration.kicks,
+        )
+        .await;
+    active.dec();
+    let (up, down) = registration.session.bytes();
+    report::session_closed(
+        ctx.client,
+        &Closed {
+            app: &app.name,
+            end: end.as_str(),
+            duration: started.elapsed(),
+            bytes_client_to_upstream: up,
+            bytes_upstream_to_client: down,
+            streams: rules.streams(),
+        },
+    );
+    match end {
+        End::ClientRefused => Err(Stop::Refused),
+        End::Kicked(kick) => {
+            let stream = rules.streams().first().map(|(_, n)| n.as_str());
+            Err(Stop::Blocked(
+                Block::new(Stage::Session, kick.reason, &kick.description)
+                    .with_app(&app.name)
+                    .with_stream(stream)
+                    .always(),
+            ))
         }
-    }
-
-    /// Counts `bytes` the client sent at `now_ms`; refuses a publisher
-    /// that stays over its app's bitrate cap.
-    pub fn on_bytes(&mut self, bytes: u64, now_ms: u64) -> Result<(), Refusal> {
-        let Some(policy) = self.policy.as_ref() else {
-            return Ok(());
-        };
-        let Some(cap) = policy.publish_bitrate_cap() else {
-            return Ok(());
-        };
-        if !self.meter.record(bytes, now_ms, cap) {
-            return Ok(());
+        End::UpstreamViolation(why) => {
+            guard
+                .metrics
+                .upstream_error(&route.upstream.name, upstream_kind::PROTOCOL_VIOLATION);
+            report::upstream_violation(ctx.client, &route.upstream.name, &why);
+            Ok(())
         }
-        Err(Refusal::stream(policy.bitrate_denial(cap)))
-    }
-
-    /// Checks one command from the client, sent on `stream_id`.
-    /// `Ok(Some(query))`: hold it until the HTTP auth service answers.
-    pub fn check(
-        &mut self,
-        command: &Command,
-        stream_id: u32,
-    ) -> Result<Option<AuthQuery>, Refusal> {
-        if self.limiter.check().is_err() {
-            return Err(Refusal::new(
-                Reason::CommandFlood,
-                "commands over the session rate",
-            ));
-        }
-        if command.name == "createStream" {
-            self.streams += 1;
-            if self.streams > self.max_streams {
-                let detail = format!(
-                    "createStream number {} of {}",
-                    self.streams, self.max_streams
-                );
-                return Err(Refusal::new(Reason::TooManyStreams, detail));
-            }
-        }
-        match self.policy.as_mut() {
-            Some(policy) => policy
-                .on_command(command, stream_id)
-                .map_err(Refusal::stream),
-            None => Ok(None),
-        }
-    }
-}
-
-/// Why the relay refuses what a peer sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: Reason,
-    pub detail: String,
-    /// A refused publish or play: the `onStatus` the client is sent.
-    pub status: Option<Denial>,
-}
-
-impl Refusal {
-    fn new(reason: Reason, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            reason,
-            detail: detail.into(),
-            status: None,
-        }
-    }
-
-    fn violation(detail: String) -> Refusal {
-        Refusal::new(Reason::ProtocolViolation, detail)
-    }
-
-    /// A refused publish or play, answered with its `onStatus`.
-    fn stream(denial: Denial) -> Refusal {
-        Refusal {
-            reason: denial.reason,
-            detail: denial.description.clone(),
-            status: Some(denial),
-        }
+        _ => Ok(()),
     }
 }
 
-/// Reports a client refusal; returns whether to enforce it (false in dry
-/// run for limits dry run lets through).
-pub type OnRefusal<'a> = &'a (dyn Fn(&Refusal) -> bool + Sync);
+/// One direction's state.
+struct Direction {
+    parser: ChunkParser,
+    /// Bytes read but not yet forwarded; the first `inspected` of them
+    /// are already judged.
+    pending: Vec<u8>,
+    inspected: usize,
+}
 
 /// Why the relay ended.
 #[derive(Debug)]
-pub enum End {
+enum End {
     ClientClosed,
     UpstreamClosed,
     Idle,
-    ClientError(std::io::Error),
-    UpstreamError(std::io::Error),
+    ClientError,
+    UpstreamError,
     /// The client was refused (already reported).
-    ClientRefused(Refusal),
+    ClientRefused,
     /// The upstream sent something the guard cannot read.
     UpstreamViolation(String),
     /// The operator ended the session (not yet reported).
@@ -174,36 +167,42 @@ pub enum End {
 }
 
 impl End {
-    pub fn as_str(&self) -> &'static str {
+    fn as_str(&self) -> &'static str {
         match self {
             End::ClientClosed => "client_closed",
             End::UpstreamClosed => "upstream_closed",
             End::Idle => "idle_timeout",
-            End::ClientError(_) => "client_error",
-            End::UpstreamError(_) => "upstream_error",
-            End::ClientRefused(_) => "client_refused",
+            End::ClientError => "client_error",
+            End::UpstreamError => "upstream_error",
+            End::ClientRefused => "client_refused",
             End::UpstreamViolation(_) => "upstream_protocol_violation",
             End::Kicked(_) => "kicked",
         }
     }
 }
 
-/// What a finished relay moved.
-#[derive(Debug, Default, Clone)]
-pub struct Totals {
-    pub client_to_upstream: u64,
-    pub upstream_to_client: u64,
-    /// Streams the client published or played, without query strings.
-    pub streams: Vec<(Kind, String)>,
+/// What ended one direction.
+enum PumpEnd {
+    Eof,
+    Read,
+    Write,
+    Refused(Refusal),
 }
 
-/// Shared by both directions: bytes moved and the time of the last move.
+/// When anything last moved, in either direction.
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
@@ -212,140 +211,257 @@ impl Activity {
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
+
+    /// The time as the session's rules see it.
+    fn now(&self) -> Now {
+        Now {
+            session: self.start.elapsed(),
+            unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            sleep_until(deadline).await;
+        }
+    }
 }
 
-/// What ended one direction.
-enum PumpEnd {
-    Eof,
-    Read(std::io::Error),
-    Write(std::io::Error),
-    Refused(Refusal),
+/// Who judges a direction's messages.
+enum Judge<'r> {
+    /// The client's rules.
+    Client(&'r mut SessionRules),
+    /// The origin's messages need only be readable.
+    Origin { max_amf_depth: usize },
 }
 
-/// Settings for a relay.
-pub struct Settings<'a> {
-    pub idle_timeout: Duration,
-    pub max_amf_depth: usize,
-    pub bytes_client_to_upstream: &'a IntCounter,
-    pub bytes_upstream_to_client: &'a IntCounter,
-    /// Called for each refusal of the client; true to enforce it.
-    pub on_refusal: OnRefusal<'a>,
+/// Where a direction's bytes go, and how they are counted.
+struct Flow<'a> {
+    /// This session's count, shown to the operator.
+    moved: &'a AtomicU64,
+    /// The guard's total.
+    counter: &'a IntCounter,
+    /// Set while a write to the peer is in progress.
+    writing: &'a AtomicBool,
+}
+
+/// One session's relay: what both directions share.
+struct Relay<'a> {
+    ctx: &'a Ctx,
+    app: &'a App,
+    session: &'a Session,
     /// The app's HTTP auth service, for `http` mode.
-    pub http: Option<(&'a Callbacks, &'a HttpAuth)>,
-    /// The session's registry entry: bytes and streams shown to the
-    /// operator, and the operator's kicks.
-    pub session: &'a Session,
-    pub kicks: tokio::sync::watch::Receiver<Option<Kick>>,
+    http: Option<(&'a Callbacks, &'a HttpAuth)>,
+    activity: Activity,
 }
 
-/// The upstream is trusted to the extent that a refusal only ends the
-/// session; it is reported as an upstream error, not a client block.
-fn always_enforce(_: &Refusal) -> bool {
-    true
-}
-
-/// Relays until either side closes, a peer breaks the protocol, or the
-/// session is idle.
-pub async fn run(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    mut from_client: Direction,
-    mut from_upstream: Direction,
-    settings: Settings<'_>,
-) -> (End, Totals) {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
-    let c2u = &settings.session.client_to_upstream;
-    let u2c = &settings.session.upstream_to_client;
-    let to_client_writing = AtomicBool::new(false);
-    let to_upstream_writing = AtomicBool::new(false);
-    let (client_read, client_write) = client.split();
-    let (upstream_read, upstream_write) = upstream.split();
-    let depth = settings.max_amf_depth;
-    let client_side = Side {
-        max_amf_depth: depth,
-        activity: &activity,
-        moved: c2u,
-        counter: settings.bytes_client_to_upstream,
-        on_refusal: settings.on_refusal,
-        http: settings.http,
-        writing: &to_upstream_writing,
-        session: Some(settings.session),
-    };
-    let upstream_side = Side {
-        max_amf_depth: depth,
-        activity: &activity,
-        moved: u2c,
-        counter: settings.bytes_upstream_to_client,
-        on_refusal: &always_enforce,
-        http: None,
-        writing: &to_client_writing,
-        session: None,
-    };
-    let end = tokio::select! {
-        end = pump(client_read, upstream_write, &mut from_client, &client_side) => match end {
-            PumpEnd::Eof => End::ClientClosed,
-            PumpEnd::Read(e) => End::ClientError(e),
-            PumpEnd::Write(e) => End::UpstreamError(e),
-            PumpEnd::Refused(r) => End::ClientRefused(r),
-        },
-        end = pump(upstream_read, client_write, &mut from_upstream, &upstream_side) => match end {
-            PumpEnd::Eof => End::UpstreamClosed,
-            PumpEnd::Read(e) => End::UpstreamError(e),
-            PumpEnd::Write(e) => End::ClientError(e),
-            PumpEnd::Refused(r) => End::UpstreamViolation(r.detail),
-        },
-        _ = idle(&activity, settings.idle_timeout) => End::Idle,
-        kick = sessions::kicked(settings.kicks.clone()) => End::Kicked(kick),
-    };
-    // A reply may go to the client only between the origin's messages:
-    // not if the origin's last write to the client was cut off mid-way.
-    let client_clean = !to_client_writing.load(Ordering::Relaxed);
-    let denial = match &end {
-        End::ClientRefused(Refusal {
-            status: Some(denial),
-            ..
-        }) => Some(denial.clone()),
-        End::Kicked(kick) => Some(kick_denial(kick, from_client.rules.as_ref())),
-        _ => None,
-    };
-    if let Some(denial) = denial.filter(|_| client_clean) {
-        refuse_stream(client, &from_upstream.parser, &denial).await;
+impl Relay<'_> {
+    /// Runs both directions until one ends, the session idles or is
+    /// kicked; then tells a refused or kicked client why, if it can.
+    #[allow(clippy::too_many_arguments)]
+    async fn pump_both(
+        &self,
+        client: &mut TcpStream,
+        origin: &mut TcpStream,
+        mut from_client: Direction,
+        mut from_origin: Direction,
+        rules: &mut SessionRules,
+        kicks: &tokio::sync::watch::Receiver<Option<Kick>>,
+    ) -> End {
+        let metrics = &self.ctx.guard.metrics;
+        let to_client_writing = AtomicBool::new(false);
+        let to_origin_writing = AtomicBool::new(false);
+        let (client_read, client_write) = client.split();
+        let (origin_read, origin_write) = origin.split();
+        let up = Flow {
+            moved: &self.session.client_to_upstream,
+            counter: &metrics.bytes_client_to_upstream,
+            writing: &to_origin_writing,
+        };
+        let down = Flow {
+            moved: &self.session.upstream_to_client,
+            counter: &metrics.bytes_upstream_to_client,
+            writing: &to_client_writing,
+        };
+        let max_amf_depth = self.ctx.config.limits.max_amf_depth;
+        let mut refusal = None;
+        let end = tokio::select! {
+            end = self.pump(client_read, origin_write, &mut from_client, Judge::Client(&mut *rules), &up) => match end {
+                PumpEnd::Eof => End::ClientClosed,
+                PumpEnd::Read => End::ClientError,
+                PumpEnd::Write => End::UpstreamError,
+                PumpEnd::Refused(r) => {
+                    refusal = r.status;
+                    End::ClientRefused
+                }
+            },
+            end = self.pump(origin_read, client_write, &mut from_origin, Judge::Origin { max_amf_depth }, &down) => match end {
+                PumpEnd::Eof => End::UpstreamClosed,
+                PumpEnd::Read => End::UpstreamError,
+                PumpEnd::Write => End::ClientError,
+                PumpEnd::Refused(r) => End::UpstreamViolation(r.detail),
+            },
+            _ = self.activity.idle(self.ctx.config.server.idle_timeout) => End::Idle,
+            kick = sessions::kicked(kicks.clone()) => End::Kicked(kick),
+        };
+        if let End::Kicked(kick) = &end {
+            refusal = Some(rules.ended_by_operator(kick.reason, &kick.description));
+        }
+        // A reply may go to the client only between the origin's messages:
+        // not if the origin's last write to the client was cut off mid-way.
+        let client_clean = !to_client_writing.load(Ordering::Relaxed);
+        if let Some(denial) = refusal.filter(|_| client_clean) {
+            refuse_stream(client, &from_origin.parser, &denial).await;
+        }
+        end
     }
-    let streams = from_client
-        .rules
-        .as_ref()
-        .and_then(|r| r.policy.as_ref())
-        .map(|p| p.streams.clone())
-        .unwrap_or_default();
-    let totals = Totals {
-        client_to_upstream: c2u.load(Ordering::Relaxed),
-        upstream_to_client: u2c.load(Ordering::Relaxed),
-        streams,
-    };
-    (end, totals)
-}
 
-/// The `onStatus` a kicked session gets: on its stream's message stream
-/// if it has one.
-fn kick_denial(kick: &Kick, rules: Option<&ClientRules>) -> Denial {
-    let policy = rules.and_then(|r| r.policy.as_ref());
-    Denial {
-        reason: kick.reason,
-        description: kick.description.clone(),
-        code: reply::CONNECTION_CLOSED,
-        stream_id: policy.map_or(0, |p| p.stream_id()),
-        stream: policy
-            .and_then(|p| p.streams.first())
-            .map(|(_, name)| name.clone())
-            .unwrap_or_default(),
+    /// Copies one direction, judging everything it forwards.
+    async fn pump<R, W>(
+        &self,
+        mut reader: R,
+        mut writer: W,
+        dir: &mut Direction,
+        mut judge: Judge<'_>,
+        flow: &Flow<'_>,
+    ) -> PumpEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut buf = std::mem::take(&mut dir.pending);
+        let mut pos = std::mem::take(&mut dir.inspected);
+        buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
+        loop {
+            if buf.is_empty() {
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => return PumpEnd::Eof,
+                    Ok(_) => self.activity.touch(),
+                    Err(_) => return PumpEnd::Read,
+                }
+            }
+            // Judge the whole read; a publish or play waiting for the auth
+            // service holds it and everything after it until the answer.
+            loop {
+                let query = match self.judge_all(dir, &buf, &mut pos, &mut judge) {
+                    Ok(Some(query)) => query,
+                    Ok(None) => break,
+                    Err(refusal) => return PumpEnd::Refused(refusal),
+                };
+                if let Judge::Client(rules) = &mut judge {
+                    let answer = self.ask(&query).await;
+                    let verdict = rules.answer(&query, answer);
+                    if let Err(refusal) = self.apply(verdict, rules) {
+                        return PumpEnd::Refused(refusal);
+                    }
+                }
+            }
+            if let Judge::Client(rules) = &mut judge {
+                if let Err(refusal) = rules.on_bytes(buf.len() as u64, self.activity.now()) {
+                    if self.enforce(&refusal) {
+                        return PumpEnd::Refused(refusal);
+                    }
+                }
+            }
+            flow.writing.store(true, Ordering::Relaxed);
+            if writer.write_all(&buf).await.is_err() {
+                return PumpEnd::Write;
+            }
+            flow.writing.store(false, Ordering::Relaxed);
+            let n = buf.len() as u64;
+            flow.moved.fetch_add(n, Ordering::Relaxed);
+            flow.counter.inc_by(n);
+            self.activity.touch();
+            buf.clear();
+            pos = 0;
+        }
+    }
+
+    /// Parses `buf` from `*pos` to its end, judging every kept message.
+    /// Stops early, after the message, at a publish or play the HTTP auth
+    /// service must decide on.
+    fn judge_all(
+        &self,
+        dir: &mut Direction,
+        buf: &[u8],
+        pos: &mut usize,
+        judge: &mut Judge<'_>,
+    ) -> Result<Option<AuthQuery>, Refusal> {
+        while *pos < buf.len() {
+            let progress = match dir.parser.advance(buf.get(*pos..).unwrap_or_default()) {
+                Ok(progress) => progress,
+                Err(e) => {
+                    let refusal = Refusal::violation(e.to_string());
+                    if let Judge::Client(_) = judge {
+                        self.enforce(&refusal);
+                    }
+                    return Err(refusal);
+                }
+            };
+            *pos += progress.consumed;
+            let Some(message) = progress.message else {
+                continue;
+            };
+            match judge {
+                Judge::Origin { max_amf_depth } => check_origin_message(&message, *max_amf_depth)?,
+                Judge::Client(rules) => match rules.on_message(&message, self.activity.now()) {
+                    Verdict::Ask(query) => return Ok(Some(query)),
+                    verdict => self.apply(verdict, rules)?,
+                },
+            }
+        }
+        Ok(None)
+    }
+
+    /// Carries out a verdict on the client: shows an opened stream to the
+    /// operator, and reports a refusal, which dry run may let through.
+    fn apply(&self, verdict: Verdict<AuthQuery>, rules: &SessionRules) -> Result<(), Refusal> {
+        match verdict {
+            Verdict::Pass | Verdict::Ask(_) => Ok(()),
+            Verdict::Opened => {
+                self.session.set_streams(rules.streams());
+                Ok(())
+            }
+            Verdict::Refuse(refusal) if self.enforce(&refusal) => Err(refusal),
+            Verdict::Refuse(_) => Ok(()),
+        }
+    }
+
+    /// Reports a refusal of the client; true to enforce it.
+    fn enforce(&self, refusal: &Refusal) -> bool {
+        let stream = refusal.status.as_ref().map(|d| d.stream.as_str());
+        let block = Block::new(Stage::Session, refusal.reason, &refusal.detail)
+            .with_app(&self.app.name)
+            .with_stream(stream);
+        self.ctx.refuse(&block)
+    }
+
+    /// Asks the app's auth service about a held publish or play.
+    async fn ask(&self, query: &AuthQuery) -> Answer {
+        let Some((callbacks, auth)) = self.http else {
+            return Answer::Deny;
+        };
+        match callbacks.ask(auth, &query.form).await {
+            Ok(true) => Answer::Allow,
+            Ok(false) => Answer::Deny,
+            Err(why) if auth.on_error == OnError::Allow => {
+                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed; on_error allows");
+                Answer::Allow
+            }
+            Err(why) => {
+                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed");
+                Answer::Unavailable
+            }
+        }
     }
 }
-
-/// How long a refused publish or play waits for its answer at most.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends a refused publish or play its `onStatus` error. It goes between
 /// the origin's chunks, so only when the origin's stream to the client is
@@ -369,182 +485,4 @@ async fn refuse_stream(client: &mut TcpStream, origin: &ChunkParser, denial: &De
     let description = format!("{}: {}", denial.code, denial.description);
     let bytes = reply::stream_error(out, denial.code, &description);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&bytes)).await;
-}
-
-/// What one direction needs besides its sockets.
-struct Side<'a> {
-    max_amf_depth: usize,
-    activity: &'a Activity,
-    moved: &'a AtomicU64,
-    counter: &'a IntCounter,
-    on_refusal: OnRefusal<'a>,
-    http: Option<(&'a Callbacks, &'a HttpAuth)>,
-    /// Set while a write to the peer is in progress.
-    writing: &'a AtomicBool,
-    /// Where this direction's streams are shown (the client's only).
-    session: Option<&'a Session>,
-}
-
-/// Copies one direction, parsing and inspecting everything it forwards.
-async fn pump<R, W>(mut reader: R, mut writer: W, dir: &mut Direction, side: &Side<'_>) -> PumpEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = std::mem::take(&mut dir.pending);
-    buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
-    loop {
-        if buf.is_empty() {
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => return PumpEnd::Eof,
-                Ok(_) => side.activity.touch(),
-                Err(e) => return PumpEnd::Read(e),
-            }
-        }
-        // Parse the whole read; a publish or play waiting for the auth
-        // service holds it and everything after it until the answer.
-        let mut pos = 0;
-        loop {
-            match inspect_all(dir, &buf, &mut pos, side) {
-                Ok(None) => break,
-                Ok(Some(query)) => {
-                    if let Err(refusal) = authorize(dir, &query, side).await {
-                        if (side.on_refusal)(&refusal) {
-                            return PumpEnd::Refused(refusal);
-                        }
-                    }
-                }
-                Err(refusal) => return PumpEnd::Refused(refusal),
-            }
-        }
-        show_streams(dir, side);
-        if let Some(rules) = dir.rules.as_mut() {
-            let now_ms = side.activity.start.elapsed().as_millis() as u64;
-            if let Err(refusal) = rules.on_bytes(buf.len() as u64, now_ms) {
-                if (side.on_refusal)(&refusal) {
-                    return PumpEnd::Refused(refusal);
-                }
-            }
-        }
-        side.writing.store(true, Ordering::Relaxed);
-        if let Err(e) = writer.write_all(&buf).await {
-            return PumpEnd::Write(e);
-        }
-        side.writing.store(false, Ordering::Relaxed);
-        let n = buf.len() as u64;
-        side.moved.fetch_add(n, Ordering::Relaxed);
-        side.counter.inc_by(n);
-        side.activity.touch();
-        buf.clear();
-    }
-}
-
-/// Copies the streams the client publishes or plays to its registry entry
-/// when they change; on other reads it costs a comparison.
-fn show_streams(dir: &mut Direction, side: &Side<'_>) {
-    let (Some(session), Some(rules)) = (side.session, dir.rules.as_mut()) else {
-        return;
-    };
-    let Some(policy) = rules.policy.as_ref() else {
-        return;
-    };
-    if rules.shown != policy.streams.len() {
-        session.set_streams(&policy.streams);
-        rules.shown = policy.streams.len();
-    }
-}
-
-/// Parses `buf` from `*pos` to its end, checking every kept message. A
-/// refusal the callback does not enforce (dry run) is counted and passed.
-/// Stops early, after the message, at a publish or play the HTTP auth
-/// service must decide on.
-fn inspect_all(
-    dir: &mut Direction,
-    buf: &[u8],
-    pos: &mut usize,
-    side: &Side<'_>,
-) -> Result<Option<AuthQuery>, Refusal> {
-    while *pos < buf.len() {
-        let progress = dir
-            .parser
-            .advance(buf.get(*pos..).unwrap_or_default())
-            .map_err(|e| Refusal::violation(e.to_string()))?;
-        *pos += progress.consumed;
-        if let Some(message) = progress.message {
-            match inspect(&message, side.max_amf_depth, dir.rules.as_mut()) {
-                Ok(Some(query)) => return Ok(Some(query)),
-                Ok(None) => {}
-                Err(refusal) if (side.on_refusal)(&refusal) => return Err(refusal),
-                Err(_) => {}
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Asks the app's auth service about a held publish or play, and takes
-/// its claims if allowed.
-async fn authorize(dir: &mut Direction, query: &AuthQuery, side: &Side<'_>) -> Result<(), Refusal> {
-    let refuse = |reason, description: &str| {
-        Refusal::stream(StreamPolicy::refuse(query, reason, description))
-    };
-    let allowed = match side.http {
-        Some((callbacks, auth)) => match callbacks.ask(auth, &query.form).await {
-            Ok(allowed) => allowed,
-            Err(why) if auth.on_error == OnError::Allow => {
-                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed; on_error allows");
-                true
-            }
-            Err(why) => {
-                tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed");
-                return Err(refuse(Reason::AuthUnavailable, "authorization unavailable"));
-            }
-        },
-        None => false,
-    };
-    if !allowed {
-        return Err(refuse(Reason::Unauthorized, "not authorized"));
-    }
-    match dir.rules.as_mut().and_then(|r| r.policy.as_mut()) {
-        Some(policy) => policy.complete(query).map_err(Refusal::stream),
-        None => Ok(()),
-    }
-}
-
-/// Checks one message the relay is about to forward: commands and data must
-/// be well-formed AMF0 within the depth limit, and commands within the
-/// client's rules.
-pub fn inspect(
-    message: &Message<'_>,
-    max_amf_depth: usize,
-    rules: Option<&mut ClientRules>,
-) -> Result<Option<AuthQuery>, Refusal> {
-    let t = message.header.type_id;
-    match t {
-        types::COMMAND_AMF0 | types::COMMAND_AMF3 => {
-            let cmd = command::decode(t, message.payload, max_amf_depth)
-                .map_err(|e| Refusal::violation(format!("unreadable command: {e}")))?;
-            match rules {
-                Some(rules) => rules.check(&cmd, message.header.stream_id),
-                None => Ok(None),
-            }
-        }
-        types::DATA_AMF0 | types::DATA_AMF3 => {
-            command::check_data(t, message.payload, max_amf_depth)
-                .map(|()| None)
-                .map_err(|e| Refusal::violation(format!("unreadable data message: {e}")))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// Resolves once nothing has moved for `limit`.
-async fn idle(activity: &Activity, limit: Duration) {
-    loop {
-        let deadline = activity.last() + limit;
-        if Instant::now() >= deadline {
-            return;
-        }
-        sleep_until(deadline).await;
-    }
 }

@@ -1,28 +1,66 @@
-//! Opening the connection to an origin, only once a client has earned it.
+//! The upstream stage: open the connection to an origin, only once a
+//! client has earned it.
 //!
 //! Servers of an upstream are tried round robin; one that refuses or times
 //! out is skipped and the next is tried, each within the upstream's
 //! `connect_timeout` (TCP connect and RTMP handshake together). The guard
-//! handshakes with the origin itself, as an RTMP client, and then relays the
-//! client's chunk stream verbatim, starting with the client's own `connect`.
+//! handshakes with the origin itself, as an RTMP client; the relay then
+//! sends it the client's chunk stream, starting with the client's own
+//! `connect`. If no server can be reached the client is told so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config;
+use crate::config::{self, ProxyProtocolOut};
+use crate::connect::Route;
+use crate::connection::Connection;
+use crate::context::{Ctx, Stop};
+use crate::guard::RoundRobin;
 use crate::metrics::{upstream_kind, Metrics};
+use crate::report;
 use crate::rtmp::handshake::ClientHandshake;
+use crate::rtmp::{proxy_protocol, reply};
 
-/// A connected, handshaken upstream.
-pub struct Connected {
+/// A connected, handshaken origin.
+pub struct Origin {
     pub stream: TcpStream,
     /// Bytes the server sent after S2: the start of its chunk stream.
     pub leftover: Vec<u8>,
-    pub server: String,
+}
+
+/// Connects to the route's upstream, sending the client's address in a
+/// PROXY header if the upstream asks for one. On failure the client's
+/// `connect` (transaction `transaction_id`) is answered with `_error`.
+pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    conn: &mut Connection<S>,
+    route: &Route<'_>,
+    transaction_id: f64,
+) -> Result<Origin, Stop> {
+    let up = route.upstream;
+    let client = ctx.client.socket();
+    let header = match up.proxy_protocol {
+        ProxyProtocolOut::Off => Vec::new(),
+        ProxyProtocolOut::V1 => proxy_protocol::encode_v1(client, ctx.local),
+        ProxyProtocolOut::V2 => proxy_protocol::encode_v2(client, ctx.local),
+    };
+    let rr = ctx.guard.round_robin(&up.name);
+    match connect(up, &rr, &header, &ctx.guard.metrics).await {
+        Ok(origin) => Ok(origin),
+        Err(failure) => {
+            let answer = reply::connect_error(
+                transaction_id,
+                reply::CONNECT_FAILED,
+                "upstream unavailable",
+            );
+            conn.send_reply(&answer).await;
+            report::upstream_unreachable(ctx.client, &route.app.name, &up.name, &failure.detail);
+            Err(Stop::Unreachable)
+        }
+    }
 }
 
 /// Why no server of an upstream could be used.
@@ -32,18 +70,6 @@ pub struct Unreachable {
     pub detail: String,
 }
 
-/// Round-robin position, one per configured upstream.
-#[derive(Debug, Default)]
-pub struct RoundRobin(AtomicUsize);
-
-impl RoundRobin {
-    /// The order in which to try `n` servers this time.
-    pub fn order(&self, n: usize) -> impl Iterator<Item = usize> {
-        let start = self.0.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(move |i| start.wrapping_add(i) % n.max(1))
-    }
-}
-
 /// Connects to the first server of `up` that accepts and handshakes.
 /// `proxy_header` (possibly empty) is sent first, before C0+C1.
 pub async fn connect(
@@ -51,7 +77,7 @@ pub async fn connect(
     rr: &RoundRobin,
     proxy_header: &[u8],
     metrics: &Metrics,
-) -> Result<Connected, Unreachable> {
+) -> Result<Origin, Unreachable> {
     let mut last = Unreachable {
         kind: upstream_kind::CONNECT_REFUSED,
         detail: "no servers".into(),
@@ -66,11 +92,7 @@ pub async fn connect(
                 metrics
                     .upstream_connect_duration
                     .observe(started.elapsed().as_secs_f64());
-                return Ok(Connected {
-                    stream,
-                    leftover,
-                    server: server.clone(),
-                });
+                return Ok(Origin { stream, leftover });
             }
             Ok(Err(failure)) => failure,
             Err(_) => Unreachable {
@@ -121,19 +143,5 @@ async fn attempt(server: &str, proxy_header: &[u8]) -> Result<(TcpStream, Vec<u8
             let leftover = input.get(step.consumed..).unwrap_or_default().to_vec();
             return Ok((stream, leftover));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin_visits_every_server_starting_from_the_next() {
-        let rr = RoundRobin::default();
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![1, 2, 0]);
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![2, 0, 1]);
-        assert_eq!(rr.order(0).count(), 0);
     }
 }

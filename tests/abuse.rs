@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::client::{command_bytes, connect_bytes, Closed, RawClient};
 use common::origin::Harness;
 use rtmp_guard::proxy_protocol::{self, Header};
-use rtmp_guard::report::{Reason, Stage};
 use rtmp_guard::rtmp::amf0::Amf0Value;
+use rtmp_guard::verdict::{Reason, Stage};
 
 /// A guard with `tables` (TOML) in front of a test origin.
 fn guard(tables: &str) -> Harness {
@@ -98,7 +98,7 @@ fn a_connection_flood_is_rate_limited_then_banned_and_others_are_untouched() {
         .guard
         .admission
         .is_banned("127.0.0.7".parse().unwrap(), std::time::Instant::now()));
-    rtmp_guard::publish_gauges(&h.guard.guard);
+    h.guard.guard.publish_gauges();
     assert_eq!(m.bans_active.get(), 1);
     let text = m.render();
     assert_eq!(

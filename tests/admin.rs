@@ -11,7 +11,7 @@ use common::client::{commands_in, status_code, Closed, RawClient};
 use common::origin::{Harness, TestOrigin};
 use common::{http, wait_for};
 use rtmp_guard::config::Config;
-use rtmp_guard::report::{Reason, Stage};
+use rtmp_guard::verdict::{Reason, Stage};
 
 const TOKEN: &str = "an-admin-token-of-some-length";
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::client::{commands_in, status_code, Closed, RawClient};
 use common::origin::Harness;
-use rtmp_guard::report::{Reason, Stage};
+use rtmp_guard::verdict::{Reason, Stage};
 
 const SECRET: &str = "a-secret-of-sufficient-length";
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use rtmp_guard::rtmp::fuzz;
+use rtmp_guard::fuzz;
 
 fn replay(target: &str, run: fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

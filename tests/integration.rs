@@ -9,7 +9,7 @@ use common::client::{commands_in, connect_bytes, status_code, Closed, RawClient}
 use common::hostile;
 use common::origin::{Harness, TestOrigin, ORIGIN_HELLO};
 use rtmp_guard::config::Config;
-use rtmp_guard::report::{Reason, Stage};
+use rtmp_guard::verdict::{Reason, Stage};
 
 #[test]
 fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {

@@ -1,5 +1,5 @@
 #![no_main]
-//! See rtmp_guard::rtmp::fuzz::amf0.
+//! See rtmp_guard::fuzz::amf0.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| rtmp_guard::rtmp::fuzz::amf0(data));
+fuzz_target!(|data: &[u8]| rtmp_guard::fuzz::amf0(data));

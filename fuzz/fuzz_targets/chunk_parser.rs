@@ -1,5 +1,5 @@
 #![no_main]
-//! See rtmp_guard::rtmp::fuzz::chunk_parser.
+//! See rtmp_guard::fuzz::chunk_parser.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| rtmp_guard::rtmp::fuzz::chunk_parser(data));
+fuzz_target!(|data: &[u8]| rtmp_guard::fuzz::chunk_parser(data));

@@ -1,5 +1,5 @@
 #![no_main]
-//! See rtmp_guard::rtmp::fuzz::handshake.
+//! See rtmp_guard::fuzz::handshake.
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| rtmp_guard::rtmp::fuzz::handshake(data));
+fuzz_target!(|data: &[u8]| rtmp_guard::fuzz::handshake(data));

@@ -19,8 +19,6 @@
 //! POST   /api/v1/reload
 //! ```
 
-pub mod actions;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -36,8 +34,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use crate::control::unix;
-use crate::Guard;
+use crate::control::{remedies, unix};
+use crate::guard::Guard;
 
 type Shared = State<Arc<Guard>>;
 
@@ -131,7 +129,7 @@ fn done(
     action: &'static str,
     target: &str,
     reason: &str,
-    result: Result<Value, String>,
+    result: Result<Value, remedies::RemedyError>,
 ) -> Response {
     match result {
         Ok(v) => {
@@ -142,7 +140,7 @@ fn done(
         }
         Err(why) => {
             guard.audit.action(action, target, reason, "failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, why)
+            error(StatusCode::INTERNAL_SERVER_ERROR, why.to_string())
         }
     }
 }
@@ -197,7 +195,7 @@ async fn kick(
     } else {
         format!("session ended by the operator: {}", b.reason)
     };
-    if !actions::kick(&guard, id, &why) {
+    if !remedies::kick(&guard, id, &why) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no session {id}")));
     }
     Ok(done(
@@ -268,7 +266,7 @@ async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiErro
             ))
         }
     };
-    let result = actions::ban(&guard, cidr, duration, &b.reason)
+    let result = remedies::ban(&guard, cidr, duration, &b.reason)
         .await
         .map(|ended| json!({ "banned": cidr.trunc().to_string(), "sessions_ended": ended }));
     Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result))
@@ -276,7 +274,7 @@ async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiErro
 
 async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Response, ApiError> {
     let cidr = parse_net(&cidr)?;
-    match actions::unban(&guard, cidr).await {
+    match remedies::unban(&guard, cidr).await {
         Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, format!("no ban on {cidr}"))),
         result => Ok(done(
             &guard,
@@ -310,7 +308,7 @@ async fn add_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiEr
         ));
     }
     let target = format!("{}/{}", b.app, b.stream);
-    let result = actions::block(&guard, &b.app, &b.stream, &b.reason)
+    let result = remedies::block(&guard, &b.app, &b.stream, &b.reason)
         .await
         .map(|ended| json!({ "blocked": target, "sessions_ended": ended }));
     Ok(done(&guard, "block", &target, &b.reason, result))
@@ -319,7 +317,7 @@ async fn add_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiEr
 async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
     let b: BlockBody = body(&bytes)?;
     let target = format!("{}/{}", b.app, b.stream);
-    match actions::unblock(&guard, &b.app, &b.stream).await {
+    match remedies::unblock(&guard, &b.app, &b.stream).await {
         Ok(false) => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no block on {target}"),
@@ -385,7 +383,7 @@ async fn suspend(
 ) -> Result<Response, ApiError> {
     let b: SuspendBody = body(&bytes)?;
     known_app(&guard, &app)?;
-    let result = actions::suspend(&guard, &app, &b.reason, b.terminate)
+    let result = remedies::suspend(&guard, &app, &b.reason, b.terminate)
         .await
         .map(|ended| json!({ "suspended": app, "sessions_ended": ended }));
     Ok(done(&guard, "suspend", &app, &b.reason, result))
@@ -393,7 +391,7 @@ async fn suspend(
 
 async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Response, ApiError> {
     known_app(&guard, &app)?;
-    match actions::resume(&guard, &app).await {
+    match remedies::resume(&guard, &app).await {
         Ok(false) => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("app {app:?} is not suspended"),
@@ -419,7 +417,7 @@ async fn reload(State(guard): Shared) -> Response {
         ),
         Err(why) => {
             guard.audit.action("reload", "config", "", "failed");
-            error(StatusCode::UNPROCESSABLE_ENTITY, why)
+            error(StatusCode::UNPROCESSABLE_ENTITY, why.to_string())
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use ipnet::IpNet;
 
-use crate::report::Reason;
+use crate::verdict::Reason;
 
 /// Recent scored events of one prefix.
 #[derive(Debug, Default)]

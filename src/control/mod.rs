@@ -5,6 +5,7 @@
 //! admin API, the state file and the session stages all share one copy of
 //! the rules. [`state`] keeps it on disk; [`sessions`] tracks who is live.
 
+pub mod remedies;
 pub mod sessions;
 pub mod state;
 

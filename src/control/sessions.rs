@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::policy::Kind;
-use crate::report::Reason;
+use crate::verdict::Reason;
 
 /// Why the operator ended a session, as the client and the log see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

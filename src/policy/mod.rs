@@ -7,55 +7,26 @@
 //! one-publisher-per-name and the per-app quotas. No I/O happens here.
 
 pub mod glob;
+pub mod session;
 pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use subtle::ConstantTimeEq;
 
 use crate::admit::prefix::in_any;
 use crate::config::{App, AuthMode};
 use crate::control::ContentBlock;
-use crate::report::Reason;
 use crate::rtmp::amf0::Amf0Value;
 use crate::rtmp::command::Command;
+use crate::verdict::Reason;
+pub use crate::verdict::{Denial, Kind};
 
 /// Status codes of the refusal a client is sent.
 pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
 pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Publish,
-    Play,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Publish => "publish",
-            Kind::Play => "play",
-        }
-    }
-}
-
-/// A refused publish or play.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
-    pub reason: Reason,
-    /// For the client and the log; never holds a key or token.
-    pub description: String,
-    /// The `onStatus` code.
-    pub code: &'static str,
-    /// Message stream id to send the `onStatus` on.
-    pub stream_id: u32,
-    /// The stream name, without its query string (where keys and tokens
-    /// travel): safe to log.
-    pub stream: String,
-}
 
 /// A publish or play the app's HTTP auth service must decide on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,10 +309,12 @@ impl StreamPolicy {
     /// Commands other than publish/play and their preludes pass.
     /// `Ok(Some(query))`: the app's HTTP auth service decides; call
     /// [`StreamPolicy::complete`] if it allows.
+    /// `unix_now`: the time, for token expiry.
     pub fn on_command(
         &mut self,
         cmd: &Command,
         stream_id: u32,
+        unix_now: u64,
     ) -> Result<Option<AuthQuery>, Denial> {
         let kind = match cmd.name.as_str() {
             "publish" => Kind::Publish,
@@ -358,7 +331,7 @@ impl StreamPolicy {
         let name = StreamName::parse(raw);
         let claim = matches!(cmd.name.as_str(), "publish" | "play");
         let ask = self
-            .check(kind, &name)
+            .check(kind, &name, unix_now)
             .map_err(|(r, d)| denial(kind, stream_id, &name.name, r, d))?;
         let query = AuthQuery {
             form: if ask {
@@ -431,7 +404,12 @@ impl StreamPolicy {
     /// The stateless checks, in order: content blocks, addresses,
     /// referrers, then the app's auth mode. `Ok(true)`: ask the HTTP
     /// auth service.
-    fn check(&self, kind: Kind, name: &StreamName) -> Result<bool, (Reason, String)> {
+    fn check(
+        &self,
+        kind: Kind,
+        name: &StreamName,
+        unix_now: u64,
+    ) -> Result<bool, (Reason, String)> {
         let app = &self.app;
         if name.name.is_empty() {
             return Err((Reason::Unauthorized, "missing stream name".into()));
@@ -475,16 +453,13 @@ impl StreamPolicy {
                     .as_ref()
                     .map(|s| s.0.as_bytes())
                     .unwrap_or(&[]);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
                 token::verify(
                     secret,
                     &app.name,
                     &name.name,
                     &name.params,
                     self.client,
-                    now,
+                    unix_now,
                 )
                 .map(|()| false)
                 .map_err(|e| (Reason::Unauthorized, e.description().to_string()))
@@ -542,6 +517,7 @@ impl StreamPolicy {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::control::unix_now;
 
     fn app(tables: &str) -> App {
         let text = format!(
@@ -586,17 +562,21 @@ mod tests {
         let r = Arc::new(Registry::default());
         let mut p = policy(&a, &r, "192.0.2.1");
         let d = p
-            .on_command(&cmd("publish", "cam1?key=wrong"), 1)
+            .on_command(&cmd("publish", "cam1?key=wrong"), 1, unix_now())
             .unwrap_err();
         assert_eq!(
             (d.reason, d.code, d.stream_id),
             (Reason::Unauthorized, PUBLISH_BAD_NAME, 1)
         );
         assert_eq!(d.description, "invalid stream key");
-        assert!(p.on_command(&cmd("publish", "cam1"), 1).is_err());
-        assert!(p.on_command(&cmd("publish", "cam2?key=s3cret"), 1).is_err());
+        assert!(p
+            .on_command(&cmd("publish", "cam1"), 1, unix_now())
+            .is_err());
+        assert!(p
+            .on_command(&cmd("publish", "cam2?key=s3cret"), 1, unix_now())
+            .is_err());
         assert_eq!(
-            p.on_command(&cmd("publish", "cam1?key=s3cret"), 1),
+            p.on_command(&cmd("publish", "cam1?key=s3cret"), 1, unix_now()),
             Ok(None)
         );
         assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
@@ -608,17 +588,22 @@ mod tests {
         let r = Arc::new(Registry::default());
         let mut p = policy(&a, &r, "192.0.2.1");
         assert_eq!(
-            p.on_command(&cmd("publish", "x"), 1).unwrap_err().reason,
-            Reason::Unauthorized
-        );
-        assert_eq!(
-            p.on_command(&cmd("releaseStream", "x"), 0)
+            p.on_command(&cmd("publish", "x"), 1, unix_now())
                 .unwrap_err()
                 .reason,
             Reason::Unauthorized
         );
-        assert_eq!(p.on_command(&cmd("play", "x"), 1), Ok(None));
-        assert_eq!(p.on_command(&cmd("createStream", ""), 0), Ok(None));
+        assert_eq!(
+            p.on_command(&cmd("releaseStream", "x"), 0, unix_now())
+                .unwrap_err()
+                .reason,
+            Reason::Unauthorized
+        );
+        assert_eq!(p.on_command(&cmd("play", "x"), 1, unix_now()), Ok(None));
+        assert_eq!(
+            p.on_command(&cmd("createStream", ""), 0, unix_now()),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -627,13 +612,18 @@ mod tests {
         let r = Arc::new(Registry::default());
         let mut p = policy(&a, &r, "192.0.2.1");
         for c in ["publish", "play"] {
-            let d = p.on_command(&cmd(c, "pirated-film?x=1"), 1).unwrap_err();
+            let d = p
+                .on_command(&cmd(c, "pirated-film?x=1"), 1, unix_now())
+                .unwrap_err();
             assert_eq!(
                 (d.reason, d.description.as_str()),
                 (Reason::ContentBlocked, "blocked content")
             );
         }
-        assert_eq!(p.on_command(&cmd("play", "Pirated-film"), 1), Ok(None));
+        assert_eq!(
+            p.on_command(&cmd("play", "Pirated-film"), 1, unix_now()),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -641,29 +631,37 @@ mod tests {
         let a = app("publish = \"none\"\nmax_viewers = 2\n");
         let r = Arc::new(Registry::default());
         let mut first = policy(&a, &r, "192.0.2.1");
-        first.on_command(&cmd("publish", "cam"), 1).unwrap();
+        first
+            .on_command(&cmd("publish", "cam"), 1, unix_now())
+            .unwrap();
         let mut second = policy(&a, &r, "192.0.2.2");
         assert_eq!(
             second
-                .on_command(&cmd("publish", "cam"), 1)
+                .on_command(&cmd("publish", "cam"), 1, unix_now())
                 .unwrap_err()
                 .reason,
             Reason::StreamBusy
         );
         let mut viewers: Vec<_> = (0..2).map(|_| policy(&a, &r, "192.0.2.3")).collect();
         for v in &mut viewers {
-            v.on_command(&cmd("play", "cam"), 1).unwrap();
+            v.on_command(&cmd("play", "cam"), 1, unix_now()).unwrap();
         }
         let mut third = policy(&a, &r, "192.0.2.3");
         assert_eq!(
-            third.on_command(&cmd("play", "cam"), 1).unwrap_err().reason,
+            third
+                .on_command(&cmd("play", "cam"), 1, unix_now())
+                .unwrap_err()
+                .reason,
             Reason::QuotaExceeded
         );
         assert_eq!(r.counts("live"), (1, 2));
         drop(first);
         drop(viewers);
         assert_eq!(r.counts("live"), (0, 0));
-        assert_eq!(second.on_command(&cmd("publish", "cam"), 1), Ok(None));
+        assert_eq!(
+            second.on_command(&cmd("publish", "cam"), 1, unix_now()),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -676,13 +674,16 @@ mod tests {
         let mut outside = policy(&a, &r, "192.0.2.1");
         assert_eq!(
             outside
-                .on_command(&cmd("publish", "cam"), 1)
+                .on_command(&cmd("publish", "cam"), 1, unix_now())
                 .unwrap_err()
                 .reason,
             Reason::ForbiddenIp
         );
         let mut inside = policy(&a, &r, "10.1.2.3");
-        assert_eq!(inside.on_command(&cmd("publish", "cam"), 1), Ok(None));
+        assert_eq!(
+            inside.on_command(&cmd("publish", "cam"), 1, unix_now()),
+            Ok(None)
+        );
         let mut denied = StreamPolicy::new(
             &a,
             r.clone(),
@@ -691,7 +692,7 @@ mod tests {
         );
         assert_eq!(
             denied
-                .on_command(&cmd("play", "cam"), 1)
+                .on_command(&cmd("play", "cam"), 1, unix_now())
                 .unwrap_err()
                 .reason,
             Reason::ForbiddenIp
@@ -699,7 +700,7 @@ mod tests {
         let mut no_ref = policy(&a, &r, "192.0.2.1");
         assert_eq!(
             no_ref
-                .on_command(&cmd("play", "cam"), 1)
+                .on_command(&cmd("play", "cam"), 1, unix_now())
                 .unwrap_err()
                 .reason,
             Reason::BadReferrer
@@ -710,7 +711,10 @@ mod tests {
             "192.0.2.1".parse().unwrap(),
             &connect(Some("https://www.example.com/p")),
         );
-        assert_eq!(good.on_command(&cmd("play", "cam"), 1), Ok(None));
+        assert_eq!(
+            good.on_command(&cmd("play", "cam"), 1, unix_now()),
+            Ok(None)
+        );
     }
 
     #[test]

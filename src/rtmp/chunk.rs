@@ -72,24 +72,13 @@ impl MessageClass {
     }
 }
 
-/// Limits from `[limits]` in the config.
+/// The parser's limits; the session builds them from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkLimits {
     pub max_chunk_size: u32,
     pub max_command_size: u32,
     pub max_message_size: u32,
     pub max_chunk_streams: usize,
-}
-
-impl From<&crate::config::Limits> for ChunkLimits {
-    fn from(l: &crate::config::Limits) -> Self {
-        ChunkLimits {
-            max_chunk_size: l.max_chunk_size,
-            max_command_size: l.max_command_size,
-            max_message_size: l.max_message_size,
-            max_chunk_streams: l.max_chunk_streams,
-        }
-    }
 }
 
 /// Why a chunk stream was refused. Every variant is a protocol violation.

@@ -61,7 +61,7 @@ pub fn classify(first: &[u8]) -> HandshakeError {
     };
     match first.first() {
         None => HandshakeError::BadVersion(0),
-        Some(_) if crate::proxy_protocol::looks_like_header(first) => {
+        Some(_) if super::proxy_protocol::looks_like_header(first) => {
             HandshakeError::NotRtmp(OtherProtocol::Proxy)
         }
         Some(0x16) => HandshakeError::NotRtmp(OtherProtocol::Tls),

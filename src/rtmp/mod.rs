@@ -6,6 +6,6 @@
 pub mod amf0;
 pub mod chunk;
 pub mod command;
-pub mod fuzz;
 pub mod handshake;
+pub mod proxy_protocol;
 pub mod reply;

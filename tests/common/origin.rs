@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rtmp_guard::config::Config;
 use rtmp_guard::proxy_protocol::{self, Header};
-use rtmp_guard::report::{Reason, Stage};
 use rtmp_guard::rtmp::handshake::ServerHandshake;
+use rtmp_guard::verdict::{Reason, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::hostile;

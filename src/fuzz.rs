@@ -2,9 +2,9 @@
 //! replay test (`tests/fuzz_replay.rs`), so a crash found by either is the
 //! same code path. Each takes arbitrary bytes and must never panic.
 
-use super::chunk::{ChunkLimits, ChunkParser};
-use super::handshake::{ClientHandshake, ServerHandshake};
-use super::{amf0, command};
+use crate::rtmp::chunk::{ChunkLimits, ChunkParser};
+use crate::rtmp::handshake::{ClientHandshake, ServerHandshake};
+use crate::rtmp::{amf0, command};
 
 /// The chunk parser, fed in pieces whose size is the first input byte,
 /// with every kept message run through the relay's inspection.
@@ -27,7 +27,7 @@ pub fn chunk_parser(data: &[u8]) {
             assert!(p.consumed > 0, "advance made no progress");
             pos += p.consumed;
             if let Some(m) = p.message {
-                let _ = crate::relay::inspect(&m, 32, None);
+                let _ = crate::policy::session::check_origin_message(&m, 32);
             }
         }
     }
@@ -64,7 +64,7 @@ pub fn handshake(data: &[u8]) {
 /// The PROXY protocol parser, with the input also tried as a v1 line and
 /// after a v2 signature.
 pub fn proxy_protocol(data: &[u8]) {
-    use crate::proxy_protocol::{parse, V2_SIGNATURE};
+    use crate::rtmp::proxy_protocol::{parse, V2_SIGNATURE};
     let check = |input: &[u8]| {
         if let Ok(Some((_, used))) = parse(input) {
             assert!(used <= input.len());

@@ -1,38 +1,86 @@
-//! The operator's remedies, carried out: each change is written to the
-//! state file before it takes effect, then applied to admission, the stream
-//! policy and the live sessions it concerns.
+//! The remedies service: the operator's bans, blocks and suspensions,
+//! carried out. Each change is written to the state file before it takes
+//! effect, then applied to admission, the stream policy and the live
+//! sessions it concerns. The admin API and the guard's start both come
+//! here; neither does any of it itself.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::control::sessions::{Kick, Session};
-use crate::control::{state, unix_now, ContentBlock, ManualBan, Remedies, Suspension};
-use crate::report::Reason;
-use crate::Guard;
+use super::sessions::{Kick, Session};
+use super::state::{self, Loaded};
+use super::{unix_now, ContentBlock, ManualBan, Remedies, Suspension};
+use crate::guard::Guard;
+use crate::verdict::Reason;
+
+/// Why a remedy was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RemedyError {
+    #[error("cannot write the state file: {0}")]
+    StateWrite(#[from] std::io::Error),
+    /// The blocking write task itself failed.
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// Makes `remedies` the ones in force.
 pub fn install(guard: &Guard, remedies: Remedies) {
     guard.admission.set_manual_bans(remedies.bans.clone());
     guard.streams.set_blocks(remedies.blocks.clone());
     guard.remedies.store(Arc::new(remedies));
-    crate::publish_gauges(guard);
+    guard.publish_gauges();
+}
+
+/// Restores the remedies from `[state] path`. A corrupt file is moved
+/// aside and the guard starts without it; config-file rules still apply.
+pub fn load_state(guard: &Guard) {
+    let Some(st) = guard.config().state.clone() else {
+        return;
+    };
+    match state::load(&st.path) {
+        Loaded::Read(remedies) => {
+            tracing::info!(
+                event = "state_loaded",
+                path = %st.path.display(),
+                bans = remedies.bans.len(),
+                blocks = remedies.blocks.len(),
+                suspensions = remedies.suspensions.len(),
+                "state restored"
+            );
+            install(guard, remedies);
+        }
+        Loaded::Missing => {}
+        Loaded::Quarantined { why, moved_to } => {
+            guard.metrics.state_file_quarantined_total.inc();
+            let moved = moved_to.map_or("(could not move it)".to_string(), |p| {
+                p.display().to_string()
+            });
+            tracing::error!(
+                event = "state_quarantined",
+                path = %st.path.display(),
+                moved_to = %moved,
+                error = %why,
+                "STATE FILE UNUSABLE: moved aside; starting without runtime bans, blocks and suspensions"
+            );
+        }
+    }
 }
 
 /// Applies `f` to a copy of the remedies, persists the result, then puts
 /// it in force. Nothing changes if the state file cannot be written.
-pub async fn change<T>(guard: &Guard, f: impl FnOnce(&mut Remedies) -> T) -> Result<T, String> {
+pub async fn change<T>(
+    guard: &Guard,
+    f: impl FnOnce(&mut Remedies) -> T,
+) -> Result<T, RemedyError> {
     let _one_writer = guard.remedies_write.lock().await;
     let mut next = Remedies::clone(&guard.remedies.load());
     let out = f(&mut next);
     if let Some(st) = guard.config().state.clone() {
         let snapshot = next.clone();
-        let saved = tokio::task::spawn_blocking(move || state::save(&st.path, &snapshot))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("cannot write the state file: {e}")));
-        if let Err(why) = saved {
+        let saved = tokio::task::spawn_blocking(move || state::save(&st.path, &snapshot)).await;
+        if let Err(why) = saved.map_err(RemedyError::from).and_then(|r| Ok(r?)) {
             guard.metrics.state_file_write_errors_total.inc();
             tracing::error!(event = "state_write_failed", error = %why, "remedy not applied");
             return Err(why);
@@ -57,7 +105,7 @@ pub async fn ban(
     cidr: IpNet,
     duration: Option<Duration>,
     reason: &str,
-) -> Result<usize, String> {
+) -> Result<usize, RemedyError> {
     let now = unix_now();
     let ban = ManualBan {
         cidr: cidr.trunc(),
@@ -76,7 +124,7 @@ pub async fn ban(
 
 /// Lifts a ban on exactly `cidr`, made by the operator or automatically.
 /// False if there was none.
-pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, String> {
+pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, RemedyError> {
     let cidr = cidr.trunc();
     let automatic = guard.admission.unban(&cidr);
     let manual = change(guard, |r| r.remove_ban(&cidr)).await?;
@@ -85,7 +133,12 @@ pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, String> {
 
 /// Blocks streams matching `stream` in `app`, ending the live sessions
 /// that publish or play one.
-pub async fn block(guard: &Guard, app: &str, stream: &str, reason: &str) -> Result<usize, String> {
+pub async fn block(
+    guard: &Guard,
+    app: &str,
+    stream: &str,
+    reason: &str,
+) -> Result<usize, RemedyError> {
     let block = ContentBlock {
         app: app.to_string(),
         stream: stream.to_string(),
@@ -102,7 +155,7 @@ pub async fn block(guard: &Guard, app: &str, stream: &str, reason: &str) -> Resu
     ))
 }
 
-pub async fn unblock(guard: &Guard, app: &str, stream: &str) -> Result<bool, String> {
+pub async fn unblock(guard: &Guard, app: &str, stream: &str) -> Result<bool, RemedyError> {
     change(guard, |r| r.remove_block(app, stream)).await
 }
 
@@ -112,7 +165,7 @@ pub async fn suspend(
     app: &str,
     reason: &str,
     terminate: bool,
-) -> Result<usize, String> {
+) -> Result<usize, RemedyError> {
     let suspension = Suspension {
         app: app.to_string(),
         reason: reason.to_string(),
@@ -130,7 +183,7 @@ pub async fn suspend(
     ))
 }
 
-pub async fn resume(guard: &Guard, app: &str) -> Result<bool, String> {
+pub async fn resume(guard: &Guard, app: &str) -> Result<bool, RemedyError> {
     change(guard, |r| r.resume(app)).await
 }
 

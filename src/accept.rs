@@ -1,7 +1,8 @@
-//! The accept loop: one per listening address.
+//! The accept stage: one loop per listening address.
 //!
-//! Admission happens here, before a byte is read: `max_connections` (all
-//! listeners together), then the address rules, bans and per-prefix limits.
+//! Admission starts here, before a byte is read: `max_connections` (all
+//! listeners together), then the admit stage's address rules, bans and
+//! per-prefix limits.
 //! Refused sockets are taken with a raw accept(2) and reset at once, never
 //! registered with the async reactor, so a flood of refusals costs two
 //! system calls each. Admitted ones get their own task, so a fault in one
@@ -10,17 +11,19 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::admit::{PendingSlot, Ticket};
-use crate::config::Mode;
-use crate::report::{self, Block, Reason, Stage};
-use crate::{session, Guard};
+use crate::admit;
+use crate::connection::ClientAddr;
+use crate::guard::Guard;
+use crate::report;
+use crate::session::{self, Start};
+use crate::verdict::{Block, Reason, Stage};
 
 /// Pending-connection queue requested from the kernel (capped by
 /// net.core.somaxconn).
@@ -107,20 +110,20 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
 /// Admits or refuses one accepted connection.
 fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     guard.metrics.connections_total.inc();
+    let client = ClientAddr::new(peer);
+    // The config this connection is judged by, from accept to close.
+    let config = guard.config.load();
     let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
-        let detail = format!(
-            "{} connections already open",
-            guard.config.load().server.max_connections
-        );
+        let detail = format!("{} connections already open", config.server.max_connections);
         let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
-        report::refuse(guard, peer, &block);
+        report::refuse(guard, &config, client, &block);
         close_now(stream);
         return;
     };
     // A trusted load balancer names the real client in its PROXY header;
     // the session admits that address once it has read it. Until then the
     // connection still counts against max_pending.
-    let start = if guard.admission.is_trusted_proxy(peer.ip()) {
+    let start = if guard.admission.is_trusted_proxy(client.ip()) {
         let (slot, overloaded) = guard.admission.reserve_pending();
         if overloaded {
             let block = Block::new(
@@ -129,14 +132,14 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
                 "trusted proxy connection shed",
             )
             .always();
-            report::refuse(guard, peer, &block);
+            report::refuse(guard, &config, client, &block);
             close_now(stream);
             return;
         }
-        session::Start::ProxyHeader(slot)
+        Start::ProxyHeader(slot)
     } else {
-        match admit(guard, peer, None) {
-            Some(ticket) => session::Start::Admitted(ticket),
+        match admit::admit(guard, &config, client, None) {
+            Some(ticket) => Start::Admitted(ticket),
             None => {
                 close_now(stream);
                 return;
@@ -149,38 +152,18 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, client = %peer.ip(), client_port = peer.port(), "cannot register connection");
+            tracing::warn!(error = %e, client = %client.ip(), client_port = client.port(), "cannot register connection");
             return;
         }
     };
+    let config = arc_swap::Guard::into_inner(config);
     let guard = guard.clone();
     let task = async move {
-        session::handle(guard, stream, peer, start).await;
+        session::run(guard, config, stream, client, start).await;
         drop(permit);
     };
     tracing::trace!(bytes = std::mem::size_of_val(&task), "session task size");
     tokio::spawn(task);
-}
-
-/// Runs admission for `client`. `None`: refused (and reported).
-/// `slot`: a pending slot reserved at accept, if any.
-pub fn admit(guard: &Guard, client: SocketAddr, slot: Option<PendingSlot>) -> Option<Ticket> {
-    let dry_run = guard.config.load().server.mode == Mode::DryRun;
-    let (ticket, refusal) = guard
-        .admission
-        .admit(client.ip(), Instant::now(), dry_run, slot);
-    if let Some(reason) = refusal {
-        let block = Block::new(Stage::Accept, reason, "refused at accept");
-        let block = if reason == Reason::Overloaded {
-            block.always()
-        } else {
-            block
-        };
-        if report::refuse(guard, client, &block) {
-            return None;
-        }
-    }
-    ticket
 }
 
 /// Closes a refused connection with a reset: no lingering state, no

@@ -1,0 +1,64 @@
+//! What a session carries from stage to stage (pingora's per-request
+//! `CTX`): the shared guard, the config the session began with, who the
+//! client is, and when it arrived. Every stage reads the same one, so a
+//! reload mid-session changes nothing about how the session is judged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::connection::ClientAddr;
+use crate::guard::Guard;
+use crate::report;
+use crate::verdict::Block;
+
+pub struct Ctx {
+    pub guard: Arc<Guard>,
+    /// The config the session began with, for everything it does.
+    pub config: Arc<Config>,
+    /// The client: the TCP peer, or the one a trusted PROXY header named.
+    pub client: ClientAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    pub accepted: Instant,
+}
+
+impl Ctx {
+    /// A deadline `after` the connection was accepted.
+    pub fn deadline(&self, after: Duration) -> Instant {
+        self.accepted + after
+    }
+
+    /// Reports a refusal; false if dry run lets it through.
+    pub fn refuse(&self, block: &Block) -> bool {
+        report::refuse(&self.guard, &self.config, self.client, block)
+    }
+}
+
+/// How a stage ends a connection before the relay.
+#[derive(Debug)]
+pub enum Stop {
+    /// Refused by the guard; not yet reported.
+    Blocked(Block),
+    /// Refused and already reported.
+    Refused,
+    /// The client went away.
+    Gone,
+    /// No upstream server could be reached (already logged).
+    Unreachable,
+}
+
+impl From<Block> for Stop {
+    fn from(block: Block) -> Stop {
+        Stop::Blocked(block)
+    }
+}
+
+impl From<crate::connection::Gone> for Stop {
+    fn from(_: crate::connection::Gone) -> Stop {
+        Stop::Gone
+    }
+}

@@ -1,0 +1,174 @@
+//! What every connection shares: the config new connections take, the
+//! metrics, the admission tables, the stream registry, the operator's
+//! remedies and the live sessions.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::admit::Admission;
+use crate::audit::Audit;
+use crate::callback::Callbacks;
+use crate::config::Config;
+use crate::control::sessions::Sessions;
+use crate::control::Remedies;
+use crate::metrics::Metrics;
+use crate::policy::Registry;
+
+/// State shared by every connection.
+pub struct Guard {
+    /// The config new connections take; a session keeps the one it began
+    /// with for everything, so a reload never disturbs it.
+    pub config: ArcSwap<Config>,
+    /// The file the config came from; `None`: the embedded default.
+    pub config_path: Option<PathBuf>,
+    pub metrics: Arc<Metrics>,
+    /// Round-robin position per upstream name.
+    round_robin: DashMap<String, Arc<RoundRobin>>,
+    /// Permits for `server.max_connections`.
+    pub connections: Arc<Semaphore>,
+    /// Connections open now, which a drain waits on.
+    pub open: OpenConnections,
+    /// Address rules, rate limits and bans.
+    pub admission: Admission,
+    /// Live publishers and per-app counts.
+    pub streams: Arc<Registry>,
+    /// HTTP auth callbacks and their cached answers.
+    pub callbacks: Callbacks,
+    /// The operator's bans, blocks and suspensions.
+    pub remedies: ArcSwap<Remedies>,
+    /// Serialises changes to `remedies` and their state-file writes.
+    pub remedies_write: tokio::sync::Mutex<()>,
+    /// Sessions relaying now.
+    pub sessions: Sessions,
+    pub audit: Audit,
+    /// False once draining: `/readyz` fails and nothing new is accepted.
+    pub ready: AtomicBool,
+}
+
+impl Guard {
+    pub fn new(
+        config: Config,
+        path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+        audit: Audit,
+    ) -> Guard {
+        Guard {
+            round_robin: DashMap::new(),
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            open: OpenConnections::default(),
+            admission: Admission::new(&config),
+            streams: Arc::new(Registry::default()),
+            callbacks: Callbacks::default(),
+            metrics,
+            remedies: ArcSwap::default(),
+            remedies_write: tokio::sync::Mutex::new(()),
+            sessions: Sessions::default(),
+            audit,
+            ready: AtomicBool::new(false),
+            config: ArcSwap::from_pointee(config),
+            config_path: path,
+        }
+    }
+
+    /// The current config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The round-robin state of upstream `name`.
+    pub fn round_robin(&self, name: &str) -> Arc<RoundRobin> {
+        // Look up first: the common case allocates no key.
+        if let Some(rr) = self.round_robin.get(name) {
+            return rr.clone();
+        }
+        self.round_robin
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Copies table sizes into their gauges.
+    pub fn publish_gauges(&self) {
+        let m = &self.metrics;
+        m.tracked_addresses
+            .set(self.admission.tracked_addresses() as i64);
+        let manual = self.remedies.load().bans.len();
+        m.bans_active
+            .set((self.admission.bans().len() + manual) as i64);
+        m.pending_connections.set(self.admission.pending() as i64);
+    }
+
+    /// Counts a connection as open until the hold drops, in the gauge and
+    /// in the count a drain waits on, even if the task unwinds.
+    pub fn hold_open(&self) -> OpenHold<'_> {
+        self.open.count.fetch_add(1, Ordering::SeqCst);
+        self.metrics.connections_active.inc();
+        OpenHold(self)
+    }
+}
+
+/// The number of open client connections, and a wake-up when it changes.
+#[derive(Default)]
+pub struct OpenConnections {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl OpenConnections {
+    pub fn get(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.get() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// One open connection; see [`Guard::hold_open`].
+pub struct OpenHold<'a>(&'a Guard);
+
+impl Drop for OpenHold<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.dec();
+        self.0.open.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.open.changed.notify_waiters();
+    }
+}
+
+/// Round-robin position, one per configured upstream.
+#[derive(Debug, Default)]
+pub struct RoundRobin(AtomicUsize);
+
+impl RoundRobin {
+    /// The order in which to try `n` servers this time.
+    pub fn order(&self, n: usize) -> impl Iterator<Item = usize> {
+        let start = self.0.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(move |i| start.wrapping_add(i) % n.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_visits_every_server_starting_from_the_next() {
+        let rr = RoundRobin::default();
+        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![2, 0, 1]);
+        assert_eq!(rr.order(0).count(), 0);
+    }
+}
