@@ -387,7 +387,7 @@ async fn run(guard: &Guard, client: &mut TcpStream, conn: &mut Conn, accepted: I
             bytes_client_to_upstream: &guard.metrics.bytes_client_to_upstream,
             bytes_upstream_to_client: &guard.metrics.bytes_upstream_to_client,
             on_refusal: &on_refusal,
-            http: app.http_auth.as_ref().map(|h| (&guard.callbacks, h)),
+            http: app.http_auth().map(|h| (&guard.callbacks, h)),
             session: &registration.session,
             kicks: registration.kicks.clone(),
         },
