@@ -6,6 +6,8 @@
 //! answered with `_error` and refused here: no upstream connection exists
 //! yet, so the origin never sees such a client.
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout_at;
 
@@ -29,7 +31,7 @@ pub struct Connect {
 
 /// Where a `connect` is routed.
 pub struct Route<'c> {
-    pub app: &'c App,
+    pub app: &'c Arc<App>,
     pub upstream: &'c Upstream,
 }
 

@@ -93,7 +93,7 @@ pub async fn run(
         ctx,
         app,
         session: &registration.session,
-        http: app.http_auth.as_ref().map(|h| (&guard.callbacks, h)),
+        http: app.http_auth().map(|h| (&guard.callbacks, h)),
         activity: Activity::new(),
     };
     let end = relay

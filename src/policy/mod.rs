@@ -244,7 +244,7 @@ impl Drop for Claim {
 
 /// One session's stream decisions.
 pub struct StreamPolicy {
-    app: App,
+    app: Arc<App>,
     registry: Arc<Registry>,
     client: IpAddr,
     page_url: Option<String>,
@@ -261,13 +261,13 @@ pub struct StreamPolicy {
 
 impl StreamPolicy {
     pub fn new(
-        app: &App,
+        app: &Arc<App>,
         registry: Arc<Registry>,
         client: IpAddr,
         connect: &crate::rtmp::command::ConnectRequest,
     ) -> StreamPolicy {
         StreamPolicy {
-            app: app.clone(),
+            app: Arc::clone(app),
             registry,
             client,
             page_url: connect.page_url.clone(),
@@ -420,8 +420,8 @@ impl StreamPolicy {
             return Err((Reason::ContentBlocked, "blocked content".into()));
         }
         let (allow, deny, mode) = match kind {
-            Kind::Publish => (&app.publish_allow, &app.publish_deny, app.publish),
-            Kind::Play => (&app.play_allow, &app.play_deny, app.play),
+            Kind::Publish => (&app.publish_allow, &app.publish_deny, &app.publish),
+            Kind::Play => (&app.play_allow, &app.play_deny, &app.play),
         };
         if in_any(deny, self.client) || (!allow.is_empty() && !in_any(allow, self.client)) {
             return Err((Reason::ForbiddenIp, "not allowed from this address".into()));
@@ -437,33 +437,26 @@ impl StreamPolicy {
         }
         match mode {
             AuthMode::None => Ok(false),
-            AuthMode::Http => Ok(true),
+            AuthMode::Http(_) => Ok(true),
             AuthMode::Deny => Err((Reason::Unauthorized, "not allowed here".into())),
-            AuthMode::Key => {
-                let expected = app.keys.get(&name.name).map(|s| s.0.as_bytes());
+            AuthMode::Key { keys } => {
+                let expected = keys.get(&name.name).map(|s| s.0.as_bytes());
                 let given = name.param("key").unwrap_or("").as_bytes();
                 match expected {
                     Some(e) if bool::from(e.ct_eq(given)) => Ok(false),
                     _ => Err((Reason::Unauthorized, "invalid stream key".into())),
                 }
             }
-            AuthMode::Token => {
-                let secret = app
-                    .token_secret
-                    .as_ref()
-                    .map(|s| s.0.as_bytes())
-                    .unwrap_or(&[]);
-                token::verify(
-                    secret,
-                    &app.name,
-                    &name.name,
-                    &name.params,
-                    self.client,
-                    unix_now,
-                )
-                .map(|()| false)
-                .map_err(|e| (Reason::Unauthorized, e.description().to_string()))
-            }
+            AuthMode::Token { secret } => token::verify(
+                secret.0.as_bytes(),
+                &app.name,
+                &name.name,
+                &name.params,
+                self.client,
+                unix_now,
+            )
+            .map(|()| false)
+            .map_err(|e| (Reason::Unauthorized, e.description().to_string())),
         }
     }
 
@@ -519,7 +512,7 @@ mod tests {
     use crate::config::Config;
     use crate::control::unix_now;
 
-    fn app(tables: &str) -> App {
+    fn app(tables: &str) -> Arc<App> {
         let text = format!(
             "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n{tables}"
         );
@@ -547,7 +540,7 @@ mod tests {
         }
     }
 
-    fn policy(app: &App, registry: &Arc<Registry>, client: &str) -> StreamPolicy {
+    fn policy(app: &Arc<App>, registry: &Arc<Registry>, client: &str) -> StreamPolicy {
         StreamPolicy::new(
             app,
             registry.clone(),

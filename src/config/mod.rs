@@ -1,0 +1,759 @@
+//! The guard's configuration: one TOML file, parsed strictly, validated
+//! once.
+//!
+//! The file is an interface operators write by hand, so every error must say
+//! where it is: the file, the line, the key, and why. Unknown keys are errors
+//! (a typo must never silently fall back to a default), and every value that
+//! could make the guard unsafe is range-checked here, once, so the rest of
+//! the code can trust it.
+//!
+//! The file is read in two steps. Serde reads it into [`raw`], the file's
+//! shape; [`Config::parse`] then checks that, reads the secret files it
+//! names, and builds the [`Config`] the guard runs on, which holds what the
+//! file means: an app's auth mode carries the keys, secret or auth service
+//! it checks against, and the admin API's token is there exactly when the
+//! file names a `token_file`.
+
+mod locate;
+pub mod raw;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use locate::{seg, Invalid, PathSeg};
+
+pub use raw::{
+    parse_bitrate, parse_cidr, parse_duration, Access, Audit, Bans, Global, HttpAuth, Limits,
+    Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, Server, SessionLimits, State,
+    Upstream,
+};
+pub use secret::{parse_keys_file, Secret};
+
+/// The default configuration, shipped as `config/rtmp-guard.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/rtmp-guard.toml");
+/// The name the embedded default is reported under.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/rtmp-guard.toml>";
+
+/// Deepest AMF nesting a config may allow; the AMF reader recurses.
+pub const MAX_AMF_DEPTH_CAP: usize = 256;
+/// Largest chunk size RTMP can express (the top bit is reserved).
+pub const CHUNK_SIZE_CAP: u32 = 0x7FFF_FFFF;
+/// Largest message length a chunk header can express (24 bits).
+pub const MESSAGE_SIZE_CAP: u32 = 0xFF_FFFF;
+
+/// A validated config: what the guard runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub access: Access,
+    pub bans: Bans,
+    pub proxy_protocol: ProxyProtocolIn,
+    pub upstreams: Vec<Upstream>,
+    /// Shared with the sessions of each app, which outlive a reload.
+    pub apps: Vec<Arc<App>>,
+    pub admin: Option<Admin>,
+    /// Its path resolved against the config file's directory.
+    pub state: Option<State>,
+    /// Its path resolved against the config file's directory.
+    pub audit: Option<Audit>,
+}
+
+/// `[admin]`: the admin API. Off when the table is absent.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// The bearer token every `/api/*` call must send: read from
+    /// `token_file`, present exactly when the file names one.
+    pub token: Option<Secret>,
+}
+
+/// An `[[app]]`: its upstream, who may publish and play, and its limits.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub upstream: String,
+    /// Who may publish. Default: deny.
+    pub publish: AuthMode,
+    /// Who may play. Default: none.
+    pub play: AuthMode,
+    /// The secret read from `token_secret_file`, present exactly when the
+    /// file names one, whatever the modes: `rtmp-guard token` signs with
+    /// it. `token` mode carries its own copy.
+    pub token_secret: Option<Secret>,
+    pub publish_allow: Vec<IpNet>,
+    pub publish_deny: Vec<IpNet>,
+    pub play_allow: Vec<IpNet>,
+    pub play_deny: Vec<IpNet>,
+    /// pageUrl/swfUrl globs a player must match; empty: no check.
+    pub referrers: Vec<String>,
+    /// Concurrent publishing sessions in this app.
+    pub max_publishers: u32,
+    /// Concurrent playing sessions in this app.
+    pub max_viewers: u32,
+    /// Globs on the stream name whose publish and play are refused.
+    pub blocked_streams: Vec<String>,
+    /// Bits per second a publishing session may send.
+    pub max_publish_bitrate: Option<u64>,
+}
+
+impl App {
+    /// The auth service publish or play asks, in `http` mode.
+    pub fn http_auth(&self) -> Option<&HttpAuth> {
+        [&self.publish, &self.play]
+            .into_iter()
+            .find_map(|mode| match mode {
+                AuthMode::Http(auth) => Some(auth),
+                _ => None,
+            })
+    }
+}
+
+/// How a publish or play is authorised, with what it is checked against.
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// Anyone (still subject to address rules, blocks and quotas).
+    None,
+    /// `name?key=SECRET` must match the stream's key: `keys` and the
+    /// `keys_file`'s lines together.
+    Key { keys: BTreeMap<String, Secret> },
+    /// `name?expires=UNIX&token=HEX[&ip=ADDR]`, an HMAC-SHA256 signature
+    /// with the secret from `token_secret_file`.
+    Token { secret: Secret },
+    /// Ask `http_auth`, as nginx-rtmp's on_publish / on_play do.
+    Http(HttpAuth),
+    /// Nobody.
+    Deny,
+}
+
+impl Config {
+    /// Parses and validates a config; `source` names it in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: raw::Config = serde_path_to_error::deserialize(de)
+            .map_err(|err| locate::serde_error(text, source, err))?;
+        let base = Path::new(source).parent();
+        validate(raw, base).map_err(|invalid| locate::invalid_error(text, source, invalid))
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            line: None,
+            key: None,
+            why: format!("cannot read file: {e}"),
+        })?;
+        Config::parse(&text, &source)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// A config error, as the operator reads it:
+/// `FILE:LINE: key `KEY`: WHY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.why)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const HTTP_MODE_NEEDS_HTTP_AUTH: &str = "http mode needs http_auth = { url = \"http://...\" }";
+const TOKEN_MODE_NEEDS_SECRET: &str = "token mode needs token_secret_file";
+
+/// Turns the file's shape into the config, once. The checks that need
+/// only the file come first, section by section, then each app's secret
+/// files are read, then the admin token; the first failure is reported.
+fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
+    check_server(&raw.server)?;
+    check_limits(&raw.limits)?;
+    check_bans(&raw.bans)?;
+    check_upstreams(&raw.upstreams)?;
+    check_apps(&raw.apps, &raw.upstreams)?;
+    let apps = raw
+        .apps
+        .into_iter()
+        .enumerate()
+        .map(|(i, app)| build_app(i, app, base).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let state = raw.state.map(|s| State {
+        path: resolve(base, &s.path),
+    });
+    let audit = raw.audit.map(|a| Audit {
+        path: resolve(base, &a.path),
+    });
+    let admin = raw.admin.map(|a| build_admin(a, base)).transpose()?;
+    Ok(Config {
+        server: raw.server,
+        limits: raw.limits,
+        metrics: raw.metrics,
+        access: raw.access,
+        bans: raw.bans,
+        proxy_protocol: raw.proxy_protocol,
+        upstreams: raw.upstreams,
+        apps,
+        admin,
+        state,
+        audit,
+    })
+}
+
+/// Reads the admin API's bearer token; only a loopback admin address may
+/// go without one.
+fn build_admin(admin: raw::Admin, base: Option<&Path>) -> Result<Admin, Invalid> {
+    let at = |key: &str| vec![seg("admin"), seg(key)];
+    let token = admin
+        .token_file
+        .as_deref()
+        .map(|file| secret::read_secret(base, file, at("token_file"), "token"))
+        .transpose()?;
+    check_at(
+        token.is_some() || admin.listen.ip().is_loopback(),
+        at("token_file"),
+        "a non-loopback admin listen address needs token_file",
+    )?;
+    Ok(Admin {
+        listen: admin.listen,
+        token,
+    })
+}
+
+/// Reads an app's keys file and token secret, and gives each mode what it
+/// checks against.
+fn build_app(i: usize, app: raw::App, base: Option<&Path>) -> Result<App, Invalid> {
+    let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
+    let raw::App {
+        name,
+        upstream,
+        publish,
+        play,
+        mut keys,
+        keys_file,
+        token_secret_file,
+        publish_allow,
+        publish_deny,
+        play_allow,
+        play_deny,
+        referrers,
+        max_publishers,
+        max_viewers,
+        blocked_streams,
+        max_publish_bitrate,
+        http_auth,
+    } = app;
+    if let Some(file) = &keys_file {
+        keys.extend(secret::read_keys(base, file, at("keys_file"))?);
+    }
+    let token_secret = token_secret_file
+        .as_deref()
+        .map(|file| secret::read_secret(base, file, at("token_secret_file"), "secret"))
+        .transpose()?;
+    // Token mode without a secret is refused here, after the files are read;
+    // http mode without `http_auth` was refused by `check_apps`.
+    let mode = |mode: raw::AuthMode| -> Result<AuthMode, Invalid> {
+        let needs = |key: &str, why: &str| Invalid {
+            path: at(key),
+            why: why.to_string(),
+        };
+        Ok(match mode {
+            raw::AuthMode::None => AuthMode::None,
+            raw::AuthMode::Deny => AuthMode::Deny,
+            raw::AuthMode::Key => AuthMode::Key { keys: keys.clone() },
+            raw::AuthMode::Token => AuthMode::Token {
+                secret: token_secret
+                    .clone()
+                    .ok_or_else(|| needs("token_secret_file", TOKEN_MODE_NEEDS_SECRET))?,
+            },
+            raw::AuthMode::Http => AuthMode::Http(
+                http_auth
+                    .clone()
+                    .ok_or_else(|| needs("http_auth", HTTP_MODE_NEEDS_HTTP_AUTH))?,
+            ),
+        })
+    };
+    let (publish, play) = (mode(publish)?, mode(play)?);
+    Ok(App {
+        name,
+        upstream,
+        publish,
+        play,
+        token_secret,
+        publish_allow,
+        publish_deny,
+        play_allow,
+        play_deny,
+        referrers,
+        max_publishers,
+        max_viewers,
+        blocked_streams,
+        max_publish_bitrate,
+    })
+}
+
+fn check_server(s: &Server) -> Result<(), Invalid> {
+    check(
+        !s.listen.is_empty(),
+        &["server", "listen"],
+        "at least one address is needed",
+    )?;
+    for (key, d) in [
+        ("handshake_timeout", s.handshake_timeout),
+        ("connect_timeout", s.connect_timeout),
+        ("idle_timeout", s.idle_timeout),
+        ("drain_timeout", s.drain_timeout),
+    ] {
+        check(!d.is_zero(), &["server", key], "must be greater than zero")?;
+    }
+    check(
+        s.max_connections > 0,
+        &["server", "max_connections"],
+        "must be at least 1",
+    )
+}
+
+fn check_limits(l: &Limits) -> Result<(), Invalid> {
+    check(
+        (1..=CHUNK_SIZE_CAP).contains(&l.max_chunk_size),
+        &["limits", "max_chunk_size"],
+        "must be between 1 and 2147483647",
+    )?;
+    check(
+        (1..=MESSAGE_SIZE_CAP).contains(&l.max_message_size),
+        &["limits", "max_message_size"],
+        "must be between 1 and 16777215",
+    )?;
+    check(
+        (1..=l.max_message_size).contains(&l.max_command_size),
+        &["limits", "max_command_size"],
+        "must be between 1 and max_message_size",
+    )?;
+    check(
+        (1..=65_599).contains(&l.max_chunk_streams),
+        &["limits", "max_chunk_streams"],
+        "must be between 1 and 65599",
+    )?;
+    check(
+        (1..=MAX_AMF_DEPTH_CAP).contains(&l.max_amf_depth),
+        &["limits", "max_amf_depth"],
+        "must be between 1 and 256",
+    )?;
+
+    let p = &l.per_ip;
+    check(
+        p.ipv4_prefix <= 32,
+        &["limits", "per_ip", "ipv4_prefix"],
+        "must be between 0 and 32",
+    )?;
+    check(
+        p.ipv6_prefix <= 128,
+        &["limits", "per_ip", "ipv6_prefix"],
+        "must be between 0 and 128",
+    )?;
+    check(
+        p.connections_per_second > 0,
+        &["limits", "per_ip", "connections_per_second"],
+        "must be at least 1",
+    )?;
+    check(
+        p.burst > 0,
+        &["limits", "per_ip", "burst"],
+        "must be at least 1",
+    )?;
+    check(
+        p.max_concurrent > 0,
+        &["limits", "per_ip", "max_concurrent"],
+        "must be at least 1",
+    )?;
+    check(
+        p.max_tracked >= 16,
+        &["limits", "per_ip", "max_tracked"],
+        "must be at least 16",
+    )?;
+    check(
+        l.global.max_pending > 0,
+        &["limits", "global", "max_pending"],
+        "must be at least 1",
+    )?;
+    let sl = &l.session;
+    check(
+        sl.commands_per_second > 0,
+        &["limits", "session", "commands_per_second"],
+        "must be at least 1",
+    )?;
+    check(
+        sl.commands_burst > 0,
+        &["limits", "session", "commands_burst"],
+        "must be at least 1",
+    )?;
+    check(
+        sl.max_streams > 0,
+        &["limits", "session", "max_streams"],
+        "must be at least 1",
+    )
+}
+
+fn check_bans(b: &Bans) -> Result<(), Invalid> {
+    check(
+        b.threshold > 0,
+        &["bans", "threshold"],
+        "must be at least 1",
+    )?;
+    check(
+        !b.window.is_zero(),
+        &["bans", "window"],
+        "must be greater than zero",
+    )?;
+    check(
+        !b.duration.is_zero(),
+        &["bans", "duration"],
+        "must be greater than zero",
+    )?;
+    for reason in b.scores.keys() {
+        check(
+            crate::verdict::Reason::from_name(reason).is_some(),
+            &["bans", "scores", reason],
+            &format!("{reason:?} is not a block reason"),
+        )?;
+    }
+    Ok(())
+}
+
+fn check_upstreams(upstreams: &[Upstream]) -> Result<(), Invalid> {
+    for (i, u) in upstreams.iter().enumerate() {
+        let at = |key: &str| vec![seg("upstream"), PathSeg::Index(i), seg(key)];
+        check_at(!u.name.is_empty(), at("name"), "must not be empty")?;
+        check_at(
+            upstreams[..i].iter().all(|o| o.name != u.name),
+            at("name"),
+            &format!("upstream {:?} is defined twice", u.name),
+        )?;
+        check_at(
+            !u.servers.is_empty(),
+            at("servers"),
+            "at least one server is needed",
+        )?;
+        for server in &u.servers {
+            check_at(
+                has_port(server),
+                at("servers"),
+                &format!("{server:?} is not \"host:port\""),
+            )?;
+        }
+        check_at(
+            !u.connect_timeout.is_zero(),
+            at("connect_timeout"),
+            "must be greater than zero",
+        )?;
+    }
+    Ok(())
+}
+
+/// What can be checked of the apps before their secret files are read.
+fn check_apps(apps: &[raw::App], upstreams: &[Upstream]) -> Result<(), Invalid> {
+    for (i, a) in apps.iter().enumerate() {
+        let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
+        check_at(
+            !a.name.is_empty() && !a.name.contains(['?', '/']),
+            at("name"),
+            "must be a non-empty app name without '?' or '/'",
+        )?;
+        check_at(
+            apps[..i].iter().all(|o| o.name != a.name),
+            at("name"),
+            &format!("app {:?} is defined twice", a.name),
+        )?;
+        check_at(
+            upstreams.iter().any(|u| u.name == a.upstream),
+            at("upstream"),
+            &format!("no [[upstream]] is named {:?}", a.upstream),
+        )?;
+        let uses = |m: raw::AuthMode| a.publish == m || a.play == m;
+        check_at(
+            !uses(raw::AuthMode::Http) || a.http_auth.is_some(),
+            at("http_auth"),
+            HTTP_MODE_NEEDS_HTTP_AUTH,
+        )?;
+        if let Some(h) = &a.http_auth {
+            check_at(
+                h.url.starts_with("http://") && h.url.len() > 7,
+                at("http_auth"),
+                "url must be an http:// URL",
+            )?;
+            check_at(
+                !h.timeout.is_zero(),
+                at("http_auth"),
+                "timeout must be greater than zero",
+            )?;
+        }
+        check_at(
+            !uses(raw::AuthMode::Key) || !a.keys.is_empty() || a.keys_file.is_some(),
+            at("keys"),
+            "key mode needs keys or keys_file",
+        )?;
+        for glob in a.blocked_streams.iter().chain(&a.referrers) {
+            check_at(!glob.is_empty(), at("blocked_streams"), "empty glob")?;
+        }
+    }
+    Ok(())
+}
+
+fn check(ok: bool, path: &[&str], why: &str) -> Result<(), Invalid> {
+    check_at(ok, path.iter().map(|k| seg(k)).collect(), why)
+}
+
+fn check_at(ok: bool, path: Vec<PathSeg>, why: &str) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid {
+            path,
+            why: why.to_string(),
+        })
+    }
+}
+
+/// A path from the config, relative to the config file's directory.
+fn resolve(base: Option<&Path>, file: &Path) -> PathBuf {
+    match base {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_path_buf(),
+    }
+}
+
+fn has_port(server: &str) -> bool {
+    match server.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn err(text: &str) -> ConfigError {
+        match Config::parse(text, "test.toml") {
+            Ok(_) => panic!("config should have been refused:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_contract() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.server.listen, vec!["0.0.0.0:1935".parse().unwrap()]);
+        assert_eq!(c.server.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9935".parse().unwrap());
+        assert_eq!(c.upstreams[0].servers, vec!["127.0.0.1:1936"]);
+        assert_eq!(c.app("live").unwrap().upstream, "origin");
+    }
+
+    #[test]
+    fn omitted_keys_take_the_documented_defaults() {
+        let shipped = Config::embedded_default().unwrap();
+        let minimal = Config::parse("", "empty.toml").unwrap();
+        assert_eq!(
+            format!("{:?}", shipped.server),
+            format!("{:?}", minimal.server)
+        );
+        assert_eq!(
+            format!("{:?}", shipped.limits),
+            format!("{:?}", minimal.limits)
+        );
+        assert_eq!(shipped.metrics.listen, minimal.metrics.listen);
+    }
+
+    #[test]
+    fn a_non_loopback_admin_api_needs_a_token() {
+        let e = err("[metrics]\nlisten = \"127.0.0.1:1\"\n\n[admin]\nlisten = \"0.0.0.0:9936\"\n");
+        assert_eq!(e.line, Some(4), "the [admin] table: {e}");
+        assert_eq!(e.key.as_deref(), Some("admin.token_file"), "{e}");
+        assert!(Config::parse("[admin]\nlisten = \"127.0.0.1:9936\"\n", "t.toml").is_ok());
+        let e = err("[admin]\nlisten = \"[::1]:9936\"\ntoken_file = \"/nonexistent\"\n");
+        assert!(e.why.contains("cannot read"), "{e}");
+        let e = err("[admin]\nlisten = \"127.0.0.1:9936\"\ntokn_file = \"x\"\n");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err("[server]\nlisten = [\"127.0.0.1:1\"]\nhandshake_timout = \"5s\"\n");
+        assert_eq!(e.source, "test.toml");
+        assert_eq!(e.line, Some(3));
+        assert!(e.why.contains("handshake_timout"), "{e}");
+        assert!(e.to_string().starts_with("test.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let e = err("[servr]\nlisten = []\n");
+        assert_eq!(e.line, Some(1));
+        assert!(e.why.contains("servr"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let e = err("[server]\n\nidle_timeout = \"forever\"\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("server.idle_timeout"));
+        assert!(e.why.contains("forever"), "{e}");
+    }
+
+    #[test]
+    fn app_with_unknown_upstream_points_at_its_line() {
+        let text = "[[upstream]]\nname = \"a\"\nservers = [\"127.0.0.1:1\"]\n\n[[app]]\nname = \"live\"\nupstream = \"b\"\n";
+        let e = err(text);
+        assert_eq!(e.key.as_deref(), Some("app[0].upstream"));
+        assert_eq!(e.line, Some(7));
+        assert!(e.why.contains("\"b\""), "{e}");
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        assert_eq!(err("[limits]\nmax_chunk_size = 0\n").line, Some(2));
+        assert!(err("[limits]\nmax_chunk_size = 2147483648\n")
+            .why
+            .contains("2147483647"));
+        assert!(err("[limits]\nmax_amf_depth = 100000\n")
+            .why
+            .contains("256"));
+        assert!(err("[limits]\nmax_message_size = 16777216\n")
+            .why
+            .contains("16777215"));
+        assert!(err("[limits]\nmax_chunk_size = -1\n").key.is_some());
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_key() {
+        let e = err("[server]\nmax_connections = \"many\"\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("server.max_connections"));
+    }
+
+    #[test]
+    fn upstream_servers_need_a_port() {
+        let e = err("[[upstream]]\nname = \"a\"\nservers = [\"origin.example\"]\n");
+        assert_eq!(e.key.as_deref(), Some("upstream[0].servers"));
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn abuse_limits_and_access_rules_parse() {
+        let c = Config::parse(
+            "[server]\nmode = \"dry_run\"\n[access]\ndeny = [\"203.0.113.0/24\", \"2001:db8::1\"]\n\
+             [limits.per_ip]\nipv6_prefix = 48\n[bans.scores]\nunknown_app = 7\n\
+             [proxy_protocol]\ntrusted = [\"10.0.0.0/8\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.server.mode, Mode::DryRun);
+        assert_eq!(c.access.deny[1].to_string(), "2001:db8::1/128");
+        assert_eq!(c.limits.per_ip.ipv6_prefix, 48);
+        assert_eq!(c.limits.per_ip.connections_per_second, 5);
+        assert_eq!(c.bans.scores.get("unknown_app"), Some(&7));
+        assert_eq!(c.proxy_protocol.trusted.len(), 1);
+    }
+
+    #[test]
+    fn bad_cidrs_and_scores_are_located() {
+        let e = err("[access]\ndeny = [\"10.0.0.0/33\"]\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("access.deny"));
+        let e = err("[bans.scores]\nno_such_reason = 1\n");
+        assert_eq!(e.key.as_deref(), Some("bans.scores.no_such_reason"));
+        assert_eq!(e.line, Some(2));
+        let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\nproxy_protocol = \"v3\"\n");
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn bitrates_parse_with_units() {
+        assert_eq!(parse_bitrate("20Mbit"), Ok(20_000_000));
+        assert_eq!(parse_bitrate("500kbit"), Ok(500_000));
+        assert_eq!(parse_bitrate("1.5Gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_bitrate("64000"), Ok(64_000));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_bitrate("-2Mbit").is_err());
+    }
+
+    #[test]
+    fn keys_file_errors_name_their_line() {
+        assert_eq!(
+            parse_keys_file("# keys\ncam1 = s1\n\ncam2 = s2 # trailing\n")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(parse_keys_file("cam1 = a\ncam2\n").unwrap_err().0, 2);
+        assert_eq!(parse_keys_file("cam1 = a\n\ncam1 = b\n").unwrap_err().0, 3);
+        assert_eq!(parse_keys_file("cam 1 = a\n").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn app_auth_defaults_and_secrets_stay_hidden() {
+        let c = Config::parse(
+            "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n\
+             publish = \"key\"\nkeys = { cam1 = \"hunter2\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let app = c.app("live").unwrap();
+        assert!(
+            matches!(
+                (&app.publish, &app.play),
+                (AuthMode::Key { keys }, AuthMode::None) if keys.len() == 1
+            ),
+            "{app:?}"
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\nplay = \"token\"\n");
+        assert!(e.why.contains("token_secret_file"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_duration("5").is_err());
+    }
+}
