@@ -46,7 +46,7 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Relays a routed, connected session to its end, and logs how it ended.
 pub async fn run(
     ctx: &Ctx,
-    mut client: Connection<TcpStream>,
+    client: &mut Connection<TcpStream>,
     origin: Origin,
     route: &Route<'_>,
     connect: Connect,
@@ -337,7 +337,20 @@ impl Relay<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut buf = std::mem::take(&mut dir.pending);
-        let mut pos = std::mem::take(&mut dir.inspected);
+        let judged = std::mem::take(&mut dir.inspected).min(buf.len());
+        // What was judged before the relay (the client's `connect`) goes
+        // first, whatever the client sent after it.
+        if judged > 0 {
+            if self
+                .forward(&mut writer, buf.get(..judged).unwrap_or_default(), flow)
+                .await
+                .is_err()
+            {
+                return PumpEnd::Write;
+            }
+            buf.drain(..judged);
+        }
+        let mut pos = 0;
         buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
         loop {
             if buf.is_empty() {
@@ -370,18 +383,29 @@ impl Relay<'_> {
                     }
                 }
             }
-            flow.writing.store(true, Ordering::Relaxed);
-            if writer.write_all(&buf).await.is_err() {
+            if self.forward(&mut writer, &buf, flow).await.is_err() {
                 return PumpEnd::Write;
             }
-            flow.writing.store(false, Ordering::Relaxed);
-            let n = buf.len() as u64;
-            flow.moved.fetch_add(n, Ordering::Relaxed);
-            flow.counter.inc_by(n);
-            self.activity.touch();
             buf.clear();
             pos = 0;
         }
+    }
+
+    /// Writes judged bytes on, and counts them.
+    async fn forward<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        bytes: &[u8],
+        flow: &Flow<'_>,
+    ) -> std::io::Result<()> {
+        flow.writing.store(true, Ordering::Relaxed);
+        writer.write_all(bytes).await?;
+        flow.writing.store(false, Ordering::Relaxed);
+        let n = bytes.len() as u64;
+        flow.moved.fetch_add(n, Ordering::Relaxed);
+        flow.counter.inc_by(n);
+        self.activity.touch();
+        Ok(())
     }
 
     /// Parses `buf` from `*pos` to its end, judging every kept message.

@@ -49,27 +49,29 @@ pub async fn run(
         local,
         accepted: Instant::now(),
     };
-    let conn = Connection::new(socket);
-    if let Err(Stop::Blocked(block)) = stages(&mut ctx, conn, start).await {
+    let mut conn = Connection::new(socket);
+    if let Err(Stop::Blocked(block)) = stages(&mut ctx, &mut conn, start).await {
         ctx.refuse(&block);
     }
+    // The socket closes only now, after the refusal is counted and logged.
+    drop(conn);
 }
 
 /// The pipeline. The admission ticket is held until the session ends.
-async fn stages(ctx: &mut Ctx, mut conn: Connection<TcpStream>, start: Start) -> Result<(), Stop> {
+async fn stages(ctx: &mut Ctx, conn: &mut Connection<TcpStream>, start: Start) -> Result<(), Stop> {
     let mut ticket = match start {
         Start::Admitted(ticket) => ticket,
-        Start::ProxyHeader(slot) => admit::behind_proxy(ctx, &mut conn, slot).await?,
+        Start::ProxyHeader(slot) => admit::behind_proxy(ctx, conn, slot).await?,
     };
     let ctx = &*ctx;
-    handshake::run(ctx, &mut conn).await?;
+    handshake::run(ctx, conn).await?;
     ctx.guard
         .metrics
         .handshake_duration
         .observe(ctx.accepted.elapsed().as_secs_f64());
-    let connect = connect::read(ctx, &mut conn).await?;
-    let route = connect::route(ctx, &mut conn, &connect.request).await?;
+    let connect = connect::read(ctx, conn).await?;
+    let route = connect::route(ctx, conn, &connect.request).await?;
     ticket.connected();
-    let origin = upstream::open(ctx, &mut conn, &route, connect.request.transaction_id).await?;
+    let origin = upstream::open(ctx, conn, &route, connect.request.transaction_id).await?;
     relay::run(ctx, conn, origin, &route, connect).await
 }
