@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::admit::Admission;
+use crate::admit::admission::Admission;
 use crate::audit::Audit;
 use crate::callback::Callbacks;
 use crate::config::Config;

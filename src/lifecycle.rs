@@ -1,12 +1,10 @@
-//! The guard's life after start: reloading the config, restoring the
-//! operator's remedies from the state file, and draining on SIGTERM.
+//! Reloading the config while the guard runs: validate the whole file,
+//! then swap it in for new connections.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::guard::Guard;
-use crate::server::Running;
 
 /// Reads and validates the whole config file, then swaps it in. New
 /// connections use it at once; live sessions keep the one they began with.
@@ -86,27 +84,4 @@ fn resize(guard: &Guard, old: usize, new: usize) {
             });
         }
     }
-}
-
-/// Stops accepting, lets live sessions go on for up to `timeout`, then
-/// returns (the caller exits, closing what is left).
-pub async fn drain(running: &Running, timeout: Duration) {
-    running.stop_accepting().await;
-    let guard = &running.guard;
-    tracing::info!(
-        event = "draining",
-        connections = guard.open.get(),
-        timeout_seconds = timeout.as_secs(),
-        "draining"
-    );
-    let _ = tokio::time::timeout(timeout, guard.open.all_closed()).await;
-    let left = guard.open.get();
-    if left > 0 {
-        tracing::warn!(
-            event = "drain_timeout",
-            connections = left,
-            "drain timeout: closing the sessions left"
-        );
-    }
-    guard.audit.flush();
 }

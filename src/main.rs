@@ -185,7 +185,7 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
         );
         serve_signals(&running).await;
         let drain = running.guard.config().server.drain_timeout;
-        rtmp_guard::lifecycle::drain(&running, drain).await;
+        running.drain(drain).await;
         tracing::info!(event = "stopping", "rtmp-guard stopping");
         running.stop();
         ExitCode::SUCCESS

@@ -55,6 +55,29 @@ impl Running {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Stops accepting, lets live sessions go on for up to `timeout`, then
+    /// returns (the caller exits, closing what is left).
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        self.stop_accepting().await;
+        let guard = &self.guard;
+        tracing::info!(
+            event = "draining",
+            connections = guard.open.get(),
+            timeout_seconds = timeout.as_secs(),
+            "draining"
+        );
+        let _ = tokio::time::timeout(timeout, guard.open.all_closed()).await;
+        let left = guard.open.get();
+        if left > 0 {
+            tracing::warn!(
+                event = "drain_timeout",
+                connections = left,
+                "drain timeout: closing the sessions left"
+            );
+        }
+        guard.audit.flush();
+    }
+
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::admit::{self, PendingSlot, Ticket};
+use crate::admit;
+use crate::admit::admission::{PendingSlot, Ticket};
 use crate::config::Config;
 use crate::connection::{ClientAddr, Connection};
 use crate::context::{Ctx, Stop};

@@ -5,7 +5,7 @@
 //! PROXY header has named it. Either way the decision is [`Admission`]'s;
 //! this stage turns a refusal into a report.
 
-mod admission;
+pub mod admission;
 pub mod bans;
 pub mod prefix;
 pub mod table;
@@ -15,8 +15,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout_at;
 
-pub use admission::{Admission, NewBan, PendingSlot, Ticket};
-
+use self::admission::{PendingSlot, Ticket};
 use crate::config::{Config, Mode};
 use crate::connection::{ClientAddr, Connection, Gone};
 use crate::context::{Ctx, Stop};
