@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rtmp_guard::rtmp::amf0::{write, Amf0Value};
+use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::{basic_header, ChunkWriter};
 use rtmp_guard::rtmp::chunk::MessageHeader;
 
@@ -123,7 +123,8 @@ fn announce(csid: u32, type_id: u8, length: u32) -> Vec<u8> {
 
 /// A connect whose payload is these raw AMF bytes after name and id.
 fn connect_with_raw_object(object: &[u8]) -> Vec<u8> {
-    let mut payload = write::all(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)]);
+    let mut payload = amf0::encode(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)])
+        .expect("encodable");
     payload.extend_from_slice(object);
     let mut out = Vec::new();
     ChunkWriter::new().write(&mut out, &cmd_header(payload.len()), &payload);
@@ -135,7 +136,7 @@ fn nested_objects(depth: usize) -> Vec<u8> {
     for _ in 0..depth {
         v = Amf0Value::Object(vec![("x".into(), v)]);
     }
-    write::all(&[v])
+    amf0::encode(&[v]).expect("encodable")
 }
 
 /// Every case. `app` is a configured app, so only the abuse is refused.
@@ -240,7 +241,7 @@ pub fn cases() -> Vec<Case> {
         ),
         violation(
             "connect_nesting_12000_strict_arrays",
-            connect_with_raw_object(&write::nested_strict_arrays(12_000)),
+            connect_with_raw_object(&amf0::nested_strict_arrays(12_000)),
         ),
         violation("amf_truncated_string", truncated_string),
         violation("amf_unknown_marker", connect_with_raw_object(&[0x42, 0, 0])),
@@ -264,7 +265,8 @@ pub fn cases() -> Vec<Case> {
         }),
         violation("data_before_connect", {
             let mut out = Vec::new();
-            let payload = write::all(&[Amf0Value::String("@setDataFrame".into())]);
+            let payload =
+                amf0::encode(&[Amf0Value::String("@setDataFrame".into())]).expect("encodable");
             ChunkWriter::new().write(
                 &mut out,
                 &MessageHeader {
