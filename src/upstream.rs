@@ -22,7 +22,6 @@ pub struct Connected {
     pub stream: TcpStream,
     /// Bytes the server sent after S2: the start of its chunk stream.
     pub leftover: Vec<u8>,
-    pub server: String,
 }
 
 /// Why no server of an upstream could be used.
@@ -66,11 +65,7 @@ pub async fn connect(
                 metrics
                     .upstream_connect_duration
                     .observe(started.elapsed().as_secs_f64());
-                return Ok(Connected {
-                    stream,
-                    leftover,
-                    server: server.clone(),
-                });
+                return Ok(Connected { stream, leftover });
             }
             Ok(Err(failure)) => failure,
             Err(_) => Unreachable {

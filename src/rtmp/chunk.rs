@@ -224,7 +224,6 @@ pub struct ChunkParser {
     /// Bytes held in `kept` buffers of unfinished messages, all csids.
     buffered: usize,
     bytes: u64,
-    messages_started: u64,
     media_started: u64,
 }
 
@@ -240,7 +239,6 @@ impl ChunkParser {
             returned: None,
             buffered: 0,
             bytes: 0,
-            messages_started: 0,
             media_started: 0,
         }
     }
@@ -253,11 +251,6 @@ impl ChunkParser {
     /// Bytes consumed so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    /// Messages whose first chunk header has been read.
-    pub fn messages_started(&self) -> u64 {
-        self.messages_started
     }
 
     /// Audio, video and other pass-through messages started so far.
@@ -457,7 +450,6 @@ impl ChunkParser {
             MessageClass::Media => self.media_started += 1,
             _ => {}
         }
-        self.messages_started += 1;
         stream.remaining = length;
         stream.kept.clear();
         Ok(())
