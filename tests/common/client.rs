@@ -5,10 +5,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use rtmp_guard::config::Limits;
 use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
-use rtmp_guard::rtmp::chunk::{ChunkLimits, ChunkParser, MessageHeader};
+use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader};
 use rtmp_guard::rtmp::command;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
@@ -195,7 +194,7 @@ pub fn connect_bytes(app: &str) -> Vec<u8> {
 
 /// Decodes the commands in bytes the guard sent (its replies).
 pub fn commands_in(bytes: &[u8]) -> Vec<command::Command> {
-    let mut parser = ChunkParser::new(ChunkLimits::from(&Limits::default()));
+    let mut parser = ChunkParser::new(super::config::chunk_limits());
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {

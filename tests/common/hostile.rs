@@ -11,6 +11,7 @@ use rtmp_guard::rtmp::chunk::writer::{basic_header, ChunkWriter};
 use rtmp_guard::rtmp::chunk::MessageHeader;
 
 use super::client::{cmd_header, command_bytes, connect_values, Closed, RawClient};
+use super::config::GuardConfig;
 
 /// Timeouts and limits the hostile set expects the guard to run with.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,17 +21,18 @@ pub const MAX_COMMAND_SIZE: u32 = 65_536;
 pub const MAX_CHUNK_SIZE: u32 = 65_536;
 pub const MAX_CHUNK_STREAMS: usize = 64;
 
-/// The `[server]` and `[limits]` tables for those values. The set comes
-/// from one address all at once, so the per-address rate limit and the
-/// learning bans are turned off: each case must get its own reason.
-pub fn config_tables(listen: SocketAddr) -> String {
-    format!(
-        "[server]\nlisten = [\"{listen}\"]\nhandshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\n\
-         idle_timeout = \"30s\"\n\n[limits]\nmax_message_size = {MAX_MESSAGE_SIZE}\n\
-         max_command_size = {MAX_COMMAND_SIZE}\nmax_chunk_size = {MAX_CHUNK_SIZE}\n\
-         max_chunk_streams = {MAX_CHUNK_STREAMS}\nmax_amf_depth = 32\n\n\
-         [limits.per_ip]\nconnections_per_second = 1000\nburst = 1000\n\n[bans]\nauto = false\n"
-    )
+/// A guard config with those timeouts and limits. The set comes from one
+/// address all at once, so the per-address rate limit and the learning
+/// bans are turned off: each case must get its own reason.
+pub fn guard_config() -> GuardConfig {
+    GuardConfig::new()
+        .server("handshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\nidle_timeout = \"30s\"")
+        .tables(&format!(
+            "[limits]\nmax_message_size = {MAX_MESSAGE_SIZE}\n\
+             max_command_size = {MAX_COMMAND_SIZE}\nmax_chunk_size = {MAX_CHUNK_SIZE}\n\
+             max_chunk_streams = {MAX_CHUNK_STREAMS}\nmax_amf_depth = 32\n\n\
+             [limits.per_ip]\nconnections_per_second = 1000\nburst = 1000\n\n[bans]\nauto = false\n"
+        ))
 }
 
 /// What the client does.
