@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::{connect_bytes, connect_from};
+use common::config::GuardConfig;
 use common::procs::{rss_kib, GuardProc, Proc};
 use rtmp_guard::proxy_protocol;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
@@ -150,19 +151,16 @@ fn reject_rate() {
     println!(
         "\n== rejection rate: {THREADS} client threads, {ROUNDS} rounds of {ROUND:?}, alternated"
     );
-    let config = |listen: SocketAddr, audit: &str| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n[access]\ndeny = [\"127.0.1.0/24\"]\n\
-             [limits.per_ip]\nconnections_per_second = 1\nburst = 1\n\
-             [bans]\nthreshold = 1\n{audit}"
-        )
-    };
-    let guard = GuardProc::start(move |listen| config(listen, ""));
+    let config = GuardConfig::new().tables(
+        "[access]\ndeny = [\"127.0.1.0/24\"]\n\
+         [limits.per_ip]\nconnections_per_second = 1\nburst = 1\n\
+         [bans]\nthreshold = 1\n",
+    );
+    let guard = GuardProc::start(config.clone());
     // The same guard with the audit log on: one more JSON line per refusal.
     let audit_dir = tempfile::tempdir().expect("temp dir");
     let audit_path = audit_dir.path().join("audit.jsonl");
-    let audit_conf = format!("[audit]\npath = \"{}\"\n", audit_path.display());
-    let audited = GuardProc::start(move |listen| config(listen, &audit_conf));
+    let audited = GuardProc::start(config.audit(&audit_path));
     let (haproxy, hap_addr) = haproxy_reject();
     // Ban 127.0.2.x: one HTTP request each (not_rtmp scores 5, the
     // threshold is 1).
@@ -279,13 +277,15 @@ fn unknown_app_client(target: SocketAddr, source: &str, connect: &[u8]) -> bool 
 
 fn bad_client_cost() {
     println!("\n== full cost of a bad client: handshake + connect + unknown_app");
-    let guard = GuardProc::start(|listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n[limits.per_ip]\nconnections_per_second = 1000000\n\
-             burst = 1000000\n[bans]\nauto = false\n[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:9\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"o\"\n"
-        )
-    });
+    let guard = GuardProc::start(
+        GuardConfig::new()
+            .tables(
+                "[limits.per_ip]\nconnections_per_second = 1000000\nburst = 1000000\n\
+                 [bans]\nauto = false\n",
+            )
+            .origin("127.0.0.1:9")
+            .app("live", ""),
+    );
     let connect = Arc::new(connect_bytes("nope"));
     let mut per_core = Vec::new();
     for round in 0..ROUNDS {
@@ -312,11 +312,9 @@ fn bad_client_cost() {
 fn address_spray() {
     const ADDRESSES: u64 = 1_000_000;
     println!("\n== address-table memory: {ADDRESSES} distinct sources via PROXY v2");
-    let guard = GuardProc::start(|listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n[proxy_protocol]\ntrusted = [\"127.0.0.0/8\"]\n"
-        )
-    });
+    let guard = GuardProc::start(
+        GuardConfig::new().tables("[proxy_protocol]\ntrusted = [\"127.0.0.0/8\"]"),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let idle = rss_kib(guard.pid()).unwrap_or(0);
     let next = Arc::new(AtomicU64::new(0));

@@ -29,8 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::client::{command_bytes, command_on, connect_values, status_code};
+use common::config::GuardConfig;
 use common::procs::{GuardProc, Nginx, Proc};
-use rtmp_guard::config::Limits;
 use rtmp_guard::policy::token;
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::rtmp::chunk::ChunkParser;
@@ -122,15 +122,12 @@ fn main() {
 
 /// A guard binary in front of `origin` whose app `live` has `play_lines`.
 fn guard(origin: SocketAddr, play_lines: &str) -> GuardProc {
-    let play_lines = play_lines.to_string();
-    GuardProc::start(move |rtmp| {
-        format!(
-            "[server]\nlisten = [\"{rtmp}\"]\n\n\
-             [limits.per_ip]\nconnections_per_second = 100000\nburst = 100000\n\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"deny\"\n{play_lines}"
-        )
-    })
+    GuardProc::start(
+        GuardConfig::new()
+            .tables("[limits.per_ip]\nconnections_per_second = 100000\nburst = 100000")
+            .origin(origin)
+            .app("live", &format!("publish = \"deny\"\n{play_lines}")),
+    )
 }
 
 /// ffmpeg publishing video only, every frame a key frame, straight to nginx.
@@ -185,7 +182,7 @@ fn first_frames(addr: SocketAddr, name: &str) -> Option<(f64, f64)> {
             break buf[step.consumed..n].to_vec();
         }
     };
-    let mut parser = ChunkParser::new(Limits::default().chunk_limits());
+    let mut parser = ChunkParser::new(common::config::chunk_limits());
     let mut play_start = None;
     loop {
         let mut pos = 0;

@@ -200,7 +200,7 @@ fn before_connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtmp::amf0::{write, Amf0Value as V};
+    use crate::rtmp::amf0::{encode, Amf0Value as V};
     use crate::rtmp::chunk::writer::ChunkWriter;
     use crate::rtmp::chunk::MessageHeader;
     use tokio::io::AsyncWriteExt;
@@ -210,7 +210,7 @@ mod tests {
     }
 
     fn command(values: &[V]) -> Vec<u8> {
-        let payload = write::all(values);
+        let payload = encode(values).expect("encodable");
         let header = MessageHeader {
             csid: 3,
             timestamp: 0,

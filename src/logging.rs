@@ -8,7 +8,7 @@
 //! write(2).
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -161,40 +161,17 @@ pub fn push_escaped(out: &mut String, s: &str) {
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-27T23:22:45.123456Z`.
+/// A clock outside what RFC 3339 can write (before 1970, after 9999) is
+/// shown at the nearest end.
 pub fn push_timestamp(out: &mut String, now: SystemTime) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    );
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's civil_from_days).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let latest = UNIX_EPOCH + Duration::from_micros(253_402_300_799_999_999);
+    let now = now.clamp(UNIX_EPOCH, latest);
+    let _ = write!(out, "{}", humantime::format_rfc3339_micros(now));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
@@ -207,6 +184,12 @@ mod tests {
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!(s, "2000-02-29T00:00:00.000000Z");
+        let mut s = String::new();
+        push_timestamp(&mut s, UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(s, "1970-01-01T00:00:00.000000Z");
+        let mut s = String::new();
+        push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(253_402_300_800));
+        assert_eq!(s, "9999-12-31T23:59:59.999999Z");
     }
 
     #[test]

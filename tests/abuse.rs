@@ -9,23 +9,26 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::client::{command_bytes, connect_bytes, Closed, RawClient};
+use common::config::GuardConfig;
 use common::origin::Harness;
 use rtmp_guard::proxy_protocol::{self, Header};
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::verdict::{Reason, Stage};
 
-/// A guard with `tables` (TOML) in front of a test origin.
+/// Short handshake and connect deadlines, `tables` (TOML), and app `live`
+/// in front of the test origin.
+fn config(origin: SocketAddr, tables: &str) -> GuardConfig {
+    GuardConfig::new()
+        .server("handshake_timeout = \"2s\"\nconnect_timeout = \"2s\"")
+        .tables(tables)
+        .origin(origin)
+        .origin_connect_timeout("1s")
+        .live()
+}
+
+/// A guard on `config(origin, tables)`.
 fn guard(tables: &str) -> Harness {
-    let tables = tables.to_string();
-    Harness::with_config(move |origin: SocketAddr| {
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nhandshake_timeout = \"2s\"\nconnect_timeout = \"2s\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n{tables}\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nconnect_timeout = \"1s\"\n{}\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
-            if tables.contains("#proxy-out") { "proxy_protocol = \"v2\"" } else { "" }
-        )
-    })
+    Harness::with_config(|origin| config(origin, tables))
 }
 
 fn closed_at_once(c: &mut RawClient) -> bool {
@@ -93,11 +96,14 @@ fn a_connection_flood_is_rate_limited_then_banned_and_others_are_untouched() {
         count(&h, Stage::Accept, Reason::Banned),
         30 - 10 - admitted()
     );
-    assert!(h
-        .guard
-        .guard
-        .admission
-        .is_banned("127.0.0.7".parse().unwrap(), std::time::Instant::now()));
+    // Banned now: its /32 (the default prefix) is in the ban list, unexpired.
+    let now = std::time::Instant::now();
+    let bans = h.guard.guard.admission.bans().list();
+    assert!(
+        bans.iter()
+            .any(|(prefix, ban)| prefix.to_string() == "127.0.0.7/32" && ban.until > now),
+        "{bans:?}"
+    );
     h.guard.guard.publish_gauges();
     assert_eq!(m.bans_active.get(), 1);
     let text = m.render();
@@ -226,14 +232,15 @@ fn create_stream_past_max_streams_is_refused() {
 #[test]
 fn dry_run_counts_what_it_would_block_and_blocks_nothing() {
     let h = Harness::with_config(|origin| {
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nmode = \"dry_run\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [access]\ndeny = [\"127.0.0.18/32\"]\n\
-             [limits.per_ip]\nconnections_per_second = 1\nburst = 2\n\
-             [limits.session]\ncommands_per_second = 1\ncommands_burst = 1\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
-        )
+        GuardConfig::new()
+            .server("mode = \"dry_run\"")
+            .tables(
+                "[access]\ndeny = [\"127.0.0.18/32\"]\n\
+                 [limits.per_ip]\nconnections_per_second = 1\nburst = 2\n\
+                 [limits.session]\ncommands_per_second = 1\ncommands_burst = 1\n",
+            )
+            .origin(origin)
+            .live()
     });
     let mut clients = Vec::new();
     for i in 0..6 {
@@ -265,9 +272,14 @@ fn dry_run_counts_what_it_would_block_and_blocks_nothing() {
 
 #[test]
 fn trusted_proxy_header_names_the_client_for_rules_and_for_the_origin() {
-    let h = guard(
-        "[proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\n[access]\ndeny = [\"198.51.100.0/24\"]\n#proxy-out\n",
-    );
+    // The guard sends the origin PROXY v2 headers of its own.
+    let h = Harness::with_config(|origin| {
+        config(
+            origin,
+            "[proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\n[access]\ndeny = [\"198.51.100.0/24\"]\n",
+        )
+        .origin_proxy_protocol("v2")
+    });
     let real: SocketAddr = "192.0.2.7:40000".parse().unwrap();
     let front: SocketAddr = "203.0.113.1:1935".parse().unwrap();
     // v2 from the trusted peer: admitted as 192.0.2.7, and the origin is

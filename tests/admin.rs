@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::client::{commands_in, status_code, Closed, RawClient};
+use common::config::GuardConfig;
 use common::origin::{Harness, TestOrigin};
 use common::{http, wait_for};
 use rtmp_guard::config::Config;
@@ -15,21 +16,17 @@ use rtmp_guard::verdict::{Reason, Stage};
 
 const TOKEN: &str = "an-admin-token-of-some-length";
 
-/// The config for one test: admin API with a token, state and audit files
-/// in `dir`, app `live` in front of `origin`; `extra` is appended.
-fn config_text(dir: &Path, origin: SocketAddr, extra: &str) -> String {
+/// The config for one test: admin API with a token (written here), state
+/// and audit files in `dir`, app `live` in front of `origin`.
+fn config(dir: &Path, origin: SocketAddr) -> GuardConfig {
     let token = dir.join("admin.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\
-         [state]\npath = \"{}\"\n[audit]\npath = \"{}\"\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n{extra}",
-        token.display(),
-        dir.join("state.json").display(),
-        dir.join("audit.jsonl").display(),
-    )
+    GuardConfig::new()
+        .admin("127.0.0.1:0", &token)
+        .state(&dir.join("state.json"))
+        .audit(&dir.join("audit.jsonl"))
+        .origin(origin)
+        .live()
 }
 
 struct Admin {
@@ -40,8 +37,7 @@ struct Admin {
 impl Admin {
     fn start() -> Admin {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_path_buf();
-        let h = Harness::with_config(move |origin| config_text(&path, origin, ""));
+        let h = Harness::with_config(|origin| config(dir.path(), origin));
         Admin { h, dir }
     }
 
@@ -296,7 +292,7 @@ fn start_from_file(
         .unwrap();
     let path = dir.join("rtmp-guard.toml");
     if !path.exists() {
-        std::fs::write(&path, config_text(dir, origin, "")).unwrap();
+        std::fs::write(&path, config(dir, origin).build()).unwrap();
     }
     let config = Config::load(&path).unwrap();
     let running = rt
@@ -371,11 +367,9 @@ fn reload_applies_a_valid_file_and_a_broken_one_changes_nothing() {
     live.open_stream("live", "publish", "cam1");
 
     // Deny loopback: new connections are refused, the live one stays.
-    let text = config_text(
-        dir.path(),
-        origin.addr,
-        "[access]\ndeny = [\"127.0.0.0/8\"]\n",
-    );
+    let text = config(dir.path(), origin.addr)
+        .tables("[access]\ndeny = [\"127.0.0.0/8\"]\n")
+        .build();
     std::fs::write(&path, text).unwrap();
     let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
     assert_eq!(status, 200, "{body}");

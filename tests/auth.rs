@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::client::{commands_in, status_code, Closed, RawClient};
+use common::config::GuardConfig;
 use common::origin::Harness;
 use rtmp_guard::verdict::{Reason, Stage};
 
@@ -17,15 +17,20 @@ fn harness() -> (Harness, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("s");
     std::fs::write(&secret, SECRET).unwrap();
-    let secret = secret.display().to_string();
-    let h = Harness::with_config(move |origin: SocketAddr| {
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n\
-             publish_allow = [\"127.0.0.31/32\"]\nplay_deny = [\"127.0.0.32/32\"]\n\
-             [[app]]\nname = \"tok\"\nupstream = \"origin\"\nplay = \"token\"\ntoken_secret_file = \"{secret}\"\n"
-        )
+    let h = Harness::with_config(|origin| {
+        GuardConfig::new()
+            .origin(origin)
+            .app(
+                "live",
+                "publish = \"none\"\npublish_allow = [\"127.0.0.31/32\"]\nplay_deny = [\"127.0.0.32/32\"]",
+            )
+            .app(
+                "tok",
+                &format!(
+                    "play = \"token\"\ntoken_secret_file = \"{}\"",
+                    secret.display()
+                ),
+            )
     });
     (h, dir)
 }

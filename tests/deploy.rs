@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::{connect_bytes, Closed, RawClient};
+use common::config::GuardConfig;
 use common::have_tools;
 use common::origin::Harness;
 use rtmp_guard::config::Config;
@@ -121,7 +122,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_metric_in_the_alerts_and_the_dashboard_is_exported() {
-    let h = Harness::new("");
+    let h = Harness::new();
     let exported = h.guard.guard.metrics.render();
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/rtmp-guard.json")).expect("dashboard is JSON");
@@ -176,14 +177,11 @@ fn the_fail2ban_filter_matches_client_caused_refusals_in_a_real_audit_log() {
     }
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let audit_path = audit.display().to_string();
-    let h = Harness::with_config(move |origin| {
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [audit]\npath = \"{audit_path}\"\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
-        )
+    let h = Harness::with_config(|origin| {
+        GuardConfig::new()
+            .audit(&audit)
+            .origin(origin)
+            .app("live", "")
     });
     // Three unknown apps from 127.0.0.9 (client-caused) ...
     for _ in 0..3 {

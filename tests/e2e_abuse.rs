@@ -10,21 +10,20 @@ mod common;
 use std::time::Duration;
 
 use common::client::{command_bytes, connect_bytes, Closed, RawClient};
+use common::config::GuardConfig;
 use common::flood::{self, Mode};
-use common::procs::{ffmpeg_publish, origin_tables, wait_exit, GuardProc, Haproxy, Nginx};
+use common::procs::{ffmpeg_publish, wait_exit, GuardProc, Haproxy, Nginx};
 use common::{blocked_sample, have_tools, wait_for};
 use rtmp_guard::rtmp::amf0::Amf0Value;
 
 /// Guard settings for the flood tests: short handshake deadlines, and the
 /// default per-address limits and bans.
-fn flood_guard(nginx: &Nginx, extra: &'static str) -> GuardProc {
-    let origin = nginx.rtmp;
-    GuardProc::start(move |listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\nhandshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\n{extra}\n{}",
-            origin_tables(origin)
-        )
-    })
+fn flood_config(nginx: &Nginx) -> GuardConfig {
+    GuardConfig::new()
+        .server("handshake_timeout = \"2s\"\nconnect_timeout = \"3s\"")
+        .origin(nginx.rtmp)
+        .origin_connect_timeout("3s")
+        .live()
 }
 
 /// In dry run the same kind of flood is counted, not refused at accept.
@@ -34,7 +33,7 @@ fn dry_run_flood_is_counted_not_blocked() {
         return;
     }
     let nginx = Nginx::start("");
-    let guard = flood_guard(&nginx, "mode = \"dry_run\"");
+    let guard = GuardProc::start(flood_config(&nginx).server("mode = \"dry_run\""));
     let stats = flood::run(
         guard.rtmp,
         "127.0.0.6",
@@ -83,15 +82,13 @@ fn proxy_protocol_through_haproxy_to_nginx() {
         return;
     }
     let nginx = Nginx::start_with("", " proxy_protocol");
-    let origin = nginx.rtmp;
-    let guard = GuardProc::start(move |listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n[proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\n\
-             [access]\ndeny = [\"127.0.0.21/32\"]\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nproxy_protocol = \"v1\"\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
-        )
-    });
+    let guard = GuardProc::start(
+        GuardConfig::new()
+            .tables("[proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\n[access]\ndeny = [\"127.0.0.21/32\"]")
+            .origin(nginx.rtmp)
+            .origin_proxy_protocol("v1")
+            .live(),
+    );
     let haproxy = Haproxy::start(guard.rtmp);
 
     // A publisher at 127.0.0.20, through HAProxy and the guard.
@@ -155,7 +152,8 @@ fn command_flood_is_closed_and_ffmpeg_is_not() {
         return;
     }
     let nginx = Nginx::start("");
-    let guard = flood_guard(&nginx, "[limits.session]\nmax_streams = 1000");
+    let guard =
+        GuardProc::start(flood_config(&nginx).tables("[limits.session]\nmax_streams = 1000"));
     let url = format!("rtmp://{}/live/cmd", guard.rtmp);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("publish.log");

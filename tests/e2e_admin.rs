@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::client::{Closed, RawClient};
+use common::config::GuardConfig;
 use common::procs::{
     ffmpeg_play, ffmpeg_play_background, ffmpeg_publish, wait_exit, GuardProc, Nginx,
 };
@@ -24,22 +25,16 @@ fn guard(nginx: &Nginx, dir: &Path, server_extra: &str) -> (GuardProc, SocketAdd
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let token = dir.join("admin.token");
     std::fs::write(&token, TOKEN).unwrap();
-    let config = guard_config(nginx.rtmp, dir, admin, server_extra);
-    let g = GuardProc::start(move |listen| config.replace("LISTEN", &listen.to_string()));
+    let g = GuardProc::start(
+        GuardConfig::new()
+            .server(server_extra)
+            .admin(admin, &token)
+            .state(&dir.join("state.json"))
+            .audit(&dir.join("audit.jsonl"))
+            .origin(nginx.rtmp)
+            .live(),
+    );
     (g, admin)
-}
-
-fn guard_config(origin: SocketAddr, dir: &Path, admin: SocketAddr, server_extra: &str) -> String {
-    format!(
-        "[server]\nlisten = [\"LISTEN\"]\n{server_extra}\n\
-         [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
-         [state]\npath = \"{}\"\n[audit]\npath = \"{}\"\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
-        dir.join("admin.token").display(),
-        dir.join("state.json").display(),
-        dir.join("audit.jsonl").display(),
-    )
 }
 
 fn api(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {

@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::config::GuardConfig;
 use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
 use common::{blocked_sample, have_tools, wait_for};
 
@@ -25,21 +26,30 @@ fn setup() -> (Nginx, GuardProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("tok.secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let origin = nginx.rtmp;
-    let secret_path = secret.display().to_string();
-    let guard = GuardProc::start(move |listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"key\"\n\
-             keys = {{ cam1 = \"s3cret\", cam2 = \"other\" }}\nmax_viewers = 2\nblocked_streams = [\"pirated-*\"]\n\
-             [[app]]\nname = \"tok\"\nupstream = \"origin\"\npublish = \"token\"\ntoken_secret_file = \"{secret_path}\"\n\
-             [[app]]\nname = \"ref\"\nupstream = \"origin\"\npublish = \"none\"\n\
-             referrers = [\"https://www.example.com/*\"]\n\
-             [[app]]\nname = \"cap\"\nupstream = \"origin\"\npublish = \"none\"\nmax_publish_bitrate = \"2Mbit\"\n"
-        )
-    });
+    let guard = GuardProc::start(
+        GuardConfig::new()
+            .origin(nginx.rtmp)
+            .app(
+                "live",
+                "publish = \"key\"\nkeys = { cam1 = \"s3cret\", cam2 = \"other\" }\n\
+                 max_viewers = 2\nblocked_streams = [\"pirated-*\"]",
+            )
+            .app("tok", &tok_lines(&secret))
+            .app(
+                "ref",
+                "publish = \"none\"\nreferrers = [\"https://www.example.com/*\"]",
+            )
+            .app("cap", "publish = \"none\"\nmax_publish_bitrate = \"2Mbit\""),
+    );
     (nginx, guard, dir)
+}
+
+/// App `tok`: publishing by a URL signed with the secret in `secret`.
+fn tok_lines(secret: &std::path::Path) -> String {
+    format!(
+        "publish = \"token\"\ntoken_secret_file = \"{}\"",
+        secret.display()
+    )
 }
 
 fn log_of(dir: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
@@ -124,11 +134,10 @@ fn signed_urls_work_until_they_expire() {
     let config = dir.path().join("token.toml");
     std::fs::write(
         &config,
-        format!(
-            "[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n[[app]]\nname = \"tok\"\nupstream = \"o\"\n\
-             publish = \"token\"\ntoken_secret_file = \"{}\"\n",
-            dir.path().join("tok.secret").display()
-        ),
+        GuardConfig::new()
+            .origin("127.0.0.1:1")
+            .app("tok", &tok_lines(&dir.path().join("tok.secret")))
+            .build(),
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))

@@ -9,20 +9,21 @@ mod common;
 
 use std::time::Duration;
 
+use common::config::GuardConfig;
 use common::flood::{self, Mode};
 use common::procs::{
-    ffmpeg_play, ffmpeg_publish, final_speed, origin_tables, rss_kib, wait_exit, GuardProc, Nginx,
+    ffmpeg_play, ffmpeg_publish, final_speed, rss_kib, wait_exit, GuardProc, Nginx,
 };
 use common::{blocked_sample, have_tools};
 
 fn flood_guard(nginx: &Nginx) -> GuardProc {
-    let origin = nginx.rtmp;
-    GuardProc::start(move |listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\nhandshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\n{}",
-            origin_tables(origin)
-        )
-    })
+    GuardProc::start(
+        GuardConfig::new()
+            .server("handshake_timeout = \"2s\"\nconnect_timeout = \"3s\"")
+            .origin(nginx.rtmp)
+            .origin_connect_timeout("3s")
+            .live(),
+    )
 }
 
 /// The origin stays healthy under four kinds of connection flood, each at

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::config::GuardConfig;
 use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
 use common::{blocked_sample, have_tools, wait_for};
 
@@ -78,14 +79,13 @@ impl AuthService {
 }
 
 fn guard(nginx: &Nginx, url: String, on_error: &'static str) -> GuardProc {
-    let origin = nginx.rtmp;
-    GuardProc::start(move |listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n[[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"http\"\nplay = \"http\"\n\
-             http_auth = {{ url = \"{url}\", timeout = \"1s\", cache = \"30s\", on_error = \"{on_error}\" }}\n"
-        )
-    })
+    GuardProc::start(GuardConfig::new().origin(nginx.rtmp).app(
+        "live",
+        &format!(
+            "publish = \"http\"\nplay = \"http\"\n\
+             http_auth = {{ url = \"{url}\", timeout = \"1s\", cache = \"30s\", on_error = \"{on_error}\" }}"
+        ),
+    ))
 }
 
 /// Publishes `name` for 2 s; returns whether nginx showed it live.

@@ -9,18 +9,16 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::procs::{ffmpeg_play, ffmpeg_publish, origin_tables, wait_exit, GuardProc, Nginx};
+use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
 use common::{blocked_sample, have_tools, hostile};
 
 fn guard_for(nginx: &Nginx) -> GuardProc {
-    let origin = nginx.rtmp;
-    GuardProc::start(move |listen| {
-        format!(
-            "{}\n{}",
-            hostile::config_tables(listen),
-            origin_tables(origin)
-        )
-    })
+    GuardProc::start(
+        hostile::guard_config()
+            .origin(nginx.rtmp)
+            .origin_connect_timeout("3s")
+            .live(),
+    )
 }
 
 /// ffmpeg publishes through the guard while ffmpeg and rtmpdump play it

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::client::{connect_bytes, Closed, RawClient};
+use common::config::GuardConfig;
 use common::procs::{GuardProc, Proc};
 use common::{free_port, have_tools, http_get, wait_for};
 
@@ -76,13 +77,7 @@ fn prometheus_scrapes_the_guard_and_sees_its_refusals() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let guard = GuardProc::start(|listen| {
-        format!(
-            "[server]\nlisten = [\"{listen}\"]\n\
-             [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:9\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"origin\"\n"
-        )
-    });
+    let guard = GuardProc::start(GuardConfig::new().origin("127.0.0.1:9").app("live", ""));
     let (_prom, web) = prometheus(guard.metrics, dir.path());
     let log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     wait_for(Duration::from_secs(30), || {

@@ -44,7 +44,7 @@ fn hostile_seeds() -> Vec<Vec<u8>> {
     short.extend([2, 0, 7]);
     short.extend(b"connect");
     seeds.push(short);
-    seeds.push(rtmp_guard::rtmp::amf0::write::nested_strict_arrays(12_000));
+    seeds.push(rtmp_guard::rtmp::amf0::nested_strict_arrays(12_000));
     seeds
 }
 

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::client::{commands_in, connect_bytes, status_code, Closed, RawClient};
+use common::config::GuardConfig;
 use common::hostile;
 use common::origin::{Harness, TestOrigin, ORIGIN_HELLO};
 use rtmp_guard::config::Config;
@@ -13,7 +14,7 @@ use rtmp_guard::verdict::{Reason, Stage};
 
 #[test]
 fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {
-    let h = Harness::new("");
+    let h = Harness::new();
     let mut c = RawClient::handshaken(h.addr());
     let mut sent = connect_bytes("live/?token=abc");
     // Media after connect is relayed too.
@@ -37,7 +38,7 @@ fn valid_connect_is_forwarded_verbatim_and_relayed_both_ways() {
 
 #[test]
 fn unknown_app_is_refused_before_the_origin_sees_it() {
-    let h = Harness::new("");
+    let h = Harness::new();
     let mut c = RawClient::handshaken(h.addr());
     c.send(&connect_bytes("vod?x=1"));
     let Closed::Within(_, reply) = c.wait_closed(Duration::from_secs(2)) else {
@@ -61,7 +62,7 @@ fn unknown_app_is_refused_before_the_origin_sees_it() {
 
 #[test]
 fn hostile_set_is_closed_in_time_and_never_reaches_the_origin() {
-    let h = Harness::new("");
+    let h = Harness::new();
     let failures = hostile::run_all(h.addr());
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(
@@ -85,11 +86,11 @@ fn hostile_set_is_closed_in_time_and_never_reaches_the_origin() {
 fn upstream_unreachable_gets_connect_failed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dead = common::free_port();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\"]\nconnect_timeout = \"1s\"\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
-    );
+    let text = GuardConfig::new()
+        .origin(format!("127.0.0.1:{dead}"))
+        .origin_connect_timeout("1s")
+        .live()
+        .build();
     let running = rt
         .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
         .unwrap();
@@ -117,12 +118,11 @@ fn round_robin_skips_a_refusing_server() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let origin = rt.block_on(TestOrigin::start());
     let dead = common::free_port();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
-        origin.addr
-    );
+    let text = GuardConfig::new()
+        .origin(format!("127.0.0.1:{dead}"))
+        .origin(origin.addr)
+        .live()
+        .build();
     let running = rt
         .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
         .unwrap();
@@ -147,12 +147,11 @@ fn round_robin_skips_a_refusing_server() {
 fn idle_session_is_closed_after_idle_timeout() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let origin = rt.block_on(TestOrigin::start());
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nidle_timeout = \"1s\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [[upstream]]\nname = \"origin\"\nservers = [\"{}\"]\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
-        origin.addr
-    );
+    let text = GuardConfig::new()
+        .server("idle_timeout = \"1s\"")
+        .origin(origin.addr)
+        .live()
+        .build();
     let running = rt
         .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
         .unwrap();
@@ -173,7 +172,7 @@ fn idle_session_is_closed_after_idle_timeout() {
 
 #[test]
 fn session_stage_violation_closes_a_relaying_session() {
-    let h = Harness::new("");
+    let h = Harness::new();
     let mut c = RawClient::handshaken(h.addr());
     let mut bytes = connect_bytes("live");
     // A command with an unknown AMF marker after a valid connect.
@@ -198,9 +197,9 @@ fn session_stage_violation_closes_a_relaying_session() {
 #[test]
 fn connections_over_max_connections_are_refused_at_accept() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let text = "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_connections = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let text = GuardConfig::new().server("max_connections = 2").build();
     let running = rt
-        .block_on(rtmp_guard::start(Config::parse(text, "t.toml").unwrap()))
+        .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
         .unwrap();
     let _a = RawClient::tcp(running.rtmp_addrs[0]);
     let _b = RawClient::tcp(running.rtmp_addrs[0]);

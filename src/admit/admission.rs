@@ -285,11 +285,6 @@ impl Admission {
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
-
-    pub fn is_banned(&self, client: IpAddr, now: Instant) -> bool {
-        self.bans
-            .is_banned(&self.rules.load().rule.key(client), now)
-    }
 }
 
 #[cfg(test)]

@@ -36,12 +36,6 @@ impl Score {
         self.total
     }
 
-    /// Score within `window` ending at `now`.
-    pub fn current(&mut self, now: Instant, window: Duration) -> u32 {
-        self.expire(now, window);
-        self.total
-    }
-
     /// Forgets the events; called when the prefix is banned.
     pub fn reset(&mut self) {
         self.events.clear();
@@ -135,9 +129,10 @@ mod tests {
         let mut s = Score::default();
         assert_eq!(s.add(t0, 5, WINDOW, 10), 5);
         assert_eq!(s.add(t0 + Duration::from_secs(30), 3, WINDOW, 10), 8);
-        // The first event leaves the window at t0 + 60 s.
-        assert_eq!(s.current(t0 + Duration::from_secs(60), WINDOW), 3);
-        assert_eq!(s.current(t0 + Duration::from_secs(91), WINDOW), 0);
+        // The first event leaves the window at t0 + 60 s. (A zero-point
+        // event adds nothing: it reads the score at that time.)
+        assert_eq!(s.add(t0 + Duration::from_secs(60), 0, WINDOW, 10), 3);
+        assert_eq!(s.add(t0 + Duration::from_secs(91), 0, WINDOW, 10), 0);
     }
 
     #[test]
@@ -148,7 +143,7 @@ mod tests {
             s.add(t0, 1, WINDOW, 10);
         }
         assert_eq!(s.events.len(), 10);
-        assert_eq!(s.current(t0, WINDOW), 10);
+        assert_eq!(s.add(t0, 0, WINDOW, 10), 10);
     }
 
     #[test]

@@ -65,40 +65,13 @@ impl StreamName {
     }
 }
 
-/// `a=1&b=2`, percent-decoded.
+/// `a=1&b=2`, decoded as a form: `+` is a space, `%XX` a byte (a `%` not
+/// followed by two hex digits stays as it is), invalid UTF-8 is replaced,
+/// empty pairs are skipped and a pair without `=` has an empty value.
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Measures a publisher's byte rate against a cap. The rate is averaged
@@ -738,5 +711,24 @@ mod tests {
         assert_eq!(n.param("key"), Some("a+b"));
         assert_eq!(n.param("x"), Some("1 2"));
         assert_eq!(n.param("flag"), Some(""));
+    }
+
+    #[test]
+    fn query_strings_decode_as_forms_do() {
+        let q = parse_query("a=%zz&b=%4&c=x=y&&=v&d=%FF&e=%2b+%2B&f=%+1");
+        let want = [
+            ("a", "%zz"),
+            ("b", "%4"),
+            ("c", "x=y"),
+            ("", "v"),
+            ("d", "\u{FFFD}"),
+            ("e", "+ +"),
+            ("f", "% 1"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(q, want);
     }
 }

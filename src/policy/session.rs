@@ -207,7 +207,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::policy::Registry;
-    use crate::rtmp::amf0::{write, Amf0Value as V};
+    use crate::rtmp::amf0::{encode, Amf0Value as V};
     use crate::rtmp::chunk::MessageHeader;
     use std::sync::Arc;
 
@@ -238,7 +238,7 @@ mod tests {
     }
 
     fn command(values: &[V], stream_id: u32) -> (MessageHeader, Vec<u8>) {
-        let payload = write::all(values);
+        let payload = encode(values).expect("encodable");
         let header = MessageHeader {
             csid: 3,
             timestamp: 0,

@@ -213,7 +213,6 @@ pub struct ChunkParser {
     /// Bytes held in `kept` buffers of unfinished messages, all csids.
     buffered: usize,
     bytes: u64,
-    messages_started: u64,
     media_started: u64,
 }
 
@@ -229,7 +228,6 @@ impl ChunkParser {
             returned: None,
             buffered: 0,
             bytes: 0,
-            messages_started: 0,
             media_started: 0,
         }
     }
@@ -242,11 +240,6 @@ impl ChunkParser {
     /// Bytes consumed so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    /// Messages whose first chunk header has been read.
-    pub fn messages_started(&self) -> u64 {
-        self.messages_started
     }
 
     /// Audio, video and other pass-through messages started so far.
@@ -446,7 +439,6 @@ impl ChunkParser {
             MessageClass::Media => self.media_started += 1,
             _ => {}
         }
-        self.messages_started += 1;
         stream.remaining = length;
         stream.kept.clear();
         Ok(())
@@ -710,20 +702,23 @@ pub mod writer {
     }
 }
 
+/// Limits for the unit tests of the parser and of the replies: the
+/// `[limits]` defaults.
+#[cfg(test)]
+pub(crate) fn test_limits() -> ChunkLimits {
+    ChunkLimits {
+        max_chunk_size: 65_536,
+        max_command_size: 65_536,
+        max_message_size: 0xFF_FFFF,
+        max_chunk_streams: 64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::writer::{basic_header, ChunkWriter};
     use super::*;
     use proptest::prelude::*;
-
-    fn limits() -> ChunkLimits {
-        ChunkLimits {
-            max_chunk_size: 65_536,
-            max_command_size: 65_536,
-            max_message_size: 0xFF_FFFF,
-            max_chunk_streams: 64,
-        }
-    }
 
     /// Kept messages and pass-through count, fed in pieces of `step` bytes.
     fn parse_all(
@@ -761,7 +756,7 @@ mod tests {
         let h = header(3, 0, types::COMMAND_AMF0, 0, payload.len());
         let mut bytes = Vec::new();
         ChunkWriter::new().write(&mut bytes, &h, &payload);
-        let got = parse_all(&mut ChunkParser::new(limits()), &bytes, 7).unwrap();
+        let got = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 7).unwrap();
         assert_eq!(got, vec![(h, payload)]);
     }
 
@@ -772,7 +767,7 @@ mod tests {
         w.write(&mut bytes, &header(2, 0, 1, 0, 4), &4096u32.to_be_bytes());
         let big = vec![7u8; 5000];
         w.write(&mut bytes, &header(3, 0, 20, 0, big.len()), &big);
-        let mut p = ChunkParser::new(limits());
+        let mut p = ChunkParser::new(test_limits());
         let got = parse_all(&mut p, &bytes, 1000).unwrap();
         assert_eq!(p.chunk_size(), 4096);
         assert_eq!(got.len(), 2);
@@ -784,7 +779,7 @@ mod tests {
         let mut bytes = Vec::new();
         let video = vec![1u8; 1000];
         ChunkWriter::new().write(&mut bytes, &header(6, 40, types::VIDEO, 1, 1000), &video);
-        let mut p = ChunkParser::new(limits());
+        let mut p = ChunkParser::new(test_limits());
         assert!(parse_all(&mut p, &bytes, 64).unwrap().is_empty());
         assert_eq!(p.media_started(), 1);
         assert_eq!(p.bytes(), bytes.len() as u64);
@@ -796,7 +791,7 @@ mod tests {
         for fmt in 1..=3u8 {
             let mut bytes = basic_header(fmt, 5);
             bytes.extend_from_slice(&[0; 11]);
-            let err = parse_all(&mut ChunkParser::new(limits()), &bytes, 64).unwrap_err();
+            let err = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 64).unwrap_err();
             assert_eq!(err, ChunkError::UnknownChunkStream { csid: 5, fmt });
         }
     }
@@ -811,7 +806,7 @@ mod tests {
     fn chunk_sizes_out_of_range_are_refused() {
         for size in [0, 0x8000_0000, 0xFFFF_FFFF, 65_537] {
             let err = parse_all(
-                &mut ChunkParser::new(limits()),
+                &mut ChunkParser::new(test_limits()),
                 &set_chunk_size_bytes(size),
                 64,
             )
@@ -822,7 +817,7 @@ mod tests {
 
     #[test]
     fn oversized_command_is_refused_from_its_header() {
-        let mut l = limits();
+        let mut l = test_limits();
         l.max_command_size = 1000;
         let mut bytes = basic_header(0, 3);
         bytes.extend_from_slice(&[0, 0, 0, 0, 0x10, 0, 20, 0, 0, 0, 0]);
@@ -838,7 +833,7 @@ mod tests {
 
     #[test]
     fn oversized_message_is_refused_from_its_header() {
-        let mut l = limits();
+        let mut l = test_limits();
         l.max_message_size = 100_000;
         let mut bytes = basic_header(0, 6);
         bytes.extend_from_slice(&[0, 0, 0, 0x10, 0, 0, 9, 1, 0, 0, 0]);
@@ -848,7 +843,7 @@ mod tests {
 
     #[test]
     fn too_many_chunk_streams_are_refused() {
-        let mut l = limits();
+        let mut l = test_limits();
         l.max_chunk_streams = 4;
         let mut w = ChunkWriter::new();
         let mut bytes = Vec::new();
@@ -866,7 +861,7 @@ mod tests {
         bytes.extend_from_slice(&[0; 128]);
         bytes.extend_from_slice(&basic_header(1, 4));
         bytes.extend_from_slice(&[0, 0, 0, 0, 0, 1, 8]);
-        let err = parse_all(&mut ChunkParser::new(limits()), &bytes, 64).unwrap_err();
+        let err = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 64).unwrap_err();
         assert_eq!(err, ChunkError::HeaderMidMessage { csid: 4 });
     }
 
@@ -883,7 +878,7 @@ mod tests {
         // A fresh, complete command on csid 5 must now be accepted.
         bytes.extend_from_slice(&basic_header(0, 5));
         bytes.extend_from_slice(&[0, 0, 0, 0, 0, 3, 20, 0, 0, 0, 0, 1, 2, 3]);
-        let got = parse_all(&mut ChunkParser::new(limits()), &bytes, 5).unwrap();
+        let got = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 5).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].1, vec![1, 2, 3]);
     }
@@ -896,13 +891,13 @@ mod tests {
         ChunkWriter::new().write(&mut bytes, &h, &payload);
         // fmt0 (3-byte basic) + 11 + 4 ext + 128, then fmt3 (3) + 4 ext + 128, ...
         assert_eq!(bytes.len(), 3 + 11 + 4 + 300 + 2 * (3 + 4));
-        let got = parse_all(&mut ChunkParser::new(limits()), &bytes, 3).unwrap();
+        let got = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 3).unwrap();
         assert_eq!(got, vec![(h, payload)]);
     }
 
     #[test]
     fn unfinished_commands_on_many_csids_are_bounded() {
-        let mut l = limits();
+        let mut l = test_limits();
         l.max_command_size = 1000;
         let mut bytes = Vec::new();
         for csid in 3..30 {
@@ -920,7 +915,7 @@ mod tests {
     fn zero_length_messages_complete_at_their_header() {
         let mut bytes = basic_header(0, 3);
         bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 0]);
-        let mut p = ChunkParser::new(limits());
+        let mut p = ChunkParser::new(test_limits());
         let got = parse_all(&mut p, &bytes, 64).unwrap();
         assert_eq!(got.len(), 1);
         assert!(got[0].1.is_empty());
@@ -931,7 +926,7 @@ mod tests {
     fn control_messages_must_have_sane_lengths() {
         let mut bytes = Vec::new();
         ChunkWriter::new().write(&mut bytes, &header(2, 0, 1, 0, 2), &[0, 1]);
-        let err = parse_all(&mut ChunkParser::new(limits()), &bytes, 64).unwrap_err();
+        let err = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 64).unwrap_err();
         assert!(matches!(err, ChunkError::BadControlMessage { .. }));
     }
 
@@ -1008,7 +1003,7 @@ mod tests {
                 }
             }
             flush(&mut bytes, &mut pending, &mut rng);
-            let mut parser = ChunkParser::new(limits());
+            let mut parser = ChunkParser::new(test_limits());
             let got = parse_all(&mut parser, &bytes, step).unwrap();
             // Interleaving reorders completion across csids; compare per csid.
             let by_csid = |v: &Vec<(MessageHeader, Vec<u8>)>, c: u32| -> Vec<(MessageHeader, Vec<u8>)> {
@@ -1024,7 +1019,7 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..4096), step in 1usize..512) {
-            let mut p = ChunkParser::new(limits());
+            let mut p = ChunkParser::new(test_limits());
             let _ = parse_all(&mut p, &data, step);
         }
 
@@ -1032,7 +1027,7 @@ mod tests {
         fn arbitrary_bytes_after_a_valid_prefix_never_panic(data in prop::collection::vec(any::<u8>(), 0..2048)) {
             let mut bytes = set_chunk_size_bytes(1);
             bytes.extend_from_slice(&data);
-            let _ = parse_all(&mut ChunkParser::new(limits()), &bytes, 100);
+            let _ = parse_all(&mut ChunkParser::new(test_limits()), &bytes, 100);
         }
     }
 

@@ -139,14 +139,15 @@ pub fn route_name(app: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtmp::amf0::write;
+    use crate::rtmp::amf0::encode;
 
     fn connect(obj: Amf0Value) -> Vec<u8> {
-        write::all(&[
+        encode(&[
             Amf0Value::String("connect".into()),
             Amf0Value::Number(1.0),
             obj,
         ])
+        .unwrap()
     }
 
     #[test]
@@ -177,10 +178,15 @@ mod tests {
     #[test]
     fn short_commands_are_errors_not_panics() {
         assert!(decode(20, &[], 32).is_err());
-        assert!(decode(20, &write::all(&[Amf0Value::String("connect".into())]), 32).is_err());
+        assert!(decode(
+            20,
+            &encode(&[Amf0Value::String("connect".into())]).unwrap(),
+            32
+        )
+        .is_err());
         let cmd = decode(
             20,
-            &write::all(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)]),
+            &encode(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)]).unwrap(),
             32,
         )
         .unwrap();
@@ -195,12 +201,13 @@ mod tests {
 
     #[test]
     fn other_commands_are_not_connects() {
-        let bytes = write::all(&[
+        let bytes = encode(&[
             Amf0Value::String("publish".into()),
             Amf0Value::Number(5.0),
             Amf0Value::Null,
             Amf0Value::String("cam1".into()),
-        ]);
+        ])
+        .unwrap();
         let cmd = decode(20, &bytes, 32).unwrap();
         assert!(ConnectRequest::from_command(&cmd).is_none());
         assert_eq!(cmd.arguments, vec![Amf0Value::String("cam1".into())]);

@@ -1,18 +1,15 @@
 //! Messages the guard itself sends to a client: the `_error` that refuses a
 //! `connect`, and the `onStatus` that refuses a `publish` or `play`.
 //!
-//! They are built with rml_rtmp's message types and chunk serializer, which
-//! are safe for output. The guard never sent a SetChunkSize to the client, so
-//! the replies use the default chunk size of 128.
+//! They are encoded with the AMF0 writer in `amf0` and the chunk writer in
+//! `chunk`. The info object's keys go out in a fixed order (`level`,
+//! `code`, `description`), as origins send them. The guard never sent a
+//! SetChunkSize to the client, so a `connect` refusal uses the default
+//! chunk size of 128.
 
-use std::collections::HashMap;
-
-use rml_amf0::Amf0Value;
-use rml_rtmp::messages::RtmpMessage;
-use rml_rtmp::time::RtmpTimestamp;
-
+use super::amf0::{self, Amf0Value};
 use super::chunk::writer::ChunkWriter;
-use super::chunk::{MessageHeader, DEFAULT_CHUNK_SIZE};
+use super::chunk::{types, MessageHeader, DEFAULT_CHUNK_SIZE};
 
 /// NetConnection status codes the guard replies with.
 pub const CONNECT_REJECTED: &str = "NetConnection.Connect.Rejected";
@@ -63,41 +60,44 @@ pub fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// The info object: level, code, description, in that order.
 fn status_object(code: &str, description: &str) -> Amf0Value {
-    let mut info = HashMap::new();
-    info.insert("level".to_string(), Amf0Value::Utf8String("error".into()));
-    info.insert("code".to_string(), Amf0Value::Utf8String(code.into()));
-    info.insert(
-        "description".to_string(),
-        Amf0Value::Utf8String(description.into()),
-    );
-    Amf0Value::Object(info)
+    Amf0Value::Object(vec![
+        ("level".into(), Amf0Value::String("error".into())),
+        ("code".into(), Amf0Value::String(code.into())),
+        ("description".into(), Amf0Value::String(description.into())),
+    ])
 }
 
+/// The command message `name`, transaction id, null, `info`, in chunks. A
+/// description too long to encode (never, for the bounded texts the guard
+/// sends) gives no reply at all.
 fn command(name: &str, transaction_id: f64, out: Output, info: Amf0Value) -> Vec<u8> {
-    let message = RtmpMessage::Amf0Command {
-        command_name: name.to_string(),
-        transaction_id,
-        command_object: Amf0Value::Null,
-        additional_arguments: vec![info],
-    };
-    let payload = match message.into_message_payload(RtmpTimestamp::new(0), out.stream_id) {
+    let payload = match amf0::encode(&[
+        Amf0Value::String(name.into()),
+        Amf0Value::Number(transaction_id),
+        Amf0Value::Null,
+        info,
+    ]) {
         Ok(p) => p,
         Err(_) => return Vec::new(),
     };
-    // Our own writer, not rml's serializer: the csid and chunk size must be
-    // the ones free and in force in a stream the origin is also writing.
+    let Ok(length) = u32::try_from(payload.len()) else {
+        return Vec::new();
+    };
+    // The csid and chunk size must be the ones free and in force in a
+    // stream the origin is also writing.
     let mut writer = ChunkWriter::new();
     writer.set_chunk_size(out.chunk_size);
     let header = MessageHeader {
         csid: out.csid,
         timestamp: 0,
-        type_id: payload.type_id,
+        type_id: types::COMMAND_AMF0,
         stream_id: out.stream_id,
-        length: payload.data.len() as u32,
+        length,
     };
     let mut bytes = Vec::new();
-    writer.write(&mut bytes, &header, &payload.data);
+    writer.write(&mut bytes, &header, &payload);
     bytes
 }
 
@@ -105,7 +105,7 @@ fn command(name: &str, transaction_id: f64, out: Output, info: Amf0Value) -> Vec
 mod tests {
     use super::*;
     use crate::rtmp::amf0::{self, Amf0Value as V};
-    use crate::rtmp::chunk::{ChunkLimits, ChunkParser};
+    use crate::rtmp::chunk::{test_limits, ChunkParser};
     use crate::rtmp::command;
 
     #[test]
@@ -114,12 +114,7 @@ mod tests {
         let description = format!("application \"{}\" is not served here", "n".repeat(100));
         let bytes = connect_error(1.0, CONNECT_REJECTED, &description);
         assert!(bytes.len() > 200);
-        let mut parser = ChunkParser::new(ChunkLimits {
-            max_chunk_size: 65536,
-            max_command_size: 65536,
-            max_message_size: 0xFF_FFFF,
-            max_chunk_streams: 8,
-        });
+        let mut parser = ChunkParser::new(test_limits());
         let progress = parser.advance(&bytes).unwrap();
         assert_eq!(progress.consumed, bytes.len());
         let msg = progress.message.unwrap();
@@ -133,6 +128,41 @@ mod tests {
     }
 
     #[test]
+    fn the_info_object_keys_are_level_code_description_in_that_order() {
+        let bytes = connect_error(1.0, CONNECT_REJECTED, "no");
+        let mut parser = ChunkParser::new(test_limits());
+        let msg = parser.advance(&bytes).unwrap().message.unwrap();
+        assert_eq!(msg.header.type_id, 20);
+        let values = amf0::read_all(msg.payload, 8).unwrap();
+        let keys: Vec<&str> = values[3]
+            .properties()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["level", "code", "description"]);
+        // The bytes themselves: "_error", 1, null, then the object.
+        let mut expected = vec![2, 0, 6];
+        expected.extend_from_slice(b"_error");
+        expected.push(0);
+        expected.extend_from_slice(&1.0f64.to_be_bytes());
+        expected.extend_from_slice(&[5, 3]);
+        for (key, value) in [
+            ("level", "error"),
+            ("code", CONNECT_REJECTED),
+            ("description", "no"),
+        ] {
+            expected.extend_from_slice(&(key.len() as u16).to_be_bytes());
+            expected.extend_from_slice(key.as_bytes());
+            expected.push(2);
+            expected.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            expected.extend_from_slice(value.as_bytes());
+        }
+        expected.extend_from_slice(&[0, 0, 9]);
+        assert_eq!(msg.payload, expected);
+    }
+
+    #[test]
     fn stream_error_uses_the_given_chunk_size_csid_and_stream() {
         let out = Output {
             chunk_size: 4096,
@@ -140,12 +170,7 @@ mod tests {
             stream_id: 1,
         };
         let bytes = stream_error(out, "NetStream.Publish.BadName", &"d".repeat(300));
-        let mut parser = ChunkParser::new(ChunkLimits {
-            max_chunk_size: 65536,
-            max_command_size: 65536,
-            max_message_size: 0xFF_FFFF,
-            max_chunk_streams: 8,
-        });
+        let mut parser = ChunkParser::new(test_limits());
         // Tell the parser the origin's chunk size, as the client knows it.
         let mut set = Vec::new();
         crate::rtmp::chunk::writer::ChunkWriter::new().write(

@@ -5,8 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use rtmp_guard::config::Limits;
-use rtmp_guard::rtmp::amf0::{write, Amf0Value};
+use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
 use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader};
 use rtmp_guard::rtmp::command;
@@ -133,7 +132,7 @@ pub fn command_bytes(values: &[Amf0Value]) -> Vec<u8> {
 
 /// A chunked AMF0 command message on message stream `stream_id`.
 pub fn command_on(stream_id: u32, values: &[Amf0Value]) -> Vec<u8> {
-    let payload = write::all(values);
+    let payload = amf0::encode(values).expect("encodable");
     let mut header = cmd_header(payload.len());
     header.stream_id = stream_id;
     let mut out = Vec::new();
@@ -195,7 +194,7 @@ pub fn connect_bytes(app: &str) -> Vec<u8> {
 
 /// Decodes the commands in bytes the guard sent (its replies).
 pub fn commands_in(bytes: &[u8]) -> Vec<command::Command> {
-    let mut parser = ChunkParser::new(Limits::default().chunk_limits());
+    let mut parser = ChunkParser::new(super::config::chunk_limits());
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {

@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rtmp_guard::rtmp::amf0::{write, Amf0Value};
+use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::{basic_header, ChunkWriter};
 use rtmp_guard::rtmp::chunk::MessageHeader;
 
 use super::client::{cmd_header, command_bytes, connect_values, Closed, RawClient};
+use super::config::GuardConfig;
 
 /// Timeouts and limits the hostile set expects the guard to run with.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,17 +21,18 @@ pub const MAX_COMMAND_SIZE: u32 = 65_536;
 pub const MAX_CHUNK_SIZE: u32 = 65_536;
 pub const MAX_CHUNK_STREAMS: usize = 64;
 
-/// The `[server]` and `[limits]` tables for those values. The set comes
-/// from one address all at once, so the per-address rate limit and the
-/// learning bans are turned off: each case must get its own reason.
-pub fn config_tables(listen: SocketAddr) -> String {
-    format!(
-        "[server]\nlisten = [\"{listen}\"]\nhandshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\n\
-         idle_timeout = \"30s\"\n\n[limits]\nmax_message_size = {MAX_MESSAGE_SIZE}\n\
-         max_command_size = {MAX_COMMAND_SIZE}\nmax_chunk_size = {MAX_CHUNK_SIZE}\n\
-         max_chunk_streams = {MAX_CHUNK_STREAMS}\nmax_amf_depth = 32\n\n\
-         [limits.per_ip]\nconnections_per_second = 1000\nburst = 1000\n\n[bans]\nauto = false\n"
-    )
+/// A guard config with those timeouts and limits. The set comes from one
+/// address all at once, so the per-address rate limit and the learning
+/// bans are turned off: each case must get its own reason.
+pub fn guard_config() -> GuardConfig {
+    GuardConfig::new()
+        .server("handshake_timeout = \"2s\"\nconnect_timeout = \"3s\"\nidle_timeout = \"30s\"")
+        .tables(&format!(
+            "[limits]\nmax_message_size = {MAX_MESSAGE_SIZE}\n\
+             max_command_size = {MAX_COMMAND_SIZE}\nmax_chunk_size = {MAX_CHUNK_SIZE}\n\
+             max_chunk_streams = {MAX_CHUNK_STREAMS}\nmax_amf_depth = 32\n\n\
+             [limits.per_ip]\nconnections_per_second = 1000\nburst = 1000\n\n[bans]\nauto = false\n"
+        ))
 }
 
 /// What the client does.
@@ -123,7 +125,8 @@ fn announce(csid: u32, type_id: u8, length: u32) -> Vec<u8> {
 
 /// A connect whose payload is these raw AMF bytes after name and id.
 fn connect_with_raw_object(object: &[u8]) -> Vec<u8> {
-    let mut payload = write::all(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)]);
+    let mut payload = amf0::encode(&[Amf0Value::String("connect".into()), Amf0Value::Number(1.0)])
+        .expect("encodable");
     payload.extend_from_slice(object);
     let mut out = Vec::new();
     ChunkWriter::new().write(&mut out, &cmd_header(payload.len()), &payload);
@@ -135,7 +138,7 @@ fn nested_objects(depth: usize) -> Vec<u8> {
     for _ in 0..depth {
         v = Amf0Value::Object(vec![("x".into(), v)]);
     }
-    write::all(&[v])
+    amf0::encode(&[v]).expect("encodable")
 }
 
 /// Every case. `app` is a configured app, so only the abuse is refused.
@@ -240,7 +243,7 @@ pub fn cases() -> Vec<Case> {
         ),
         violation(
             "connect_nesting_12000_strict_arrays",
-            connect_with_raw_object(&write::nested_strict_arrays(12_000)),
+            connect_with_raw_object(&amf0::nested_strict_arrays(12_000)),
         ),
         violation("amf_truncated_string", truncated_string),
         violation("amf_unknown_marker", connect_with_raw_object(&[0x42, 0, 0])),
@@ -264,7 +267,8 @@ pub fn cases() -> Vec<Case> {
         }),
         violation("data_before_connect", {
             let mut out = Vec::new();
-            let payload = write::all(&[Amf0Value::String("@setDataFrame".into())]);
+            let payload =
+                amf0::encode(&[Amf0Value::String("@setDataFrame".into())]).expect("encodable");
             ChunkWriter::new().write(
                 &mut out,
                 &MessageHeader {

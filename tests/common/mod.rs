@@ -1,9 +1,11 @@
-//! Helpers shared by the integration and end-to-end tests: free ports, a
-//! raw RTMP client, HTTP scraping, the hostile input set, and harnesses for
-//! the real programs (nginx-rtmp, the guard binary, ffmpeg).
+//! Helpers shared by the integration and end-to-end tests: free ports, the
+//! guard config builder, a raw RTMP client, HTTP scraping, the hostile
+//! input set, and harnesses for the real programs (nginx-rtmp, the guard
+//! binary, ffmpeg).
 #![allow(dead_code)]
 
 pub mod client;
+pub mod config;
 pub mod flood;
 pub mod hostile;
 pub mod origin;

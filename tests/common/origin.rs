@@ -11,6 +11,7 @@ use rtmp_guard::rtmp::handshake::ServerHandshake;
 use rtmp_guard::verdict::{Reason, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::config::GuardConfig;
 use super::hostile;
 
 /// Window Acknowledgement Size, as an origin sends after the handshake.
@@ -107,26 +108,25 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The hostile-set limits plus `extra` tables, in front of a test origin.
-    pub fn new(extra: &str) -> Harness {
+    /// The hostile-set limits and app `live`, in front of a test origin.
+    pub fn new() -> Harness {
         Harness::with_config(|origin| {
-            format!(
-                "{}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstream]]\nname = \"origin\"\n\
-                 servers = [\"{origin}\"]\nconnect_timeout = \"1s\"\n\n[[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n",
-                hostile::config_tables("127.0.0.1:0".parse().unwrap()),
-            )
+            hostile::guard_config()
+                .origin(origin)
+                .origin_connect_timeout("1s")
+                .live()
         })
     }
 
     /// A guard on the config `config(origin)` returns.
-    pub fn with_config(config: impl Fn(SocketAddr) -> String) -> Harness {
+    pub fn with_config(config: impl FnOnce(SocketAddr) -> GuardConfig) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let origin = rt.block_on(TestOrigin::start());
-        let text = config(origin.addr);
+        let text = config(origin.addr).build();
         let config = Config::parse(&text, "integration.toml").unwrap();
         let guard = rt.block_on(rtmp_guard::start(config)).unwrap();
         Harness {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use super::config::GuardConfig;
 use super::{free_port, http_get, wait_for};
 
 pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
@@ -197,16 +198,12 @@ impl GuardProc {
         self._proc.child.id()
     }
 
-    /// `body` is the config after `[server]`/`[metrics]`, which this fills
-    /// in; `server_extra` goes into `[server]`.
-    pub fn start(config_without_listen: impl Fn(SocketAddr) -> String) -> GuardProc {
+    /// Runs on `config`, listening for RTMP and metrics on free ports.
+    pub fn start(config: GuardConfig) -> GuardProc {
         let dir = tempfile::tempdir().expect("temp dir");
         let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = format!(
-            "{}\n[metrics]\nlisten = \"{metrics}\"\n",
-            config_without_listen(rtmp)
-        );
+        let config = config.listen(rtmp).metrics(metrics).build();
         let path = dir.path().join("rtmp-guard.toml");
         fs::write(&path, config).expect("write config");
         let log = dir.path().join("guard.log");
@@ -271,14 +268,6 @@ impl GuardProc {
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-/// The `[[upstream]]` and `[[app]]` tables for one origin and app `live`.
-pub fn origin_tables(origin: SocketAddr) -> String {
-    format!(
-        "[[upstream]]\nname = \"origin\"\nservers = [\"{origin}\"]\nconnect_timeout = \"3s\"\n\n\
-         [[app]]\nname = \"live\"\nupstream = \"origin\"\npublish = \"none\"\n"
-    )
 }
 
 /// ffmpeg publishing a synthetic H.264/AAC stream in real time.
