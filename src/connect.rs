@@ -72,8 +72,7 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(Ok(found)) => found,
     };
-    let head = conn.buffered().get(..used).unwrap_or_default().to_vec();
-    conn.consume(used);
+    let head = conn.take(used);
     Ok(Connect {
         request,
         head,

@@ -74,7 +74,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.buffer.advance(n.min(self.buffer.len()));
     }
 
-    /// Takes every buffered byte, for the relay.
+    /// Takes the first `n` buffered bytes (all, if fewer are buffered).
+    pub fn take(&mut self, n: usize) -> Vec<u8> {
+        self.buffer.split_to(n.min(self.buffer.len())).to_vec()
+    }
+
+    /// Takes every buffered byte.
     pub fn take_buffered(&mut self) -> Vec<u8> {
         self.buffer.split().to_vec()
     }

@@ -108,7 +108,7 @@ fn token(
     };
     let ttl = match rtmp_guard::config::parse_duration(ttl) {
         Ok(d) => d,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.0),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -323,7 +323,7 @@ impl Metrics {
         {
             return String::new();
         }
-        String::from_utf8(out).unwrap_or_default()
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 

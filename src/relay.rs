@@ -341,14 +341,11 @@ impl Relay<'_> {
         // What was judged before the relay (the client's `connect`) goes
         // first, whatever the client sent after it.
         if judged > 0 {
-            if self
-                .forward(&mut writer, buf.get(..judged).unwrap_or_default(), flow)
-                .await
-                .is_err()
-            {
+            let rest = buf.split_off(judged);
+            if self.forward(&mut writer, &buf, flow).await.is_err() {
                 return PumpEnd::Write;
             }
-            buf.drain(..judged);
+            buf = rest;
         }
         let mut pos = 0;
         buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
@@ -418,8 +415,8 @@ impl Relay<'_> {
         pos: &mut usize,
         judge: &mut Judge<'_>,
     ) -> Result<Option<AuthQuery>, Refusal> {
-        while *pos < buf.len() {
-            let progress = match dir.parser.advance(buf.get(*pos..).unwrap_or_default()) {
+        while let Some(input) = buf.get(*pos..).filter(|rest| !rest.is_empty()) {
+            let progress = match dir.parser.advance(input) {
                 Ok(progress) => progress,
                 Err(e) => {
                     let refusal = Refusal::violation(e.to_string());

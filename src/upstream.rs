@@ -124,23 +124,23 @@ async fn attempt(server: &str, proxy_header: &[u8]) -> Result<(TcpStream, Vec<u8
         .write_all(&first)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let mut buf = vec![0u8; 4096];
+    let mut buf = Vec::with_capacity(4096);
     loop {
+        buf.clear();
         let n = stream
-            .read(&mut buf)
+            .read_buf(&mut buf)
             .await
             .map_err(|e| failed(e.to_string()))?;
         if n == 0 {
             return Err(failed("closed during handshake".into()));
         }
-        let input = buf.get(..n).unwrap_or_default();
-        let step = hs.feed(input).map_err(|e| failed(e.to_string()))?;
+        let step = hs.feed(&buf).map_err(|e| failed(e.to_string()))?;
         if step.done {
             stream
                 .write_all(&step.response)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            let leftover = input.get(step.consumed..).unwrap_or_default().to_vec();
+            let leftover = buf.split_off(step.consumed.min(buf.len()));
             return Ok((stream, leftover));
         }
     }

@@ -250,7 +250,7 @@ struct BanBody {
 }
 
 fn parse_net(text: &str) -> Result<IpNet, ApiError> {
-    crate::config::parse_cidr(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    crate::config::parse_cidr(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.0))
 }
 
 async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {

@@ -338,112 +338,73 @@ fn check_server(s: &Server) -> Result<(), Invalid> {
         ("idle_timeout", s.idle_timeout),
         ("drain_timeout", s.drain_timeout),
     ] {
-        check(!d.is_zero(), &["server", key], "must be greater than zero")?;
+        not_zero(d, &["server", key])?;
     }
-    check(
-        s.max_connections > 0,
-        &["server", "max_connections"],
-        "must be at least 1",
-    )
+    at_least(s.max_connections as u64, 1, &["server", "max_connections"])
 }
 
 fn check_limits(l: &Limits) -> Result<(), Invalid> {
-    check(
-        (1..=CHUNK_SIZE_CAP).contains(&l.max_chunk_size),
+    between(
+        l.max_chunk_size,
+        1,
+        CHUNK_SIZE_CAP,
         &["limits", "max_chunk_size"],
-        "must be between 1 and 2147483647",
     )?;
-    check(
-        (1..=MESSAGE_SIZE_CAP).contains(&l.max_message_size),
+    between(
+        l.max_message_size,
+        1,
+        MESSAGE_SIZE_CAP,
         &["limits", "max_message_size"],
-        "must be between 1 and 16777215",
     )?;
     check(
         (1..=l.max_message_size).contains(&l.max_command_size),
         &["limits", "max_command_size"],
         "must be between 1 and max_message_size",
     )?;
-    check(
-        (1..=65_599).contains(&l.max_chunk_streams),
+    between(
+        l.max_chunk_streams,
+        1,
+        65_599,
         &["limits", "max_chunk_streams"],
-        "must be between 1 and 65599",
     )?;
-    check(
-        (1..=MAX_AMF_DEPTH_CAP).contains(&l.max_amf_depth),
+    between(
+        l.max_amf_depth,
+        1,
+        MAX_AMF_DEPTH_CAP,
         &["limits", "max_amf_depth"],
-        "must be between 1 and 256",
     )?;
-
+    let per_ip = |key| ["limits", "per_ip", key];
     let p = &l.per_ip;
-    check(
-        p.ipv4_prefix <= 32,
-        &["limits", "per_ip", "ipv4_prefix"],
-        "must be between 0 and 32",
+    between(p.ipv4_prefix, 0, 32, &per_ip("ipv4_prefix"))?;
+    between(p.ipv6_prefix, 0, 128, &per_ip("ipv6_prefix"))?;
+    at_least(
+        p.connections_per_second.into(),
+        1,
+        &per_ip("connections_per_second"),
     )?;
-    check(
-        p.ipv6_prefix <= 128,
-        &["limits", "per_ip", "ipv6_prefix"],
-        "must be between 0 and 128",
-    )?;
-    check(
-        p.connections_per_second > 0,
-        &["limits", "per_ip", "connections_per_second"],
-        "must be at least 1",
-    )?;
-    check(
-        p.burst > 0,
-        &["limits", "per_ip", "burst"],
-        "must be at least 1",
-    )?;
-    check(
-        p.max_concurrent > 0,
-        &["limits", "per_ip", "max_concurrent"],
-        "must be at least 1",
-    )?;
-    check(
-        p.max_tracked >= 16,
-        &["limits", "per_ip", "max_tracked"],
-        "must be at least 16",
-    )?;
-    check(
-        l.global.max_pending > 0,
+    at_least(p.burst.into(), 1, &per_ip("burst"))?;
+    at_least(p.max_concurrent.into(), 1, &per_ip("max_concurrent"))?;
+    at_least(p.max_tracked as u64, 16, &per_ip("max_tracked"))?;
+    at_least(
+        l.global.max_pending as u64,
+        1,
         &["limits", "global", "max_pending"],
-        "must be at least 1",
     )?;
+    let session = |key| ["limits", "session", key];
     let sl = &l.session;
-    check(
-        sl.commands_per_second > 0,
-        &["limits", "session", "commands_per_second"],
-        "must be at least 1",
+    at_least(
+        sl.commands_per_second.into(),
+        1,
+        &session("commands_per_second"),
     )?;
-    check(
-        sl.commands_burst > 0,
-        &["limits", "session", "commands_burst"],
-        "must be at least 1",
-    )?;
-    check(
-        sl.max_streams > 0,
-        &["limits", "session", "max_streams"],
-        "must be at least 1",
-    )
+    at_least(sl.commands_burst.into(), 1, &session("commands_burst"))?;
+    at_least(sl.max_streams.into(), 1, &session("max_streams"))
 }
 
 fn check_bans(b: &Bans) -> Result<(), Invalid> {
-    check(
-        b.threshold > 0,
-        &["bans", "threshold"],
-        "must be at least 1",
-    )?;
-    check(
-        !b.window.is_zero(),
-        &["bans", "window"],
-        "must be greater than zero",
-    )?;
-    check(
-        !b.duration.is_zero(),
-        &["bans", "duration"],
-        "must be greater than zero",
-    )?;
+    at_least(b.threshold.into(), 1, &["bans", "threshold"])?;
+    not_zero(b.window, &["bans", "window"])?;
+    not_zero(b.duration, &["bans", "duration"])?;
     for reason in b.scores.keys() {
         check(
             crate::verdict::Reason::from_name(reason).is_some(),
@@ -531,6 +492,25 @@ fn check_apps(apps: &[raw::App], upstreams: &[Upstream]) -> Result<(), Invalid> 
         }
     }
     Ok(())
+}
+
+/// `value` within `lo..=hi`; the message names the bounds.
+fn between<T: PartialOrd + fmt::Display>(
+    value: T,
+    lo: T,
+    hi: T,
+    path: &[&str],
+) -> Result<(), Invalid> {
+    let why = format!("must be between {lo} and {hi}");
+    check(lo <= value && value <= hi, path, &why)
+}
+
+fn at_least(value: u64, min: u64, path: &[&str]) -> Result<(), Invalid> {
+    check(value >= min, path, &format!("must be at least {min}"))
+}
+
+fn not_zero(d: std::time::Duration, path: &[&str]) -> Result<(), Invalid> {
+    check(!d.is_zero(), path, "must be greater than zero")
 }
 
 fn check(ok: bool, path: &[&str], why: &str) -> Result<(), Invalid> {

@@ -421,8 +421,14 @@ fn bitrate<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
         .map_err(serde::de::Error::custom)
 }
 
+/// A value in the file, or sent to the admin API, that does not parse;
+/// the text says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
 /// "20Mbit", "500kbit", "1.5Gbit" or a plain number of bits per second.
-pub fn parse_bitrate(text: &str) -> Result<u64, String> {
+pub fn parse_bitrate(text: &str) -> Result<u64, BadValue> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
     let (number, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
@@ -435,9 +441,9 @@ pub fn parse_bitrate(text: &str) -> Result<u64, String> {
         .unwrap_or((lower.clone(), 1.0));
     match number.parse::<f64>() {
         Ok(n) if n > 0.0 && n.is_finite() => Ok((n * scale) as u64),
-        _ => Err(format!(
+        _ => Err(BadValue(format!(
             "invalid bitrate {t:?}; use a unit, like \"20Mbit\" or \"500kbit\""
-        )),
+        ))),
     }
 }
 
@@ -447,9 +453,12 @@ fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
 }
 
 /// Parses "500ms", "5s", "10m", "1h" (and combinations humantime accepts).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use a unit, like \"5s\" or \"10m\""))
+pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        BadValue(format!(
+            "invalid duration {text:?} ({e}); use a unit, like \"5s\" or \"10m\""
+        ))
+    })
 }
 
 fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
@@ -462,12 +471,16 @@ fn cidrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
 }
 
 /// Parses "203.0.113.0/24", or a bare address as a single-host network.
-pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(text: &str) -> Result<IpNet, BadValue> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
         .map(|n| n.trunc())
-        .map_err(|_| format!("{text:?} is not a CIDR like \"203.0.113.0/24\" or an IP address"))
+        .map_err(|_| {
+            BadValue(format!(
+                "{text:?} is not a CIDR like \"203.0.113.0/24\" or an IP address"
+            ))
+        })
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(de: D) -> Result<SocketAddr, D::Error> {
@@ -484,7 +497,10 @@ fn socket_addrs<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<SocketAddr>, D::
         .map_err(serde::de::Error::custom)
 }
 
-fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{text:?} is not an IP address and port, like \"0.0.0.0:1935\""))
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, BadValue> {
+    text.parse().map_err(|_| {
+        BadValue(format!(
+            "{text:?} is not an IP address and port, like \"0.0.0.0:1935\""
+        ))
+    })
 }
