@@ -26,15 +26,8 @@ fn policy(mode: &str) -> StreamPolicy {
         dir.display()
     );
     let config = Config::parse(&text, "bench.toml").expect("config");
-    let connect = ConnectRequest {
-        transaction_id: 1.0,
-        app_raw: "live".into(),
-        app: "live".into(),
-        tc_url: Some("rtmp://h/live".into()),
-        page_url: None,
-        swf_url: None,
-        flash_ver: None,
-    };
+    let connect =
+        ConnectRequest::with(&[("app", "live"), ("tcUrl", "rtmp://h/live")]).expect("connect");
     StreamPolicy::new(
         &config.apps[0],
         Arc::new(Registry::default()),

@@ -14,7 +14,7 @@ use tokio::time::timeout_at;
 use crate::config::{App, Upstream};
 use crate::connection::Connection;
 use crate::context::{Ctx, Stop};
-use crate::rtmp::chunk::{types, ChunkParser, MessageClass};
+use crate::rtmp::chunk::{types, ChunkParser, MessageClass, MessageHeader};
 use crate::rtmp::command::{self, ConnectRequest};
 use crate::rtmp::reply;
 use crate::verdict::{Block, Reason, Stage};
@@ -22,10 +22,9 @@ use crate::verdict::{Block, Reason, Stage};
 /// A client's `connect`, read.
 pub struct Connect {
     pub request: ConnectRequest,
-    /// The client's chunk stream so far, ending with the `connect`: what
-    /// the origin is sent first.
-    pub head: Vec<u8>,
-    /// The parser's state after `head`; the relay goes on with it.
+    /// The message header the `connect` came with.
+    pub header: MessageHeader,
+    /// The parser's state after the `connect`; the relay goes on with it.
     pub parser: ChunkParser,
 }
 
@@ -54,7 +53,7 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
     let mut parser = ChunkParser::new(limits.chunk_limits());
     let budget = pre_connect_budget(limits.max_command_size);
     let read = until_connect(conn, &mut parser, budget, limits.max_amf_depth);
-    let (request, used) = match timeout_at(ctx.deadline(limit), read).await {
+    let (request, header, used) = match timeout_at(ctx.deadline(limit), read).await {
         Err(_) => {
             return Err(Stop::Blocked(Block::new(
                 Stage::Connect,
@@ -72,10 +71,10 @@ pub async fn read<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(Ok(found)) => found,
     };
-    let head = conn.take(used);
+    conn.consume(used);
     Ok(Connect {
         request,
-        head,
+        header,
         parser,
     })
 }
@@ -134,13 +133,14 @@ impl From<crate::connection::Gone> for ConnectEnd {
 }
 
 /// Parses the buffered chunk stream, reading more within `budget`, until
-/// a complete `connect`. Returns it and how many buffered bytes it took.
+/// a complete `connect`. Returns it, its header, and how many buffered
+/// bytes it took.
 async fn until_connect<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     parser: &mut ChunkParser,
     budget: usize,
     max_amf_depth: usize,
-) -> Result<(ConnectRequest, usize), ConnectEnd> {
+) -> Result<(ConnectRequest, MessageHeader, usize), ConnectEnd> {
     let mut parsed = 0;
     loop {
         while let Some(input) = conn.buffered().get(parsed..).filter(|i| !i.is_empty()) {
@@ -149,14 +149,15 @@ async fn until_connect<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|e| ConnectEnd::Violation(e.to_string()))?;
             parsed += progress.consumed;
             let found = match progress.message {
-                Some(m) => before_connect(m.header.type_id, m.payload, max_amf_depth)?,
+                Some(m) => before_connect(m.header.type_id, m.payload, max_amf_depth)?
+                    .map(|request| (request, m.header)),
                 None => None,
             };
             if parser.media_started() > 0 {
                 return Err(ConnectEnd::Violation("media before connect".into()));
             }
-            if let Some(request) = found {
-                return Ok((request, parsed));
+            if let Some((request, header)) = found {
+                return Ok((request, header, parsed));
             }
         }
         if conn.buffered().len() >= budget {
@@ -222,7 +223,12 @@ mod tests {
         out
     }
 
-    async fn feed(bytes: Vec<u8>) -> (Result<(ConnectRequest, usize), ConnectEnd>, Vec<u8>) {
+    async fn feed(
+        bytes: Vec<u8>,
+    ) -> (
+        Result<(ConnectRequest, MessageHeader, usize), ConnectEnd>,
+        Vec<u8>,
+    ) {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         b.write_all(&bytes).await.unwrap();
         drop(b);
@@ -242,7 +248,7 @@ mod tests {
         let connect_len = bytes.len();
         bytes.extend_from_slice(b"\x43rest");
         let (found, buffered) = feed(bytes).await;
-        let (request, used) = found.ok().unwrap();
+        let (request, _, used) = found.ok().unwrap();
         assert_eq!(request.app, "live");
         assert_eq!(used, connect_len);
         assert_eq!(&buffered[used..], b"\x43rest");

@@ -27,7 +27,11 @@ pub fn chunk_parser(data: &[u8]) {
             assert!(p.consumed > 0, "advance made no progress");
             pos += p.consumed;
             if let Some(m) = p.message {
-                let _ = crate::policy::session::check_origin_message(&m, 32);
+                let _ = match m.header.type_id {
+                    17 | 20 => command::decode(m.header.type_id, m.payload, 32).map(|_| ()),
+                    15 | 18 => command::check_data(m.header.type_id, m.payload, 32),
+                    _ => Ok(()),
+                };
             }
         }
     }

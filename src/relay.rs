@@ -1,24 +1,31 @@
-//! The relay stage: both directions copied, and both read as RTMP.
+//! The relay stage: a message-level proxy, with per-hop control, in both
+//! directions.
 //!
-//! Each direction reads into its own bounded buffer, runs every byte through
-//! that direction's [`ChunkParser`], has every message judged, and only then
-//! writes the buffer on. The client's messages are judged by its
-//! [`SessionRules`]; the origin's must be readable. The parser follows
-//! message boundaries without copying audio or video, so judging costs a
-//! few header reads per chunk. A message the guard cannot read ends the
-//! session: the origin must never act on a message the guard read
-//! differently.
+//! Each direction reads from one peer into a bounded buffer, parses every
+//! chunk, and writes to the other peer only what it has read and the
+//! session's rules allowed, in the guard's own framing ([`Emitter`]): its
+//! own chunk size, csids and headers. So each peer reads exactly the
+//! message boundaries the guard read. Media is streamed chunk by chunk and
+//! never assembled.
+//!
+//! Protocol control is per hop: a peer's SetChunkSize, Abort,
+//! Acknowledgement and ping are handled for its leg and never forwarded;
+//! its Window Acknowledgement Size and Set Peer Bandwidth set the guard's
+//! acknowledgements on that leg and are said again, by the guard, on the
+//! other. User control events that name a stream travel on.
 //!
 //! The session ends when either side closes, a peer breaks the rules, the
 //! operator kicks it, or nothing moves in either direction for
 //! `idle_timeout`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::Callbacks;
@@ -28,10 +35,13 @@ use crate::connection::Connection;
 use crate::context::{Ctx, Stop};
 use crate::control::sessions::{self, Kick, Session};
 use crate::metrics::upstream_kind;
-use crate::policy::session::{check_origin_message, Answer, Now, SessionRules};
+use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
 use crate::policy::{AuthQuery, StreamPolicy};
 use crate::report::{self, Closed};
-use crate::rtmp::chunk::ChunkParser;
+use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
+use crate::rtmp::command::{self, ConnectRequest};
+use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
+use crate::rtmp::emit::{Emitter, COMMAND_CSID, CONTROL_CSID};
 use crate::rtmp::reply;
 use crate::upstream::Origin;
 use crate::verdict::{Block, Denial, Reason, Refusal, Stage, Verdict};
@@ -39,6 +49,9 @@ use crate::verdict::{Block, Denial, Reason, Refusal, Stage, Verdict};
 /// Read buffer per direction. Pages are touched only as data arrives, so an
 /// idle session costs little of it.
 pub const BUFFER_SIZE: usize = 64 * 1024;
+
+/// The chunk size the guard writes to both peers.
+pub const OUT_CHUNK_SIZE: u32 = 4096;
 
 /// How long a refused publish or play waits for its answer at most.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,49 +78,68 @@ pub async fn run(
         .with_label_values(&[&app.name])
         .inc();
     let registration = guard.sessions.register(ctx.client.socket(), &app.name);
-    let policy = StreamPolicy::new(
-        app,
-        guard.streams.clone(),
-        ctx.client.ip(),
-        &connect.request,
-    );
-    let mut rules = SessionRules::new(&limits.session, limits.max_amf_depth, policy);
-    // The origin is sent the client's stream from its start: the bytes up
-    // to the `connect` (already judged), then what followed.
-    let inspected = connect.head.len();
-    let mut pending = connect.head;
-    pending.extend_from_slice(client.buffered());
-    let from_client = Direction {
-        parser: connect.parser,
-        pending,
-        inspected,
-    };
-    let from_origin = Direction {
-        parser: ChunkParser::new(limits.chunk_limits()),
-        pending: origin.leftover,
-        inspected: 0,
-    };
-    let started = Instant::now();
-    let mut origin = origin.stream;
+    let Connect {
+        request,
+        header,
+        parser,
+    } = connect;
+    let request = &request;
+    let policy = StreamPolicy::new(app, guard.streams.clone(), ctx.client.ip(), request);
+    let rules = Mutex::new(SessionRules::new(
+        limits,
+        policy,
+        request.tc_url.clone(),
+        ctx.config.server.reconnect_tcurl,
+    ));
     let relay = Relay {
         ctx,
         app,
         session: &registration.session,
         http: app.http_auth().map(|h| (&guard.callbacks, h)),
         activity: Activity::new(),
+        rules,
+        to_client: Outbox::default(),
+        to_origin: Outbox::default(),
     };
-    let end = relay
-        .pump_both(
+    let mut origin_stream = origin.stream;
+    let mut legs = Legs {
+        from_client: ChunkDirection {
+            parser,
+            pending: client.take_buffered(),
+        },
+        from_origin: ChunkDirection {
+            parser: ChunkParser::new(limits.chunk_limits()),
+            pending: origin.leftover,
+        },
+        to_client: Emitter::new(OUT_CHUNK_SIZE),
+        to_origin: Emitter::new(OUT_CHUNK_SIZE),
+    };
+    let started = Instant::now();
+    let end = match relay
+        .start(
             &mut client.stream,
-            &mut origin,
-            from_client,
-            from_origin,
-            &mut rules,
-            &registration.kicks,
+            &mut origin_stream,
+            &mut legs,
+            request,
+            header,
         )
-        .await;
+        .await
+    {
+        Err(end) => end,
+        Ok(()) => {
+            relay
+                .pump_both(
+                    &mut client.stream,
+                    &mut origin_stream,
+                    &mut legs,
+                    &registration.kicks,
+                )
+                .await
+        }
+    };
     active.dec();
     let (up, down) = registration.session.bytes();
+    let rules = relay.rules();
     report::session_closed(
         ctx.client,
         &Closed {
@@ -141,13 +173,19 @@ pub async fn run(
     }
 }
 
-/// One direction's state.
-struct Direction {
+/// Each direction's parser and each leg's output framing.
+struct Legs {
+    from_client: ChunkDirection,
+    from_origin: ChunkDirection,
+    to_client: Emitter,
+    to_origin: Emitter,
+}
+
+/// One direction's reading state.
+struct ChunkDirection {
     parser: ChunkParser,
-    /// Bytes read but not yet forwarded; the first `inspected` of them
-    /// are already judged.
+    /// Bytes read before the relay began, not yet parsed.
     pending: Vec<u8>,
-    inspected: usize,
 }
 
 /// Why the relay ended.
@@ -160,7 +198,7 @@ enum End {
     UpstreamError,
     /// The client was refused (already reported).
     ClientRefused,
-    /// The upstream sent something the guard cannot read.
+    /// The upstream sent something the guard cannot read or allow.
     UpstreamViolation(String),
     /// The operator ended the session (not yet reported).
     Kicked(Kick),
@@ -186,7 +224,10 @@ enum PumpEnd {
     Eof,
     Read,
     Write,
-    Refused(Refusal),
+    /// The client was refused: its `onStatus`, if a publish or play.
+    Refused(Option<Denial>),
+    /// The origin broke the protocol or the flows.
+    Violation(String),
 }
 
 /// When anything last moved, in either direction.
@@ -234,22 +275,49 @@ impl Activity {
     }
 }
 
-/// Who judges a direction's messages.
-enum Judge<'r> {
-    /// The client's rules.
-    Client(&'r mut SessionRules),
-    /// The origin's messages need only be readable.
-    Origin { max_amf_depth: usize },
+/// Control messages the guard owes a peer, written by the direction that
+/// writes to that peer: acknowledgements and ping responses for what the
+/// other direction read from it.
+#[derive(Default)]
+struct Outbox {
+    messages: Mutex<Vec<Control>>,
+    wake: Notify,
+}
+
+impl Outbox {
+    fn push(&self, control: Control) {
+        lock(&self.messages).push(control);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<Control> {
+        std::mem::take(&mut *lock(&self.messages))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which peer a direction reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Client,
+    Origin,
 }
 
 /// Where a direction's bytes go, and how they are counted.
 struct Flow<'a> {
+    from: From,
     /// This session's count, shown to the operator.
     moved: &'a AtomicU64,
     /// The guard's total.
     counter: &'a IntCounter,
     /// Set while a write to the peer is in progress.
     writing: &'a AtomicBool,
+    /// What the guard owes the peer it writes to, and the one it reads.
+    outbox: &'a Outbox,
+    reply_to_sender: &'a Outbox,
 }
 
 /// One session's relay: what both directions share.
@@ -260,19 +328,81 @@ struct Relay<'a> {
     /// The app's HTTP auth service, for `http` mode.
     http: Option<(&'a Callbacks, &'a HttpAuth)>,
     activity: Activity,
+    /// Both directions' rules, as one state machine: a play the client
+    /// asked for opens when the origin starts it.
+    rules: Mutex<SessionRules>,
+    to_client: Outbox,
+    to_origin: Outbox,
+}
+
+/// What a direction does with the media message in progress on a csid.
+#[derive(Debug, Clone, Copy)]
+struct MediaRoute {
+    csid: u32,
+    pass: bool,
 }
 
 impl Relay<'_> {
+    fn rules(&self) -> MutexGuard<'_, SessionRules> {
+        lock(&self.rules)
+    }
+
+    /// Tells both peers the guard's chunk size, and sends the origin the
+    /// client's `connect`, re-encoded.
+    async fn start(
+        &self,
+        client: &mut TcpStream,
+        origin: &mut TcpStream,
+        legs: &mut Legs,
+        request: &ConnectRequest,
+        header: MessageHeader,
+    ) -> Result<(), End> {
+        let payload = request
+            .for_origin()
+            .map_err(|e| End::UpstreamViolation(format!("cannot re-encode connect: {e}")))?;
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        own_control(
+            &mut legs.to_origin,
+            &mut out,
+            Control::SetChunkSize(OUT_CHUNK_SIZE),
+        );
+        let header = MessageHeader {
+            type_id: types::COMMAND_AMF0,
+            ..header
+        };
+        legs.to_origin
+            .whole(&mut out, COMMAND_CSID, &header, &payload);
+        origin
+            .write_all(&out)
+            .await
+            .map_err(|_| End::UpstreamError)?;
+        self.count(
+            &self.session.client_to_upstream,
+            &self.ctx.guard.metrics.bytes_client_to_upstream,
+            out.len(),
+        );
+        out.clear();
+        own_control(
+            &mut legs.to_client,
+            &mut out,
+            Control::SetChunkSize(OUT_CHUNK_SIZE),
+        );
+        client.write_all(&out).await.map_err(|_| End::ClientError)?;
+        Ok(())
+    }
+
+    fn count(&self, moved: &AtomicU64, counter: &IntCounter, n: usize) {
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        counter.inc_by(n as u64);
+    }
+
     /// Runs both directions until one ends, the session idles or is
     /// kicked; then tells a refused or kicked client why, if it can.
-    #[allow(clippy::too_many_arguments)]
     async fn pump_both(
         &self,
         client: &mut TcpStream,
         origin: &mut TcpStream,
-        mut from_client: Direction,
-        mut from_origin: Direction,
-        rules: &mut SessionRules,
+        legs: &mut Legs,
         kicks: &tokio::sync::watch::Receiver<Option<Kick>>,
     ) -> End {
         let metrics = &self.ctx.guard.metrics;
@@ -281,44 +411,60 @@ impl Relay<'_> {
         let (client_read, client_write) = client.split();
         let (origin_read, origin_write) = origin.split();
         let up = Flow {
+            from: From::Client,
             moved: &self.session.client_to_upstream,
             counter: &metrics.bytes_client_to_upstream,
             writing: &to_origin_writing,
+            outbox: &self.to_origin,
+            reply_to_sender: &self.to_client,
         };
         let down = Flow {
+            from: From::Origin,
             moved: &self.session.upstream_to_client,
             counter: &metrics.bytes_upstream_to_client,
             writing: &to_client_writing,
+            outbox: &self.to_client,
+            reply_to_sender: &self.to_origin,
         };
-        let max_amf_depth = self.ctx.config.limits.max_amf_depth;
+        let Legs {
+            from_client,
+            from_origin,
+            to_client,
+            to_origin,
+        } = legs;
         let mut refusal = None;
         let end = tokio::select! {
-            end = self.pump(client_read, origin_write, &mut from_client, Judge::Client(&mut *rules), &up) => match end {
+            end = self.pump(client_read, origin_write, from_client, to_origin, &up) => match end {
                 PumpEnd::Eof => End::ClientClosed,
                 PumpEnd::Read => End::ClientError,
                 PumpEnd::Write => End::UpstreamError,
-                PumpEnd::Refused(r) => {
-                    refusal = r.status;
+                PumpEnd::Refused(denial) => {
+                    refusal = denial;
                     End::ClientRefused
                 }
+                PumpEnd::Violation(why) => End::UpstreamViolation(why),
             },
-            end = self.pump(origin_read, client_write, &mut from_origin, Judge::Origin { max_amf_depth }, &down) => match end {
+            end = self.pump(origin_read, client_write, from_origin, to_client, &down) => match end {
                 PumpEnd::Eof => End::UpstreamClosed,
                 PumpEnd::Read => End::UpstreamError,
                 PumpEnd::Write => End::ClientError,
-                PumpEnd::Refused(r) => End::UpstreamViolation(r.detail),
+                PumpEnd::Refused(_) => End::ClientRefused,
+                PumpEnd::Violation(why) => End::UpstreamViolation(why),
             },
             _ = self.activity.idle(self.ctx.config.server.idle_timeout) => End::Idle,
             kick = sessions::kicked(kicks.clone()) => End::Kicked(kick),
         };
         if let End::Kicked(kick) = &end {
-            refusal = Some(rules.ended_by_operator(kick.reason, &kick.description));
+            refusal = Some(
+                self.rules()
+                    .ended_by_operator(kick.reason, &kick.description),
+            );
         }
-        // A reply may go to the client only between the origin's messages:
-        // not if the origin's last write to the client was cut off mid-way.
+        // The guard frames the client's leg itself, so its own reply can go
+        // between any two of its writes; not if the last one was cut off.
         let client_clean = !to_client_writing.load(Ordering::Relaxed);
         if let Some(denial) = refusal.filter(|_| client_clean) {
-            refuse_stream(client, &from_origin.parser, &denial).await;
+            refuse_stream(client, to_client, &denial).await;
         }
         end
     }
@@ -328,8 +474,8 @@ impl Relay<'_> {
         &self,
         mut reader: R,
         mut writer: W,
-        dir: &mut Direction,
-        mut judge: Judge<'_>,
+        dir: &mut ChunkDirection,
+        emitter: &mut Emitter,
         flow: &Flow<'_>,
     ) -> PumpEnd
     where
@@ -337,120 +483,267 @@ impl Relay<'_> {
         W: AsyncWrite + Unpin,
     {
         let mut buf = std::mem::take(&mut dir.pending);
-        let judged = std::mem::take(&mut dir.inspected).min(buf.len());
-        // What was judged before the relay (the client's `connect`) goes
-        // first, whatever the client sent after it.
-        if judged > 0 {
-            let rest = buf.split_off(judged);
-            if self.forward(&mut writer, &buf, flow).await.is_err() {
-                return PumpEnd::Write;
-            }
-            buf = rest;
-        }
-        let mut pos = 0;
         buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
+        let mut out = Vec::with_capacity(BUFFER_SIZE + BUFFER_SIZE / 8);
+        let mut media: Vec<MediaRoute> = Vec::new();
+        let mut acks = AckWindow::default();
         loop {
             if buf.is_empty() {
-                match reader.read_buf(&mut buf).await {
-                    Ok(0) => return PumpEnd::Eof,
-                    Ok(_) => self.activity.touch(),
-                    Err(_) => return PumpEnd::Read,
+                tokio::select! {
+                    read = reader.read_buf(&mut buf) => match read {
+                        Ok(0) => return PumpEnd::Eof,
+                        Ok(_) => self.activity.touch(),
+                        Err(_) => return PumpEnd::Read,
+                    },
+                    _ = flow.outbox.wake.notified() => {}
                 }
             }
-            // Judge the whole read; a publish or play waiting for the auth
-            // service holds it and everything after it until the answer.
-            loop {
-                let query = match self.judge_all(dir, &buf, &mut pos, &mut judge) {
-                    Ok(Some(query)) => query,
-                    Ok(None) => break,
-                    Err(refusal) => return PumpEnd::Refused(refusal),
+            for control in flow.outbox.take() {
+                own_control(emitter, &mut out, control);
+            }
+            if let Some(seq) = acks.received(buf.len()) {
+                flow.reply_to_sender.push(Control::Acknowledgement(seq));
+            }
+            let mut pos = 0;
+            while pos < buf.len() {
+                let step = {
+                    let progress = match dir.parser.advance(buf.get(pos..).unwrap_or_default()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return self.refuse_peer(flow.from, Refusal::violation(e.to_string()))
+                        }
+                    };
+                    pos += progress.consumed;
+                    self.step(
+                        progress.message,
+                        progress.media,
+                        emitter,
+                        &mut out,
+                        &mut media,
+                        &mut acks,
+                        flow,
+                    )
                 };
-                if let Judge::Client(rules) = &mut judge {
-                    let answer = self.ask(&query).await;
-                    let verdict = rules.answer(&query, answer);
-                    if let Err(refusal) = self.apply(verdict, rules) {
-                        return PumpEnd::Refused(refusal);
+                match step {
+                    Ok(None) => {}
+                    Ok(Some(query)) => {
+                        // Everything after a held publish or play waits for
+                        // the auth service's answer.
+                        if self.write(&mut writer, &mut out, flow).await.is_err() {
+                            return PumpEnd::Write;
+                        }
+                        let answer = self.ask(&query).await;
+                        let verdict = self.rules().answer(&query, answer);
+                        if let Err(end) = self.apply(verdict) {
+                            return end;
+                        }
                     }
+                    Err(end) => return end,
                 }
             }
-            if let Judge::Client(rules) = &mut judge {
-                if let Err(refusal) = rules.on_bytes(buf.len() as u64, self.activity.now()) {
+            if flow.from == From::Client {
+                let verdict = self.rules().on_bytes(buf.len() as u64, self.activity.now());
+                if let Err(refusal) = verdict {
                     if self.enforce(&refusal) {
-                        return PumpEnd::Refused(refusal);
+                        return PumpEnd::Refused(refusal.status);
                     }
                 }
-            }
-            if self.forward(&mut writer, &buf, flow).await.is_err() {
-                return PumpEnd::Write;
             }
             buf.clear();
-            pos = 0;
+            if self.write(&mut writer, &mut out, flow).await.is_err() {
+                return PumpEnd::Write;
+            }
         }
     }
 
-    /// Writes judged bytes on, and counts them.
-    async fn forward<W: AsyncWrite + Unpin>(
+    /// Handles one thing the parser read. `Ok(Some(query))`: a publish or
+    /// play to hold until the auth service answers.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
         &self,
-        writer: &mut W,
-        bytes: &[u8],
+        message: Option<Message<'_>>,
+        piece: Option<MediaPiece<'_>>,
+        emitter: &mut Emitter,
+        out: &mut Vec<u8>,
+        media: &mut Vec<MediaRoute>,
+        acks: &mut AckWindow,
         flow: &Flow<'_>,
-    ) -> std::io::Result<()> {
-        flow.writing.store(true, Ordering::Relaxed);
-        writer.write_all(bytes).await?;
-        flow.writing.store(false, Ordering::Relaxed);
-        let n = bytes.len() as u64;
-        flow.moved.fetch_add(n, Ordering::Relaxed);
-        flow.counter.inc_by(n);
-        self.activity.touch();
+    ) -> Result<Option<AuthQuery>, PumpEnd> {
+        if let Some(piece) = piece {
+            return self
+                .media_piece(&piece, emitter, out, media, flow)
+                .map(|()| None);
+        }
+        let Some(m) = message else {
+            return Ok(None);
+        };
+        if MessageClass::of(m.header.type_id) == MessageClass::Control {
+            return self.control(&m, emitter, out, acks, flow).map(|()| None);
+        }
+        match flow.from {
+            From::Client => self.client_message(&m, emitter, out),
+            From::Origin => self.origin_message(&m, emitter, out).map(|()| None),
+        }
+    }
+
+    /// A command or data message from the client: canonical type, judged,
+    /// then forwarded in the guard's framing.
+    fn client_message(
+        &self,
+        m: &Message<'_>,
+        emitter: &mut Emitter,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<AuthQuery>, PumpEnd> {
+        let (type_id, payload) = match command::canonical(m.header.type_id, m.payload) {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse_peer(From::Client, Refusal::violation(e.to_string()))),
+        };
+        let header = MessageHeader {
+            type_id,
+            ..m.header
+        };
+        let message = Message { header, payload };
+        let verdict = self.rules().on_message(&message, self.activity.now());
+        let query = match verdict {
+            Verdict::Ask(query) => Some(query),
+            other => {
+                self.apply(other)?;
+                None
+            }
+        };
+        // A held publish or play is forwarded now: the auth service's
+        // answer comes before anything after it is read on.
+        emitter.whole(out, COMMAND_CSID, &header, payload);
+        Ok(query)
+    }
+
+    /// A command or data message from the origin, judged, then forwarded.
+    fn origin_message(
+        &self,
+        m: &Message<'_>,
+        emitter: &mut Emitter,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PumpEnd> {
+        let (type_id, payload) = match command::canonical(m.header.type_id, m.payload) {
+            Ok(c) => c,
+            Err(e) => return Err(PumpEnd::Violation(e.to_string())),
+        };
+        let header = MessageHeader {
+            type_id,
+            ..m.header
+        };
+        let message = Message { header, payload };
+        match self.rules().on_origin_message(&message) {
+            FromOrigin::Pass => emitter.whole(out, COMMAND_CSID, &header, payload),
+            FromOrigin::Rewrite(rewritten) => emitter.whole(out, COMMAND_CSID, &header, &rewritten),
+            FromOrigin::Drop => {}
+            FromOrigin::Violation(why) => return Err(PumpEnd::Violation(why)),
+        }
         Ok(())
     }
 
-    /// Parses `buf` from `*pos` to its end, judging every kept message.
-    /// Stops early, after the message, at a publish or play the HTTP auth
-    /// service must decide on.
-    fn judge_all(
+    /// A piece of a media message: judged at its start, then streamed.
+    fn media_piece(
         &self,
-        dir: &mut Direction,
-        buf: &[u8],
-        pos: &mut usize,
-        judge: &mut Judge<'_>,
-    ) -> Result<Option<AuthQuery>, Refusal> {
-        while let Some(input) = buf.get(*pos..).filter(|rest| !rest.is_empty()) {
-            let progress = match dir.parser.advance(input) {
-                Ok(progress) => progress,
-                Err(e) => {
-                    let refusal = Refusal::violation(e.to_string());
-                    if let Judge::Client(_) = judge {
-                        self.enforce(&refusal);
-                    }
-                    return Err(refusal);
-                }
-            };
-            *pos += progress.consumed;
-            let Some(message) = progress.message else {
-                continue;
-            };
-            match judge {
-                Judge::Origin { max_amf_depth } => check_origin_message(&message, *max_amf_depth)?,
-                Judge::Client(rules) => match rules.on_message(&message, self.activity.now()) {
-                    Verdict::Ask(query) => return Ok(Some(query)),
-                    verdict => self.apply(verdict, rules)?,
+        piece: &MediaPiece<'_>,
+        emitter: &mut Emitter,
+        out: &mut Vec<u8>,
+        media: &mut Vec<MediaRoute>,
+        flow: &Flow<'_>,
+    ) -> Result<(), PumpEnd> {
+        let csid = piece.header.csid;
+        if piece.is_first() {
+            let pass = match flow.from {
+                From::Client => match self.rules().on_media(&piece.header) {
+                    Ok(()) => true,
+                    Err(refusal) => return Err(self.refuse_peer(From::Client, refusal)),
                 },
+                From::Origin => match self.rules().on_origin_media(&piece.header) {
+                    FromOrigin::Pass | FromOrigin::Rewrite(_) => true,
+                    FromOrigin::Drop => false,
+                    FromOrigin::Violation(why) => return Err(PumpEnd::Violation(why)),
+                },
+            };
+            match media.iter_mut().find(|r| r.csid == csid) {
+                Some(route) => route.pass = pass,
+                None => media.push(MediaRoute { csid, pass }),
             }
         }
-        Ok(None)
+        let pass = media.iter().any(|r| r.csid == csid && r.pass);
+        if !pass {
+            return Ok(());
+        }
+        emitter
+            .media(out, piece)
+            .map_err(|e| self.refuse_peer(flow.from, Refusal::violation(e.to_string())))
+    }
+
+    /// A control message: handled for this leg; the window and bandwidth
+    /// are said again on the other; stream events travel on.
+    fn control(
+        &self,
+        m: &Message<'_>,
+        emitter: &mut Emitter,
+        out: &mut Vec<u8>,
+        acks: &mut AckWindow,
+        flow: &Flow<'_>,
+    ) -> Result<(), PumpEnd> {
+        let control = match control::parse(m.header.type_id, m.payload) {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse_peer(flow.from, Refusal::violation(e.to_string()))),
+        };
+        match control {
+            // The parser applied it to this direction.
+            Control::SetChunkSize(_) | Control::Acknowledgement(_) => {}
+            Control::Abort(csid) => {
+                return Err(self.refuse_peer(
+                    flow.from,
+                    Refusal::violation(format!("abort of chunk stream {csid}")),
+                ))
+            }
+            Control::WindowAckSize(size) => {
+                acks.set_window(size);
+                own_control(emitter, out, control);
+            }
+            Control::SetPeerBandwidth { .. } => own_control(emitter, out, control),
+            Control::User(UserEvent::PingRequest(t)) => {
+                flow.reply_to_sender
+                    .push(Control::User(UserEvent::PingResponse(t)));
+            }
+            Control::User(UserEvent::PingResponse(_)) | Control::User(UserEvent::Other(_)) => {}
+            Control::User(UserEvent::Stream { .. })
+            | Control::User(UserEvent::SetBufferLength { .. }) => {
+                own_control(emitter, out, control)
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the direction for something a peer sent: a client's refusal is
+    /// reported (and enforced even in dry run when it cannot be relayed);
+    /// the origin's is an upstream violation, never scored on the client.
+    fn refuse_peer(&self, from: From, refusal: Refusal) -> PumpEnd {
+        match from {
+            From::Client => {
+                self.enforce(&refusal);
+                PumpEnd::Refused(refusal.status)
+            }
+            From::Origin => PumpEnd::Violation(refusal.detail),
+        }
     }
 
     /// Carries out a verdict on the client: shows an opened stream to the
     /// operator, and reports a refusal, which dry run may let through.
-    fn apply(&self, verdict: Verdict<AuthQuery>, rules: &SessionRules) -> Result<(), Refusal> {
+    fn apply(&self, verdict: Verdict<AuthQuery>) -> Result<(), PumpEnd> {
         match verdict {
             Verdict::Pass | Verdict::Ask(_) => Ok(()),
             Verdict::Opened => {
-                self.session.set_streams(rules.streams());
+                self.session.set_streams(self.rules().streams());
                 Ok(())
             }
-            Verdict::Refuse(refusal) if self.enforce(&refusal) => Err(refusal),
+            Verdict::Refuse(refusal) if self.enforce(&refusal) => {
+                Err(PumpEnd::Refused(refusal.status))
+            }
             Verdict::Refuse(_) => Ok(()),
         }
     }
@@ -462,6 +755,25 @@ impl Relay<'_> {
             .with_app(&self.app.name)
             .with_stream(stream);
         self.ctx.refuse(&block)
+    }
+
+    /// Writes what a direction framed, and counts it.
+    async fn write<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        out: &mut Vec<u8>,
+        flow: &Flow<'_>,
+    ) -> std::io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        flow.writing.store(true, Ordering::Relaxed);
+        writer.write_all(out).await?;
+        flow.writing.store(false, Ordering::Relaxed);
+        self.count(flow.moved, flow.counter, out.len());
+        self.activity.touch();
+        out.clear();
+        Ok(())
     }
 
     /// Asks the app's auth service about a held publish or play.
@@ -484,26 +796,39 @@ impl Relay<'_> {
     }
 }
 
-/// Sends a refused publish or play its `onStatus` error. It goes between
-/// the origin's chunks, so only when the origin's stream to the client is
-/// at a chunk boundary with a free csid; otherwise the close alone says it.
-/// A failed key or token waits 0.5-1 s first, so guessing is slow.
-async fn refuse_stream(client: &mut TcpStream, origin: &ChunkParser, denial: &Denial) {
+/// Frames one of the guard's own control messages.
+fn own_control(emitter: &mut Emitter, out: &mut Vec<u8>, control: Control) {
+    let (type_id, payload) = control.encode();
+    let header = MessageHeader {
+        csid: CONTROL_CSID,
+        timestamp: 0,
+        type_id,
+        stream_id: 0,
+        length: payload.len() as u32,
+    };
+    emitter.whole(out, CONTROL_CSID, &header, &payload);
+}
+
+/// Sends a refused publish or play its `onStatus` error, in the guard's
+/// framing of the client's leg. A failed key or token waits 0.5-1 s first,
+/// so guessing is slow.
+async fn refuse_stream(client: &mut TcpStream, emitter: &mut Emitter, denial: &Denial) {
     if denial.reason == Reason::Unauthorized {
         let wait = rand::random_range(500..1000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
     }
-    let Some(csid) = origin.idle_csid().filter(|_| origin.at_chunk_boundary()) else {
-        return;
-    };
-    let out = reply::Output {
-        chunk_size: origin.chunk_size(),
-        csid,
-        stream_id: denial.stream_id,
-    };
     // Clients such as ffmpeg print only the description; lead with the code
     // so the person publishing sees it too.
     let description = format!("{}: {}", denial.code, denial.description);
-    let bytes = reply::stream_error(out, denial.code, &description);
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&bytes)).await;
+    let payload = reply::status_payload(denial.code, &description);
+    let header = MessageHeader {
+        csid: COMMAND_CSID,
+        timestamp: 0,
+        type_id: types::COMMAND_AMF0,
+        stream_id: denial.stream_id,
+        length: payload.len() as u32,
+    };
+    let mut out = Vec::new();
+    emitter.whole(&mut out, COMMAND_CSID, &header, &payload);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&out)).await;
 }

@@ -87,10 +87,16 @@ pub enum Reason {
     /// Ended by the operator (admin API, or a ban, block or suspension
     /// made while the session was live).
     Kicked,
+    /// Media or data on a message stream with no allowed publish, or any
+    /// other message outside the flows the guard authorised.
+    UnauthorizedFlow,
+    /// An app or stream name with NUL, control characters or invalid
+    /// UTF-8, or a stream name over `max_name_length`.
+    BadName,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -115,6 +121,8 @@ impl Reason {
         Reason::AuthUnavailable,
         Reason::AppSuspended,
         Reason::Kicked,
+        Reason::UnauthorizedFlow,
+        Reason::BadName,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +151,8 @@ impl Reason {
             Reason::AuthUnavailable => "auth_unavailable",
             Reason::AppSuspended => "app_suspended",
             Reason::Kicked => "kicked",
+            Reason::UnauthorizedFlow => "unauthorized_flow",
+            Reason::BadName => "bad_name",
         }
     }
 
@@ -179,6 +189,8 @@ impl Reason {
     pub fn default_ban_score(self) -> u32 {
         match self {
             Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
+            Reason::UnauthorizedFlow => 5,
+            Reason::BadName => 3,
             Reason::ForgedProxyHeader | Reason::CommandFlood => 5,
             Reason::UnknownApp | Reason::TooManyStreams | Reason::Unauthorized => 3,
             Reason::HandshakeTimeout | Reason::ConnectTimeout => 2,

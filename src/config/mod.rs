@@ -30,8 +30,8 @@ use locate::{seg, Invalid, PathSeg};
 
 pub use raw::{
     parse_bitrate, parse_cidr, parse_duration, Access, Audit, Bans, Global, HttpAuth, Limits,
-    Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, Server, SessionLimits, State,
-    Upstream,
+    Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, ReconnectTcUrl, Server,
+    SessionLimits, State, Upstream,
 };
 pub use secret::{parse_keys_file, Secret};
 
@@ -42,6 +42,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded config/rtmp-guard.toml>";
 
 /// Deepest AMF nesting a config may allow; the AMF reader recurses.
 pub const MAX_AMF_DEPTH_CAP: usize = 256;
+/// Longest `max_name_length` a config may allow.
+pub const MAX_NAME_LENGTH_CAP: usize = 1024;
 /// Largest chunk size RTMP can express (the top bit is reserved).
 pub const CHUNK_SIZE_CAP: u32 = 0x7FFF_FFFF;
 /// Largest message length a chunk header can express (24 bits).
@@ -372,6 +374,12 @@ fn check_limits(l: &Limits) -> Result<(), Invalid> {
         1,
         MAX_AMF_DEPTH_CAP,
         &["limits", "max_amf_depth"],
+    )?;
+    between(
+        l.max_name_length,
+        1,
+        MAX_NAME_LENGTH_CAP,
+        &["limits", "max_name_length"],
     )?;
     let per_ip = |key| ["limits", "per_ip", key];
     let p = &l.per_ip;

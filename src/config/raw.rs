@@ -90,6 +90,9 @@ pub struct Server {
     /// On SIGTERM: how long live sessions may go on before they are closed.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// What becomes of the `tcUrl` in an origin's Enhanced RTMP
+    /// `NetConnection.Connect.ReconnectRequest`.
+    pub reconnect_tcurl: ReconnectTcUrl,
 }
 
 /// Whether the guard enforces what it decides.
@@ -114,8 +117,21 @@ impl Default for Server {
             max_connections: 10_000,
             mode: Mode::Enforce,
             drain_timeout: Duration::from_secs(30),
+            reconnect_tcurl: ReconnectTcUrl::Rewrite,
         }
     }
+}
+
+/// What the guard does with the `tcUrl` of an origin's reconnect request,
+/// so that it never leads a client around the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconnectTcUrl {
+    /// Replace it with the `tcUrl` the client connected with.
+    #[default]
+    Rewrite,
+    /// Remove it: the client reconnects where it connected before.
+    Strip,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -126,6 +142,9 @@ pub struct Limits {
     pub max_message_size: u32,
     pub max_chunk_streams: usize,
     pub max_amf_depth: usize,
+    /// Longest stream name, without its query, a client may publish or
+    /// play (nginx-rtmp cuts names at 255 bytes).
+    pub max_name_length: usize,
     pub per_ip: PerIp,
     pub global: Global,
     pub session: SessionLimits,
@@ -250,6 +269,7 @@ impl Default for Limits {
             max_message_size: MESSAGE_SIZE_CAP,
             max_chunk_streams: 64,
             max_amf_depth: 32,
+            max_name_length: 255,
             per_ip: PerIp::default(),
             global: Global::default(),
             session: SessionLimits::default(),

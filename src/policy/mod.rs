@@ -215,6 +215,15 @@ impl Drop for Claim {
     }
 }
 
+/// A claim, and the message streams of this session that use it.
+#[derive(Debug)]
+struct Held {
+    kind: Kind,
+    name: String,
+    stream_ids: Vec<u32>,
+    _claim: Claim,
+}
+
 /// One session's stream decisions.
 pub struct StreamPolicy {
     app: Arc<App>,
@@ -224,7 +233,9 @@ pub struct StreamPolicy {
     swf_url: Option<String>,
     tc_url: Option<String>,
     flash_ver: Option<String>,
-    claims: Vec<Claim>,
+    /// Quota places this session holds, with the message streams that use
+    /// each: one per published stream, one per distinct played name.
+    claims: Vec<Held>,
     /// Streams this session publishes or plays, for the log and the API.
     pub streams: Vec<(Kind, String)>,
     publish_stream_id: u32,
@@ -289,11 +300,11 @@ impl StreamPolicy {
         stream_id: u32,
         unix_now: u64,
     ) -> Result<Option<AuthQuery>, Denial> {
-        let kind = match cmd.name.as_str() {
-            "publish" => Kind::Publish,
-            "play" => Kind::Play,
+        let (kind, claim) = match cmd.name.as_str() {
+            "publish" => (Kind::Publish, true),
+            "play" => (Kind::Play, true),
             // Preludes of a publish: checked like it, but claim nothing.
-            "FCPublish" | "releaseStream" => Kind::Publish,
+            "FCPublish" | "releaseStream" => (Kind::Publish, false),
             _ => return Ok(None),
         };
         let raw = cmd
@@ -301,8 +312,21 @@ impl StreamPolicy {
             .first()
             .and_then(Amf0Value::as_str)
             .unwrap_or("");
+        self.decide(kind, raw, stream_id, claim, unix_now)
+    }
+
+    /// Decides on a publish or play of `raw` (the name as sent, query
+    /// included) on message stream `stream_id`. `claim`: a publish or play
+    /// itself, which takes a quota place; not a prelude.
+    pub fn decide(
+        &mut self,
+        kind: Kind,
+        raw: &str,
+        stream_id: u32,
+        claim: bool,
+        unix_now: u64,
+    ) -> Result<Option<AuthQuery>, Denial> {
         let name = StreamName::parse(raw);
-        let claim = matches!(cmd.name.as_str(), "publish" | "play");
         let ask = self
             .check(kind, &name, unix_now)
             .map_err(|(r, d)| denial(kind, stream_id, &name.name, r, d))?;
@@ -324,18 +348,51 @@ impl StreamPolicy {
         Ok(None)
     }
 
+    /// Gives back the places message stream `stream_id` held: it was
+    /// closed or deleted. A played name other streams of this session
+    /// still play keeps its place.
+    pub fn release(&mut self, stream_id: u32) {
+        for held in &mut self.claims {
+            held.stream_ids.retain(|&id| id != stream_id);
+        }
+        self.claims.retain(|h| !h.stream_ids.is_empty());
+    }
+
+    /// Gives back the publishing place of `name` (FCUnpublish).
+    pub fn release_publish(&mut self, name: &str) {
+        self.claims
+            .retain(|h| !(h.kind == Kind::Publish && h.name == name));
+    }
+
     /// The message stream of the session's last allowed publish or play.
     pub fn stream_id(&self) -> u32 {
         self.last_stream_id
     }
 
     /// Finishes an allowed publish or play: takes its name and quota slot.
+    /// A session playing a name it already plays takes no second place.
     pub fn complete(&mut self, q: &AuthQuery) -> Result<(), Denial> {
         if !q.claim {
             return Ok(());
         }
-        self.claim(q.kind, &q.name)
-            .map_err(|(r, d)| denial(q.kind, q.stream_id, &q.name, r, d))?;
+        let playing = self
+            .claims
+            .iter_mut()
+            .find(|h| q.kind == Kind::Play && h.kind == Kind::Play && h.name == q.name);
+        match playing {
+            Some(held) => held.stream_ids.push(q.stream_id),
+            None => {
+                let claim = self
+                    .claim(q.kind, &q.name)
+                    .map_err(|(r, d)| denial(q.kind, q.stream_id, &q.name, r, d))?;
+                self.claims.push(Held {
+                    kind: q.kind,
+                    name: q.name.clone(),
+                    stream_ids: vec![q.stream_id],
+                    _claim: claim,
+                });
+            }
+        }
         if q.kind == Kind::Publish {
             self.publish_stream_id = q.stream_id;
         }
@@ -434,7 +491,7 @@ impl StreamPolicy {
     }
 
     /// Takes the publisher's name and a quota slot.
-    fn claim(&mut self, kind: Kind, stream: &str) -> Result<(), (Reason, String)> {
+    fn claim(&self, kind: Kind, stream: &str) -> Result<Claim, (Reason, String)> {
         let mut s = self.registry.lock();
         let app = self.app.name.clone();
         let (count, limit) = match kind {
@@ -469,13 +526,12 @@ impl StreamPolicy {
             s.live.insert(key, ());
         }
         drop(s);
-        self.claims.push(Claim {
+        Ok(Claim {
             registry: self.registry.clone(),
             app,
             stream: (kind == Kind::Publish).then(|| stream.to_string()),
             kind,
-        });
-        Ok(())
+        })
     }
 }
 
@@ -502,15 +558,13 @@ mod tests {
     }
 
     fn connect(page_url: Option<&str>) -> crate::rtmp::command::ConnectRequest {
-        crate::rtmp::command::ConnectRequest {
-            transaction_id: 1.0,
-            app_raw: "live".into(),
-            app: "live".into(),
-            tc_url: Some("rtmp://h/live".into()),
-            page_url: page_url.map(str::to_string),
-            swf_url: None,
-            flash_ver: Some("FMLE/3.0".into()),
-        }
+        let mut properties = vec![
+            ("app", "live"),
+            ("tcUrl", "rtmp://h/live"),
+            ("flashVer", "FMLE/3.0"),
+        ];
+        properties.extend(page_url.map(|p| ("pageUrl", p)));
+        crate::rtmp::command::ConnectRequest::with(&properties).unwrap()
     }
 
     fn policy(app: &Arc<App>, registry: &Arc<Registry>, client: &str) -> StreamPolicy {

@@ -163,6 +163,27 @@ pub struct Message<'a> {
     pub payload: &'a [u8],
 }
 
+/// A piece of an audio, video or other pass-through message, as it
+/// arrived: the parser never assembles these, it hands out each chunk's
+/// payload (or the part of it that was in the input) in order.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MediaPiece<'a> {
+    pub header: MessageHeader,
+    /// Payload bytes of this message before this piece.
+    pub offset: u32,
+    pub bytes: &'a [u8],
+}
+
+impl MediaPiece<'_> {
+    pub fn is_first(&self) -> bool {
+        self.offset == 0
+    }
+
+    pub fn is_last(&self) -> bool {
+        self.offset as usize + self.bytes.len() == self.header.length as usize
+    }
+}
+
 /// What one call to [`ChunkParser::advance`] did.
 #[derive(Debug)]
 pub struct Progress<'a> {
@@ -170,6 +191,8 @@ pub struct Progress<'a> {
     pub consumed: usize,
     /// A complete control/command/data message, if one ended here.
     pub message: Option<Message<'a>>,
+    /// A piece of a pass-through message, if the input ended in one.
+    pub media: Option<MediaPiece<'a>>,
 }
 
 /// Per-csid state: the last header, and the message in progress.
@@ -188,6 +211,17 @@ struct ChunkStream {
     remaining: u32,
     /// Payload of the message in progress, for kept classes only.
     kept: Vec<u8>,
+}
+
+/// What a read of payload bytes was.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// Part of a message still in progress (kept, or nothing read).
+    Partial,
+    /// A kept message is complete.
+    Kept,
+    /// Bytes of a media message, from `offset` in its payload.
+    Media { offset: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,17 +292,19 @@ impl ChunkParser {
         matches!(self.state, State::Header) && self.header_len == 0
     }
 
-    /// Consumes input until it is exhausted or a kept message completes.
-    /// After an error the parser must not be used again.
-    pub fn advance(&mut self, input: &[u8]) -> Result<Progress<'_>, ChunkError> {
+    /// Consumes input until it is exhausted, a kept message completes, or a
+    /// piece of a pass-through message was read. After an error the parser
+    /// must not be used again.
+    pub fn advance<'a>(&'a mut self, input: &'a [u8]) -> Result<Progress<'a>, ChunkError> {
         if let Some(index) = self.returned.take() {
             if let Some(stream) = self.streams.get_mut(index) {
                 release(&mut stream.kept);
             }
         }
         let mut pos = 0;
-        while pos < input.len() {
-            let rest = &input[pos..];
+        // (index, what was read, where its bytes start in the input)
+        let mut found = None;
+        while let Some(rest) = input.get(pos..).filter(|r| !r.is_empty()) {
             match self.state {
                 State::Header => {
                     pos += self.read_header(rest)?;
@@ -278,8 +314,10 @@ impl ChunkParser {
                         left_in_chunk: 0,
                     } = self.state
                     {
-                        if self.read_payload(index, 0, &[])?.1 {
-                            return Ok(self.deliver(pos, index));
+                        let (_, read) = self.read_payload(index, 0, &[])?;
+                        if !matches!(read, Read::Partial) {
+                            found = Some((index, read, pos));
+                            break;
                         }
                     }
                 }
@@ -287,24 +325,44 @@ impl ChunkParser {
                     index,
                     left_in_chunk,
                 } => {
-                    let (used, done) = self.read_payload(index, left_in_chunk, rest)?;
+                    let (used, read) = self.read_payload(index, left_in_chunk, rest)?;
+                    let start = pos;
                     pos += used;
-                    if done {
-                        return Ok(self.deliver(pos, index));
+                    if !matches!(read, Read::Partial) {
+                        found = Some((index, read, start));
+                        break;
                     }
                 }
             }
         }
         self.bytes += pos as u64;
-        Ok(Progress {
+        let nothing = Progress {
             consumed: pos,
             message: None,
-        })
+            media: None,
+        };
+        match found {
+            None => Ok(nothing),
+            Some((index, Read::Kept, _)) => Ok(self.deliver(pos, index)),
+            Some((index, Read::Media { offset }, start)) => {
+                let Some(stream) = self.streams.get(index) else {
+                    return Ok(nothing);
+                };
+                Ok(Progress {
+                    media: Some(MediaPiece {
+                        header: header_of(stream),
+                        offset,
+                        bytes: input.get(start..pos).unwrap_or_default(),
+                    }),
+                    ..nothing
+                })
+            }
+            Some((_, Read::Partial, _)) => Ok(nothing),
+        }
     }
 
     /// Hands out the kept message that just completed on stream `index`.
     fn deliver(&mut self, consumed: usize, index: usize) -> Progress<'_> {
-        self.bytes += consumed as u64;
         self.returned = Some(index);
         let stream = &self.streams[index];
         Progress {
@@ -313,6 +371,7 @@ impl ChunkParser {
                 header: header_of(stream),
                 payload: &stream.kept,
             }),
+            media: None,
         }
     }
 
@@ -445,17 +504,18 @@ impl ChunkParser {
     }
 
     /// Reads payload bytes of the current chunk. Returns bytes consumed and
-    /// whether a kept message completed.
+    /// what they were.
     fn read_payload(
         &mut self,
         index: usize,
         left_in_chunk: u32,
         input: &[u8],
-    ) -> Result<(usize, bool), ChunkError> {
+    ) -> Result<(usize, Read), ChunkError> {
         let n = (left_in_chunk as usize).min(input.len());
         let limit = (self.limits.max_command_size as usize).saturating_mul(2);
         let stream = &mut self.streams[index];
         let kept = MessageClass::of(stream.type_id) != MessageClass::Media;
+        let offset = stream.length - stream.remaining;
         if kept {
             self.buffered += n;
             if self.buffered > limit {
@@ -466,16 +526,8 @@ impl ChunkParser {
         // n <= left_in_chunk <= remaining, so these cannot underflow.
         stream.remaining -= n as u32;
         let left = left_in_chunk - n as u32;
-        if stream.remaining == 0 {
-            self.state = State::Header;
-            if !kept {
-                return Ok((n, false));
-            }
-            self.buffered = self.buffered.saturating_sub(stream.kept.len());
-            self.on_kept_message(index)?;
-            return Ok((n, true));
-        }
-        self.state = if left == 0 {
+        let done = stream.remaining == 0;
+        self.state = if done || left == 0 {
             State::Header
         } else {
             State::Payload {
@@ -483,7 +535,24 @@ impl ChunkParser {
                 left_in_chunk: left,
             }
         };
-        Ok((n, false))
+        if !kept {
+            // Every byte of a media message is handed out, and a
+            // zero-length one once, so the reader sees it begin and end.
+            return Ok((
+                n,
+                if n > 0 || done {
+                    Read::Media { offset }
+                } else {
+                    Read::Partial
+                },
+            ));
+        }
+        if !done {
+            return Ok((n, Read::Partial));
+        }
+        self.buffered = self.buffered.saturating_sub(stream.kept.len());
+        self.on_kept_message(index)?;
+        Ok((n, Read::Kept))
     }
 
     /// Applies the control messages that change how the stream is read.

@@ -57,6 +57,23 @@ pub fn amf0_body(type_id: u8, payload: &[u8]) -> Result<&[u8], CommandError> {
     }
 }
 
+/// The type and payload a client's command or data message travels on:
+/// type 17 and 15 must start with the AMF0 format byte 0 (an origin skips
+/// that byte whatever it is) and go on as 20 and 18 without it.
+pub fn canonical(type_id: u8, payload: &[u8]) -> Result<(u8, &[u8]), CommandError> {
+    let strip = |to: u8| match payload.split_first() {
+        Some((0, rest)) => Ok((to, rest)),
+        _ => Err(CommandError::Malformed(
+            "AMF3 message without AMF0 format byte",
+        )),
+    };
+    match type_id {
+        types::COMMAND_AMF3 => strip(types::COMMAND_AMF0),
+        types::DATA_AMF3 => strip(types::DATA_AMF0),
+        other => Ok((other, payload)),
+    }
+}
+
 /// Decodes a command message (type 17 or 20).
 pub fn decode(type_id: u8, payload: &[u8], max_depth: usize) -> Result<Command, CommandError> {
     let mut values = amf0::read_all(amf0_body(type_id, payload)?, max_depth)?.into_iter();
@@ -83,7 +100,203 @@ pub fn check_data(type_id: u8, payload: &[u8], max_depth: usize) -> Result<(), C
     Ok(())
 }
 
-/// What the guard needs from a client's `connect`.
+/// Every command an origin in front of which the guard runs may act on
+/// (nginx-rtmp's command map, node-media-server's handlers), spelled as
+/// clients send them.
+pub const KNOWN_COMMANDS: [&str; 20] = [
+    "connect",
+    "close",
+    "createStream",
+    "deleteStream",
+    "closeStream",
+    "releaseStream",
+    "FCPublish",
+    "FCUnpublish",
+    "FCSubscribe",
+    "FCUnsubscribe",
+    "publish",
+    "play",
+    "play2",
+    "pause",
+    "pauseraw",
+    "seek",
+    "receiveAudio",
+    "receiveVideo",
+    "getStreamLength",
+    "setDataFrame",
+];
+
+/// The known command a name reads as to an origin that matches command
+/// names without regard to case and stops at a NUL, as nginx-rtmp does.
+pub fn reads_as_known(name: &str) -> Option<&'static str> {
+    let cut = name.split('\0').next().unwrap_or(name);
+    KNOWN_COMMANDS
+        .into_iter()
+        .find(|known| known.eq_ignore_ascii_case(cut))
+}
+
+/// A client command in one of the shapes the guard decides on. Names are
+/// as sent, query included.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientCommand<'c> {
+    Connect,
+    CreateStream,
+    /// Closes the flow of the message stream it is sent on.
+    CloseStream,
+    DeleteStream {
+        stream_id: u32,
+    },
+    Publish {
+        name: &'c str,
+    },
+    Play {
+        name: &'c str,
+    },
+    /// Decided like `play`, on its `streamName`.
+    Play2 {
+        name: &'c str,
+    },
+    /// Preludes of a publish: decided like one, open no flow.
+    FcPublish {
+        name: &'c str,
+    },
+    ReleaseStream {
+        name: &'c str,
+    },
+    FcUnpublish {
+        name: &'c str,
+    },
+    /// Decided like a play, opens no flow.
+    FcSubscribe {
+        name: &'c str,
+    },
+    /// A known command the guard does not decide on, in its shape, or an
+    /// application's own call.
+    Other,
+}
+
+/// Reads a client's command strictly: a known command must be spelled
+/// exactly and carry each argument where the origin reads it, with the
+/// type it reads; no object anywhere may repeat a key.
+pub fn classify(cmd: &Command) -> Result<ClientCommand<'_>, CommandError> {
+    let malformed = |why| Err(CommandError::Malformed(why));
+    if std::iter::once(&cmd.object)
+        .chain(&cmd.arguments)
+        .any(has_duplicate_keys)
+    {
+        return malformed("an object repeats a key");
+    }
+    let known = reads_as_known(&cmd.name);
+    if known.is_some_and(|k| k != cmd.name) {
+        return malformed("a known command, spelled another way");
+    }
+    let null = matches!(cmd.object, Amf0Value::Null);
+    let args = cmd.arguments.as_slice();
+    let shape = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(CommandError::Malformed(
+                "arguments not in the command's shape",
+            ))
+        }
+    };
+    use Amf0Value::{Boolean as B, EcmaArray, Number as N, Object, String as S};
+    let named = match args {
+        [S(name)] if null => Ok(name.as_str()),
+        _ => Err(CommandError::Malformed(
+            "arguments not in the command's shape",
+        )),
+    };
+    Ok(match known {
+        None => ClientCommand::Other,
+        Some("connect") => ClientCommand::Connect,
+        Some("createStream") => {
+            shape(null && args.is_empty())?;
+            ClientCommand::CreateStream
+        }
+        Some("closeStream") => {
+            shape(null && args.is_empty())?;
+            ClientCommand::CloseStream
+        }
+        Some("deleteStream") => match args {
+            [N(id)] if null && id.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(id) => {
+                ClientCommand::DeleteStream {
+                    stream_id: *id as u32,
+                }
+            }
+            _ => return malformed("arguments not in the command's shape"),
+        },
+        Some("publish") => match args {
+            [S(name)] | [S(name), S(_)] if null => ClientCommand::Publish { name },
+            _ => return malformed("arguments not in the command's shape"),
+        },
+        Some("play") => match args {
+            [S(name)] | [S(name), N(_)] | [S(name), N(_), N(_)] | [S(name), N(_), N(_), B(_)]
+                if null =>
+            {
+                ClientCommand::Play { name }
+            }
+            _ => return malformed("arguments not in the command's shape"),
+        },
+        Some("play2") => match args {
+            [params @ (Object(_) | EcmaArray(_))] if null => match params.get("streamName") {
+                Some(S(name)) => ClientCommand::Play2 { name },
+                _ => return malformed("play2 without a streamName"),
+            },
+            _ => return malformed("arguments not in the command's shape"),
+        },
+        Some("FCPublish") => ClientCommand::FcPublish {
+            name: named.clone()?,
+        },
+        Some("releaseStream") => ClientCommand::ReleaseStream {
+            name: named.clone()?,
+        },
+        Some("FCUnpublish") => ClientCommand::FcUnpublish {
+            name: named.clone()?,
+        },
+        Some("FCSubscribe") => ClientCommand::FcSubscribe {
+            name: named.clone()?,
+        },
+        Some("FCUnsubscribe") | Some("getStreamLength") => {
+            named.clone()?;
+            ClientCommand::Other
+        }
+        Some("pause") | Some("pauseraw") => {
+            shape(null && matches!(args, [B(_), N(_)]))?;
+            ClientCommand::Other
+        }
+        Some("seek") => {
+            shape(null && matches!(args, [N(_)]))?;
+            ClientCommand::Other
+        }
+        Some("receiveAudio") | Some("receiveVideo") => {
+            shape(null && matches!(args, [B(_)]))?;
+            ClientCommand::Other
+        }
+        // A data message's name ("setDataFrame", "close"): not a command a
+        // client sends.
+        Some(_) => return malformed("not a client command"),
+    })
+}
+
+/// Whether an object or ECMA array anywhere in `value` repeats a key.
+pub fn has_duplicate_keys(value: &Amf0Value) -> bool {
+    match value {
+        Amf0Value::Object(props) | Amf0Value::EcmaArray(props) => {
+            props
+                .iter()
+                .enumerate()
+                .any(|(i, (k, _))| props[..i].iter().any(|(other, _)| other == k))
+                || props.iter().any(|(_, v)| has_duplicate_keys(v))
+        }
+        Amf0Value::StrictArray(items) => items.iter().any(has_duplicate_keys),
+        _ => false,
+    }
+}
+
+/// What the guard needs from a client's `connect`, and the command itself,
+/// which the guard re-encodes for the origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectRequest {
     pub transaction_id: f64,
@@ -95,38 +308,124 @@ pub struct ConnectRequest {
     pub page_url: Option<String>,
     pub swf_url: Option<String>,
     pub flash_ver: Option<String>,
+    command: Command,
 }
 
 impl ConnectRequest {
     /// Reads a `connect` command; `None` if the command is another one.
+    /// An object that repeats a key, or whose `app` or `tcUrl` is not a
+    /// string, is refused: an origin could read another value than the
+    /// guard did.
     pub fn from_command(cmd: &Command) -> Option<Result<ConnectRequest, CommandError>> {
         if cmd.name != "connect" {
             return None;
         }
+        Some(ConnectRequest::read(cmd))
+    }
+
+    /// The `connect` a client sends with these properties (the others
+    /// absent), as the guard reads it: for tests and benchmarks.
+    pub fn with(properties: &[(&str, &str)]) -> Result<ConnectRequest, CommandError> {
+        let object = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), Amf0Value::String(v.to_string())))
+            .collect();
+        ConnectRequest::read(&Command {
+            name: "connect".into(),
+            transaction_id: 1.0,
+            object: Amf0Value::Object(object),
+            arguments: Vec::new(),
+        })
+    }
+
+    fn read(cmd: &Command) -> Result<ConnectRequest, CommandError> {
+        let malformed = |why| Err(CommandError::Malformed(why));
+        if cmd.object.properties().is_none() {
+            return malformed("connect without a command object");
+        }
+        if std::iter::once(&cmd.object)
+            .chain(&cmd.arguments)
+            .any(has_duplicate_keys)
+        {
+            return malformed("connect repeats a key");
+        }
+        let string = |k: &str| match cmd.object.get(k) {
+            None => Ok(None),
+            Some(Amf0Value::String(v)) => Ok(Some(v.clone())),
+            Some(_) => Err(CommandError::Malformed(
+                "connect app or tcUrl is not a string",
+            )),
+        };
         let field = |k: &str| {
             cmd.object
                 .get(k)
                 .and_then(Amf0Value::as_str)
                 .map(str::to_string)
         };
-        if cmd.object.properties().is_none() {
-            return Some(Err(CommandError::Malformed(
-                "connect without a command object",
-            )));
-        }
-        let Some(app_raw) = field("app") else {
-            return Some(Err(CommandError::Malformed("connect without an app")));
+        let Some(app_raw) = string("app")? else {
+            return malformed("connect without an app");
         };
-        Some(Ok(ConnectRequest {
+        Ok(ConnectRequest {
             transaction_id: cmd.transaction_id,
             app: route_name(&app_raw).to_string(),
             app_raw,
-            tc_url: field("tcUrl"),
+            tc_url: string("tcUrl")?,
             page_url: field("pageUrl"),
             swf_url: field("swfUrl"),
             flash_ver: field("flashVer"),
-        }))
+            command: cmd.clone(),
+        })
     }
+
+    /// The `connect` for the origin: every property in its order, the
+    /// object's AMF type and every trailing argument as the client sent
+    /// them; only `app` (the app the guard routed on, with the client's
+    /// query) and the path of `tcUrl` (naming that app) change.
+    pub fn for_origin(&self) -> Result<Vec<u8>, amf0::Amf0EncodeError> {
+        let query = self.app_raw.find('?').map_or("", |i| &self.app_raw[i..]);
+        let app = format!("{}{query}", self.app);
+        let rewrite = |props: &[(String, Amf0Value)]| -> Vec<(String, Amf0Value)> {
+            props
+                .iter()
+                .map(|(k, v)| match (k.as_str(), v) {
+                    ("app", _) => (k.clone(), Amf0Value::String(app.clone())),
+                    ("tcUrl", Amf0Value::String(url)) => {
+                        (k.clone(), Amf0Value::String(tc_url_for(url, &self.app)))
+                    }
+                    _ => (k.clone(), v.clone()),
+                })
+                .collect()
+        };
+        let object = match &self.command.object {
+            Amf0Value::Object(props) => Amf0Value::Object(rewrite(props)),
+            Amf0Value::EcmaArray(props) => Amf0Value::EcmaArray(rewrite(props)),
+            other => other.clone(),
+        };
+        let mut values = vec![
+            Amf0Value::String(self.command.name.clone()),
+            Amf0Value::Number(self.command.transaction_id),
+            object,
+        ];
+        values.extend(self.command.arguments.iter().cloned());
+        amf0::encode(&values)
+    }
+}
+
+/// `url` with its path replaced by `/app`, keeping scheme, host, port and
+/// query. A URL without a scheme is left as it is.
+pub fn tc_url_for(url: &str, app: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let after = &rest[authority_end..];
+    let query = after.find('?').map_or("", |i| &after[i..]);
+    format!(
+        "{}{}/{app}{query}",
+        &url[..scheme_end],
+        &rest[..authority_end]
+    )
 }
 
 /// The app name used for routing, as nginx-rtmp reads it: everything before

@@ -6,6 +6,8 @@
 pub mod amf0;
 pub mod chunk;
 pub mod command;
+pub mod control;
+pub mod emit;
 pub mod handshake;
 pub mod proxy_protocol;
 pub mod reply;

@@ -1,11 +1,11 @@
 //! Messages the guard itself sends to a client: the `_error` that refuses a
 //! `connect`, and the `onStatus` that refuses a `publish` or `play`.
 //!
-//! They are encoded with the AMF0 writer in `amf0` and the chunk writer in
-//! `chunk`. The info object's keys go out in a fixed order (`level`,
-//! `code`, `description`), as origins send them. The guard never sent a
-//! SetChunkSize to the client, so a `connect` refusal uses the default
-//! chunk size of 128.
+//! They are encoded with the AMF0 writer in `amf0`. The info object's keys
+//! go out in a fixed order (`level`, `code`, `description`), as origins send
+//! them. A `connect` refusal comes before the guard has sent the client a
+//! SetChunkSize, so it uses the default chunk size of 128; a refusal during
+//! the relay is framed by the relay, like everything else it writes.
 
 use super::amf0::{self, Amf0Value};
 use super::chunk::writer::ChunkWriter;
@@ -23,33 +23,26 @@ const MAX_ECHO: usize = 128;
 /// `_error` for a `connect`: transaction id, null, info object. Before the
 /// origin is involved, the client reads chunks of the default size.
 pub fn connect_error(transaction_id: f64, code: &str, description: &str) -> Vec<u8> {
-    let out = Output {
-        chunk_size: DEFAULT_CHUNK_SIZE,
+    let payload = payload("_error", transaction_id, status_object(code, description));
+    let header = MessageHeader {
         csid: 3,
+        timestamp: 0,
+        type_id: types::COMMAND_AMF0,
         stream_id: 0,
+        length: payload.len() as u32,
     };
-    command(
-        "_error",
-        transaction_id,
-        out,
-        status_object(code, description),
-    )
+    let mut bytes = Vec::new();
+    let mut writer = ChunkWriter::new();
+    writer.set_chunk_size(DEFAULT_CHUNK_SIZE);
+    writer.write(&mut bytes, &header, &payload);
+    bytes
 }
 
-/// Where a reply goes in a stream the client is already reading.
-#[derive(Debug, Clone, Copy)]
-pub struct Output {
-    /// The chunk size the client reads with (the origin's last SetChunkSize).
-    pub chunk_size: u32,
-    /// A chunk stream with no message in progress.
-    pub csid: u32,
-    /// The message stream id.
-    pub stream_id: u32,
-}
-
-/// `onStatus` with level `error` (publish/play refusal).
-pub fn stream_error(out: Output, code: &str, description: &str) -> Vec<u8> {
-    command("onStatus", 0.0, out, status_object(code, description))
+/// The payload of an `onStatus` with level `error` (publish/play refusal),
+/// transaction id 0. Empty if the description cannot be encoded (never, for
+/// the bounded texts the guard sends).
+pub fn status_payload(code: &str, description: &str) -> Vec<u8> {
+    payload("onStatus", 0.0, status_object(code, description))
 }
 
 /// Makes client-chosen text safe to echo: bounded, no control characters.
@@ -69,36 +62,15 @@ fn status_object(code: &str, description: &str) -> Amf0Value {
     ])
 }
 
-/// The command message `name`, transaction id, null, `info`, in chunks. A
-/// description too long to encode (never, for the bounded texts the guard
-/// sends) gives no reply at all.
-fn command(name: &str, transaction_id: f64, out: Output, info: Amf0Value) -> Vec<u8> {
-    let payload = match amf0::encode(&[
+/// The command `name`, transaction id, null, `info`, as AMF0.
+fn payload(name: &str, transaction_id: f64, info: Amf0Value) -> Vec<u8> {
+    amf0::encode(&[
         Amf0Value::String(name.into()),
         Amf0Value::Number(transaction_id),
         Amf0Value::Null,
         info,
-    ]) {
-        Ok(p) => p,
-        Err(_) => return Vec::new(),
-    };
-    let Ok(length) = u32::try_from(payload.len()) else {
-        return Vec::new();
-    };
-    // The csid and chunk size must be the ones free and in force in a
-    // stream the origin is also writing.
-    let mut writer = ChunkWriter::new();
-    writer.set_chunk_size(out.chunk_size);
-    let header = MessageHeader {
-        csid: out.csid,
-        timestamp: 0,
-        type_id: types::COMMAND_AMF0,
-        stream_id: out.stream_id,
-        length,
-    };
-    let mut bytes = Vec::new();
-    writer.write(&mut bytes, &header, &payload);
-    bytes
+    ])
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -163,34 +135,17 @@ mod tests {
     }
 
     #[test]
-    fn stream_error_uses_the_given_chunk_size_csid_and_stream() {
-        let out = Output {
-            chunk_size: 4096,
-            csid: 9,
-            stream_id: 1,
-        };
-        let bytes = stream_error(out, "NetStream.Publish.BadName", &"d".repeat(300));
-        let mut parser = ChunkParser::new(test_limits());
-        // Tell the parser the origin's chunk size, as the client knows it.
-        let mut set = Vec::new();
-        crate::rtmp::chunk::writer::ChunkWriter::new().write(
-            &mut set,
-            &MessageHeader {
-                csid: 2,
-                timestamp: 0,
-                type_id: 1,
-                stream_id: 0,
-                length: 4,
-            },
-            &4096u32.to_be_bytes(),
-        );
-        parser.advance(&set).unwrap();
-        let p = parser.advance(&bytes).unwrap();
-        assert_eq!(p.consumed, bytes.len(), "one chunk at 4096");
-        let m = p.message.unwrap();
-        assert_eq!((m.header.csid, m.header.stream_id), (9, 1));
-        let cmd = command::decode(m.header.type_id, m.payload, 8).unwrap();
+    fn a_status_refusal_is_on_status_with_an_error_level() {
+        let payload = status_payload("NetStream.Publish.BadName", &"d".repeat(300));
+        let cmd = command::decode(20, &payload, 8).unwrap();
         assert_eq!(cmd.name, "onStatus");
+        assert_eq!(cmd.transaction_id, 0.0);
+        let info = &cmd.arguments[0];
+        assert_eq!(info.get("level"), Some(&V::String("error".into())));
+        assert_eq!(
+            info.get("code"),
+            Some(&V::String("NetStream.Publish.BadName".into()))
+        );
     }
 
     #[test]

@@ -158,6 +158,12 @@ impl RawClient {
             Amf0Value::Null,
         ]));
         std::thread::sleep(Duration::from_millis(300));
+        // After the name: a publish's type, a play's start, as ffmpeg sends.
+        let last = if command == "play" {
+            Amf0Value::Number(-2000.0)
+        } else {
+            Amf0Value::String("live".into())
+        };
         self.send(&command_on(
             1,
             &[
@@ -165,7 +171,7 @@ impl RawClient {
                 Amf0Value::Number(3.0),
                 Amf0Value::Null,
                 Amf0Value::String(name.into()),
-                Amf0Value::String("live".into()),
+                last,
             ],
         ));
     }
@@ -190,6 +196,52 @@ pub fn connect_values(app: &str) -> Vec<Amf0Value> {
 
 pub fn connect_bytes(app: &str) -> Vec<u8> {
     command_bytes(&connect_values(app))
+}
+
+/// A `createStream` with transaction id `txn`.
+pub fn create_stream(txn: f64) -> Vec<u8> {
+    command_bytes(&[
+        Amf0Value::String("createStream".into()),
+        Amf0Value::Number(txn),
+        Amf0Value::Null,
+    ])
+}
+
+/// Every message in a chunk stream the guard wrote, audio and video
+/// reassembled from their chunks, in the order they completed.
+pub fn messages_in(bytes: &[u8]) -> Vec<(MessageHeader, Vec<u8>)> {
+    let mut parser = ChunkParser::new(super::config::chunk_limits());
+    let mut out = Vec::new();
+    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let Ok(p) = parser.advance(&bytes[pos..]) else {
+            break;
+        };
+        pos += p.consumed;
+        if let Some(m) = p.message {
+            out.push((m.header, m.payload.to_vec()));
+        }
+        if let Some(piece) = p.media {
+            let csid = piece.header.csid;
+            if piece.is_first() {
+                partial.retain(|(c, _)| *c != csid);
+                partial.push((csid, Vec::new()));
+            }
+            if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == csid) {
+                payload.extend_from_slice(piece.bytes);
+                if piece.is_last() {
+                    out.push((piece.header, std::mem::take(payload)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The names of the commands in bytes the guard wrote.
+pub fn command_names(bytes: &[u8]) -> Vec<String> {
+    commands_in(bytes).into_iter().map(|c| c.name).collect()
 }
 
 /// Decodes the commands in bytes the guard sent (its replies).
