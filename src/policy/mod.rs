@@ -425,6 +425,7 @@ impl StreamPolicy {
                 &app.name,
                 &name.name,
                 &name.params,
+                kind,
                 self.client,
                 unix_now,
             )
@@ -546,6 +547,70 @@ mod tests {
             Ok(None)
         );
         assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
+    }
+
+    #[test]
+    fn tokens_open_only_the_role_they_were_signed_for() {
+        const SECRET: &str = "a-token-secret-of-some-length";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.secret");
+        std::fs::write(&path, SECRET).unwrap();
+        let a = app(&format!(
+            "publish = \"token\"\nplay = \"token\"\ntoken_secret_file = \"{}\"\n",
+            path.display()
+        ));
+        let r = Arc::new(Registry::default());
+        let now = 1_800_000_000;
+        let url = |role| {
+            format!(
+                "cam1?{}",
+                token::sign(SECRET.as_bytes(), "live", "cam1", now + 60, None, role)
+            )
+        };
+        let (publish_url, play_url) = (url(Kind::Publish), url(Kind::Play));
+
+        // A viewer's URL publishes nothing, not even a prelude.
+        let mut p = policy(&a, &r, "192.0.2.1");
+        for c in ["publish", "FCPublish", "releaseStream"] {
+            let d = p.on_command(&cmd(c, &play_url), 1, now).unwrap_err();
+            assert_eq!(
+                (d.reason, d.code, d.description.as_str()),
+                (
+                    Reason::Unauthorized,
+                    PUBLISH_BAD_NAME,
+                    "token issued for another role"
+                ),
+                "{c}"
+            );
+        }
+        // A publisher's URL plays nothing.
+        let d = p
+            .on_command(&cmd("play", &publish_url), 1, now)
+            .unwrap_err();
+        assert_eq!((d.reason, d.code), (Reason::Unauthorized, PLAY_FAILED));
+        // Neither does a URL whose role was rewritten.
+        let forged = play_url.replace("role=play", "role=publish");
+        let d = p.on_command(&cmd("publish", &forged), 1, now).unwrap_err();
+        assert_eq!(
+            (d.reason, d.description.as_str()),
+            (Reason::Unauthorized, "invalid token")
+        );
+        assert!(p.streams.is_empty());
+        assert_eq!(r.counts("live"), (0, 0));
+
+        // Each opens its own role.
+        assert_eq!(p.on_command(&cmd("play", &play_url), 1, now), Ok(None));
+        assert_eq!(
+            p.on_command(&cmd("publish", &publish_url), 1, now),
+            Ok(None)
+        );
+        assert_eq!(
+            p.streams,
+            vec![
+                (Kind::Play, "cam1".to_string()),
+                (Kind::Publish, "cam1".to_string())
+            ]
+        );
     }
 
     #[test]
