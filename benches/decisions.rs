@@ -1,5 +1,6 @@
-//! Publish/play decisions per second under `key` and `token` (no HTTP):
-//! a decision must cost microseconds.
+//! Publish/play decisions per second under `key` and `token` (no HTTP),
+//! and refusals (a wrong key, a token for the other role): a decision must
+//! cost microseconds.
 //!
 //! ```text
 //! cargo bench --bench decisions
@@ -13,6 +14,7 @@ use rtmp_guard::config::Config;
 use rtmp_guard::policy::{token, Registry, StreamPolicy};
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::rtmp::command::{Command, ConnectRequest};
+use rtmp_guard::verdict::Kind;
 
 const SECRET: &str = "a-secret-for-the-benchmark";
 
@@ -63,12 +65,31 @@ fn bench(c: &mut Criterion) {
         + 3600;
     let signed = prelude(&format!(
         "cam1?{}",
-        token::sign(SECRET.as_bytes(), "live", "cam1", expires, None)
+        token::sign(
+            SECRET.as_bytes(),
+            "live",
+            "cam1",
+            expires,
+            None,
+            Kind::Publish
+        )
     ));
     c.bench_function("decision/token", |b| {
         b.iter(|| {
             black_box(tok.on_command(black_box(&signed), 1, rtmp_guard::control::unix_now()))
                 .is_ok()
+        })
+    });
+    // A viewer's play URL offered to publish: verified, then refused.
+    let mut viewer = policy("token");
+    let play_url = prelude(&format!(
+        "cam1?{}",
+        token::sign(SECRET.as_bytes(), "live", "cam1", expires, None, Kind::Play)
+    ));
+    c.bench_function("decision/token_wrong_role", |b| {
+        b.iter(|| {
+            black_box(viewer.on_command(black_box(&play_url), 1, rtmp_guard::control::unix_now()))
+                .is_err()
         })
     });
     let mut bad = policy("key");

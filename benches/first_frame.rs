@@ -36,6 +36,7 @@ use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::rtmp::chunk::ChunkParser;
 use rtmp_guard::rtmp::command;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
+use rtmp_guard::verdict::Kind;
 
 const SECRET: &str = "first-frame-bench-secret";
 const STREAM: &str = "bench";
@@ -80,7 +81,7 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
         + 3600;
-    let query = token::sign(SECRET.as_bytes(), "live", STREAM, expires, None);
+    let query = token::sign(SECRET.as_bytes(), "live", STREAM, expires, None, Kind::Play);
     let signed_name = format!("{STREAM}?{query}");
 
     let paths: [(&str, SocketAddr, &str); 3] = [

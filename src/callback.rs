@@ -4,10 +4,11 @@
 //! and everything sent, so a player reconnecting does not hit the service
 //! each time. This module does the I/O; the policy decides what to ask.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -26,44 +27,161 @@ pub enum CallbackError {
     Unreachable(#[from] hyper_util::client::legacy::Error),
 }
 
-/// Cached answers kept at most; past it, expired ones are dropped, then
-/// all.
-const MAX_CACHED: usize = 10_000;
+/// Bytes the cached answers may take, all apps together: each counts its
+/// URL, its form and [`ENTRY_OVERHEAD`]. Clients choose the forms (stream
+/// names and queries of up to `max_command_size`), so the bound is on
+/// bytes, not only on entries.
+pub const MAX_CACHE_BYTES: usize = 8 << 20;
+/// Answers kept at most, however small.
+pub const MAX_CACHED: usize = 10_000;
+/// A larger answer is not cached, so one huge form cannot push out many.
+pub const MAX_ENTRY_BYTES: usize = MAX_CACHE_BYTES / 64;
+/// What an entry costs besides its URL and form: the map's slot, the two
+/// strings' headers, the answer.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// One cached answer.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    at: Instant,
+    /// The `cache` it was stored under: past it, it may be dropped.
+    ttl: Duration,
+    allowed: bool,
+    /// What it counts against [`MAX_CACHE_BYTES`].
+    weight: usize,
+}
+
+/// Answers by (URL, form), bounded in entries and in bytes. When full,
+/// expired answers go first, then the oldest, down to half the bounds (so
+/// a flood of distinct forms costs a sort now and then, not one per
+/// question). Time is passed in.
+#[derive(Debug, Default)]
+pub struct AnswerCache {
+    entries: HashMap<(String, String), Answer>,
+    /// Sum of the entries' weights.
+    bytes: usize,
+}
+
+fn weight(url: &str, form: &str) -> usize {
+    url.len()
+        .saturating_add(form.len())
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
+impl AnswerCache {
+    /// The answer to `form` at `url`, if one is younger than `max_age`.
+    pub fn get(&self, url: &str, form: &str, max_age: Duration, now: Instant) -> Option<bool> {
+        let hit = self.entries.get(&(url.to_string(), form.to_string()))?;
+        (now.saturating_duration_since(hit.at) < max_age).then_some(hit.allowed)
+    }
+
+    /// Stores an answer for `ttl`, making room if the cache is full.
+    pub fn insert(&mut self, url: &str, form: &str, allowed: bool, ttl: Duration, now: Instant) {
+        let w = weight(url, form);
+        if ttl.is_zero() || w > MAX_ENTRY_BYTES {
+            return;
+        }
+        let key = (url.to_string(), form.to_string());
+        if let Some(old) = self.entries.remove(&key) {
+            self.bytes = self.bytes.saturating_sub(old.weight);
+        }
+        if self.bytes.saturating_add(w) > MAX_CACHE_BYTES || self.entries.len() >= MAX_CACHED {
+            self.make_room(now);
+        }
+        self.bytes = self.bytes.saturating_add(w);
+        self.entries.insert(
+            key,
+            Answer {
+                at: now,
+                ttl,
+                allowed,
+                weight: w,
+            },
+        );
+    }
+
+    /// Drops expired answers; if that is not enough, the oldest, until at
+    /// most half of each bound is used.
+    fn make_room(&mut self, now: Instant) {
+        self.entries
+            .retain(|_, a| now.saturating_duration_since(a.at) < a.ttl);
+        self.recount();
+        if self.bytes <= MAX_CACHE_BYTES / 2 && self.entries.len() <= MAX_CACHED / 2 {
+            return;
+        }
+        let mut ages: Vec<(Instant, usize)> =
+            self.entries.values().map(|a| (a.at, a.weight)).collect();
+        ages.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
+        let (mut kept, mut count) = (0usize, 0usize);
+        let mut cutoff = None;
+        for (at, w) in ages {
+            if kept.saturating_add(w) > MAX_CACHE_BYTES / 2 || count >= MAX_CACHED / 2 {
+                cutoff = Some(at);
+                break;
+            }
+            kept = kept.saturating_add(w);
+            count += 1;
+        }
+        if let Some(cutoff) = cutoff {
+            // Answers as old as the cutoff go too, ties included.
+            self.entries.retain(|_, a| a.at > cutoff);
+            self.recount();
+        }
+    }
+
+    fn recount(&mut self) {
+        self.bytes = self
+            .entries
+            .values()
+            .fold(0usize, |sum, a| sum.saturating_add(a.weight));
+    }
+
+    /// Bytes counted against [`MAX_CACHE_BYTES`].
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
 
 pub struct Callbacks {
     client: Client<HttpConnector, Full<Bytes>>,
-    cache: DashMap<(String, String), (Instant, bool)>,
+    cache: Mutex<AnswerCache>,
 }
 
 impl Default for Callbacks {
     fn default() -> Self {
         Callbacks {
             client: Client::builder(TokioExecutor::new()).build_http(),
-            cache: DashMap::new(),
+            cache: Mutex::new(AnswerCache::default()),
         }
     }
 }
 
 impl Callbacks {
+    fn cache(&self) -> std::sync::MutexGuard<'_, AnswerCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks the service about `form`. `Ok(allowed)`, or `Err(why)` when it
     /// could not be asked (timeout, refused, bad URL): then `on_error`
     /// decides.
     pub async fn ask(&self, auth: &HttpAuth, form: &str) -> Result<bool, CallbackError> {
-        let key = (auth.url.clone(), form.to_string());
-        if let Some(hit) = self.cache.get(&key) {
-            let (at, allowed) = *hit;
-            if at.elapsed() < auth.cache {
-                return Ok(allowed);
-            }
+        if let Some(allowed) = self
+            .cache()
+            .get(&auth.url, form, auth.cache, Instant::now())
+        {
+            return Ok(allowed);
         }
         let allowed = self.post(auth, form).await?;
-        if self.cache.len() >= MAX_CACHED {
-            self.cache.retain(|_, (at, _)| at.elapsed() < auth.cache);
-            if self.cache.len() >= MAX_CACHED {
-                self.cache.clear();
-            }
-        }
-        self.cache.insert(key, (Instant::now(), allowed));
+        self.cache()
+            .insert(&auth.url, form, allowed, auth.cache, Instant::now());
         Ok(allowed)
     }
 
@@ -75,5 +193,96 @@ impl Callbacks {
             Err(_) => Err(CallbackError::Timeout(auth.timeout)),
             Ok(response) => Ok(response?.status().is_success()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:8080/auth";
+    const TTL: Duration = Duration::from_secs(30);
+
+    /// What the entries really hold, counted apart from the cache's own sum.
+    fn held(c: &AnswerCache) -> usize {
+        c.entries
+            .keys()
+            .map(|(u, f)| u.len() + f.len() + ENTRY_OVERHEAD)
+            .sum()
+    }
+
+    /// A distinct form of about `size` bytes, as a client's long query
+    /// makes one.
+    fn form(i: usize, size: usize) -> String {
+        let pad = "x".repeat(size);
+        format!("call=play&addr=192.0.2.1&app=live&name=s{i}&junk={pad}")
+    }
+
+    #[test]
+    fn a_flood_of_large_distinct_forms_stays_under_the_byte_bound() {
+        let mut c = AnswerCache::default();
+        let t0 = Instant::now();
+        let size = MAX_ENTRY_BYTES - 200;
+        let mut inserted = 0usize;
+        // 64 MiB of distinct forms, all still fresh: expiry frees nothing.
+        for i in 0..(64 << 20) / size {
+            let now = t0 + Duration::from_millis(i as u64);
+            c.insert(URL, &form(i, size), true, TTL, now);
+            inserted += size;
+            assert!(c.bytes() <= MAX_CACHE_BYTES, "{} after {i}", c.bytes());
+            assert_eq!(c.bytes(), held(&c), "the count drifted after {i}");
+        }
+        assert!(inserted > 4 * MAX_CACHE_BYTES);
+        // The newest answers are kept and served.
+        let last = (64 << 20) / size - 1;
+        let now = t0 + Duration::from_millis(last as u64 + 1);
+        assert_eq!(c.get(URL, &form(last, size), TTL, now), Some(true));
+        assert!(c.len() > 1);
+    }
+
+    #[test]
+    fn small_forms_are_bounded_in_entries() {
+        let mut c = AnswerCache::default();
+        let t0 = Instant::now();
+        for i in 0..3 * MAX_CACHED {
+            c.insert(
+                URL,
+                &form(i, 0),
+                false,
+                TTL,
+                t0 + Duration::from_micros(i as u64),
+            );
+            assert!(c.len() <= MAX_CACHED);
+            assert!(c.bytes() <= MAX_CACHE_BYTES);
+        }
+    }
+
+    #[test]
+    fn an_oversized_form_is_not_cached() {
+        let mut c = AnswerCache::default();
+        let now = Instant::now();
+        let big = form(0, MAX_ENTRY_BYTES);
+        c.insert(URL, &big, true, TTL, now);
+        assert!(c.is_empty());
+        assert_eq!(c.get(URL, &big, TTL, now), None);
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
+    fn answers_expire_and_expired_ones_go_first() {
+        let mut c = AnswerCache::default();
+        let t0 = Instant::now();
+        c.insert(URL, "a", true, TTL, t0);
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL / 2), Some(true));
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL), None);
+        assert_eq!(c.get("http://other/", "a", TTL, t0), None);
+        // Replacing an answer does not count it twice.
+        c.insert(URL, "a", false, TTL, t0 + TTL);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.bytes(), held(&c));
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL), Some(false));
+        // A zero cache time caches nothing.
+        c.insert(URL, "b", true, Duration::ZERO, t0);
+        assert_eq!(c.len(), 1);
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rtmp_guard::config::{Config, DEFAULT_CONFIG_NAME};
+use rtmp_guard::verdict::Kind;
 
 /// An inline, RTMP-aware reverse proxy that enforces a streaming host's
 /// acceptable-use rules in front of RTMP origins.
@@ -36,7 +37,8 @@ enum Command {
         /// The config file to check.
         file: PathBuf,
     },
-    /// Prints a signed, expiring stream URL for an app in `token` mode.
+    /// Prints a signed, expiring stream URL for an app in `token` mode, for
+    /// one role.
     Token {
         /// The config holding the app (and its token_secret_file).
         #[arg(long, value_name = "FILE")]
@@ -47,6 +49,9 @@ enum Command {
         /// The stream name.
         #[arg(long)]
         stream: String,
+        /// What the URL may do: publish or play, never both.
+        #[arg(long, value_enum)]
+        role: Role,
         /// How long the URL stays valid, like "1h" or "30m".
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -57,6 +62,24 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:1935")]
         host: String,
     },
+}
+
+/// The role a signed URL is issued for.
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    /// An encoder's URL: it can publish the stream, not play it.
+    Publish,
+    /// A viewer's URL: it can play the stream, not publish it.
+    Play,
+}
+
+impl From<Role> for Kind {
+    fn from(role: Role) -> Kind {
+        match role {
+            Role::Publish => Kind::Publish,
+            Role::Play => Kind::Play,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,10 +98,11 @@ fn main() -> ExitCode {
             config,
             app,
             stream,
+            role,
             ttl,
             ip,
             host,
-        }) => token(&config, &app, &stream, &ttl, ip, &host),
+        }) => token(&config, &app, &stream, role.into(), &ttl, ip, &host),
         None => run(cli.config, cli.log_format),
     }
 }
@@ -88,6 +112,7 @@ fn token(
     file: &std::path::Path,
     app: &str,
     stream: &str,
+    role: Kind,
     ttl: &str,
     ip: Option<std::net::IpAddr>,
     host: &str,
@@ -113,8 +138,9 @@ fn token(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let expires = now + ttl.as_secs();
     let query =
-        rtmp_guard::policy::token::sign(secret.0.as_bytes(), app, stream, now + ttl.as_secs(), ip);
+        rtmp_guard::policy::token::sign(secret.0.as_bytes(), app, stream, expires, ip, role);
     println!("rtmp://{host}/{app}/{stream}?{query}");
     ExitCode::SUCCESS
 }

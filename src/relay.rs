@@ -159,7 +159,8 @@ pub async fn run(
                 Block::new(Stage::Session, kick.reason, &kick.description)
                     .with_app(&app.name)
                     .with_stream(stream)
-                    .always(),
+                    .always()
+                    .by_operator(),
             ))
         }
         End::UpstreamViolation(why) => {

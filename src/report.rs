@@ -43,7 +43,7 @@ pub fn refuse(guard: &Guard, config: &Config, client: ClientAddr, block: &Block)
         guard.metrics.would_block(block.stage, block.reason);
         event!("would_block", "session would be blocked (dry run)");
     }
-    let points = ban_score(config, block.reason);
+    let points = block_score(config, block);
     if let Some(ban) = guard
         .admission
         .record(client.ip(), block.reason, points, Instant::now())
@@ -70,6 +70,16 @@ pub fn ban_score(config: &Config, reason: Reason) -> u32 {
         .get(reason.as_str())
         .copied()
         .unwrap_or(reason.default_ban_score())
+}
+
+/// What `block` adds to the client's ban score: nothing if the operator
+/// ended the session, else [`ban_score`] of its reason.
+pub fn block_score(config: &Config, block: &Block) -> u32 {
+    if block.by_operator {
+        0
+    } else {
+        ban_score(config, block.reason)
+    }
 }
 
 /// What a session that reached the relay did, for its closing log line.
@@ -143,5 +153,20 @@ mod tests {
             ban_score(&config, Reason::ProtocolViolation),
             Reason::ProtocolViolation.default_ban_score()
         );
+    }
+
+    #[test]
+    fn sessions_the_operator_ended_score_nothing() {
+        use crate::verdict::Stage;
+        let text = "[bans.scores]\ncontent_blocked = 4\nkicked = 4\n";
+        let config = Config::parse(text, "t.toml").unwrap();
+        let refused = Block::new(Stage::Session, Reason::ContentBlocked, "blocked content");
+        assert_eq!(block_score(&config, &refused), 4);
+        for reason in [Reason::ContentBlocked, Reason::Kicked, Reason::Banned] {
+            let ended = Block::new(Stage::Session, reason, "by the operator")
+                .always()
+                .by_operator();
+            assert_eq!(block_score(&config, &ended), 0, "{reason}");
+        }
     }
 }

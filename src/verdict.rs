@@ -185,7 +185,8 @@ impl Reason {
 
     /// What one such event adds to the prefix's ban score, unless
     /// `[bans.scores]` says otherwise. A failed key or token scores 3, so
-    /// guessing gets an address banned.
+    /// guessing gets an address banned. A refusal the operator's remedy
+    /// caused in a live session ([`Block::by_operator`]) never scores.
     pub fn default_ban_score(self) -> u32 {
         match self {
             Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
@@ -194,17 +195,26 @@ impl Reason {
             Reason::ForgedProxyHeader | Reason::CommandFlood => 5,
             Reason::UnknownApp | Reason::TooManyStreams | Reason::Unauthorized => 3,
             Reason::HandshakeTimeout | Reason::ConnectTimeout => 2,
+            // An address an app refuses is refused every time: asking
+            // again is hammering.
+            Reason::ForbiddenIp => 2,
             Reason::RateLimited => 1,
-            // The client's standing, not its behaviour: no score.
+            // Ordinary viewers following a dead or foreign link meet
+            // these, many of them behind one carrier-grade NAT: it takes
+            // ten in a window (at the default threshold) to ban.
+            Reason::ContentBlocked | Reason::BadReferrer => 1,
+            // Capacity, not behaviour: an encoder reconnecting after a
+            // network blip finds its own old session still holding the
+            // name (stream_busy), and the viewers behind one carrier-grade
+            // NAT meet a full app together (quota_exceeded). Neither may
+            // ever get an address banned.
+            Reason::QuotaExceeded | Reason::StreamBusy => 0,
+            // The client's standing or the guard's own state, not its
+            // behaviour: no score.
             Reason::TooManyConnections
             | Reason::IpDenied
             | Reason::Banned
             | Reason::Overloaded
-            | Reason::ForbiddenIp
-            | Reason::BadReferrer
-            | Reason::ContentBlocked
-            | Reason::QuotaExceeded
-            | Reason::StreamBusy
             | Reason::BitrateExceeded
             | Reason::AuthUnavailable
             | Reason::AppSuspended
@@ -233,6 +243,10 @@ pub struct Block {
     /// Enforced even in dry run: the guard's own capacity limits, and
     /// refusals after which there is nothing to let through.
     pub always: bool,
+    /// A live session ended by the operator (a kick, or a ban, block or
+    /// suspension made while it ran): counted and logged, never scored,
+    /// since the client did nothing.
+    pub by_operator: bool,
 }
 
 impl Block {
@@ -244,7 +258,14 @@ impl Block {
             app: None,
             stream: None,
             always: !reason.dry_run_passes(),
+            by_operator: false,
         }
+    }
+
+    /// Marks a session the operator ended: it adds nothing to a ban score.
+    pub fn by_operator(mut self) -> Block {
+        self.by_operator = true;
+        self
     }
 
     /// Marks a refusal that dry run must enforce too.
@@ -361,6 +382,21 @@ mod tests {
         for (i, s) in Stage::ALL.into_iter().enumerate() {
             assert_eq!(s as usize, i);
         }
+    }
+
+    #[test]
+    fn policy_refusals_that_hammer_score_and_capacity_refusals_never_do() {
+        // Asking again for what an app refuses gets an address banned.
+        assert_eq!(Reason::ForbiddenIp.default_ban_score(), 2);
+        assert_eq!(Reason::ContentBlocked.default_ban_score(), 1);
+        assert_eq!(Reason::BadReferrer.default_ban_score(), 1);
+        assert_eq!(Reason::Unauthorized.default_ban_score(), 3);
+        // Never: an encoder reconnecting after a network blip meets its
+        // own stale session as stream_busy until the origin lets go of it,
+        // and every viewer behind one carrier-grade NAT meets a full app
+        // as quota_exceeded. Scoring either would ban honest users.
+        assert_eq!(Reason::QuotaExceeded.default_ban_score(), 0);
+        assert_eq!(Reason::StreamBusy.default_ban_score(), 0);
     }
 
     #[test]

@@ -54,17 +54,25 @@ fn help_explains_both_commands() {
     assert!(text.contains("check-config"), "{text}");
 }
 
-#[test]
-fn token_prints_a_url_the_guard_accepts() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("live.secret"), "0123456789abcdef0123\n").unwrap();
-    let config = dir.path().join("guard.toml");
+/// A config with app `live` in token mode, and its secret, in `dir`.
+fn token_config(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("live.secret"), "0123456789abcdef0123\n").unwrap();
+    let config = dir.join("guard.toml");
     std::fs::write(
         &config,
         "[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\n\
          publish = \"token\"\ntoken_secret_file = \"live.secret\"\n",
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn token_prints_a_url_the_guard_accepts_for_its_role_only() {
+    use rtmp_guard::policy::token::{verify, TokenError};
+    use rtmp_guard::verdict::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let config = token_config(dir.path());
     let out = guard()
         .arg("token")
         .arg("--config")
@@ -74,6 +82,8 @@ fn token_prints_a_url_the_guard_accepts() {
             "live",
             "--stream",
             "cam1",
+            "--role",
+            "publish",
             "--ttl",
             "1h",
             "--ip",
@@ -92,20 +102,54 @@ fn token_prints_a_url_the_guard_accepts() {
         url.starts_with("rtmp://127.0.0.1:1935/live/cam1?expires="),
         "{url}"
     );
+    assert!(query.contains("&ip=192.0.2.7&role=publish&token="), "{url}");
     let params = rtmp_guard::policy::parse_query(query);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    let client = "192.0.2.7".parse().unwrap();
+    let secret = b"0123456789abcdef0123";
     assert_eq!(
-        rtmp_guard::policy::token::verify(
-            b"0123456789abcdef0123",
-            "live",
-            "cam1",
-            &params,
-            "192.0.2.7".parse().unwrap(),
-            now
-        ),
+        verify(secret, "live", "cam1", &params, Kind::Publish, client, now),
         Ok(())
+    );
+    assert_eq!(
+        verify(secret, "live", "cam1", &params, Kind::Play, client, now),
+        Err(TokenError::WrongRole)
+    );
+}
+
+#[test]
+fn token_requires_a_role_of_publish_or_play() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = token_config(dir.path());
+    let base = ["--app", "live", "--stream", "cam1"];
+    for extra in [&[][..], &["--role", "both"][..], &["--role", "admin"][..]] {
+        let out = guard()
+            .arg("token")
+            .arg("--config")
+            .arg(&config)
+            .args(base)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} printed a URL");
+        assert!(out.stdout.is_empty(), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--role"), "{extra:?}: {err}");
+    }
+    let out = guard()
+        .arg("token")
+        .arg("--config")
+        .arg(&config)
+        .args(base)
+        .args(["--role", "play"])
+        .output()
+        .unwrap();
+    let url = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && url.contains("&role=play&token="),
+        "{url}"
     );
 }

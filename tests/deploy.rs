@@ -214,11 +214,19 @@ fn the_kubernetes_manifests_agree_with_the_config_they_ship() {
     let toml = configmap[0]["data"]["rtmp-guard.toml"]
         .as_str()
         .expect("the ConfigMap holds rtmp-guard.toml");
-    // The config must load: give its token file a real path.
+    // The config must load: give its secret files real paths (in the pod,
+    // the Secrets the operator creates are mounted there).
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "a-token-of-sufficient-length").unwrap();
-    let toml = toml.replace("/etc/rtmp-guard-admin/token", &token.display().to_string());
+    let keys = dir.path().join("live.keys");
+    std::fs::write(&keys, "cam1 = a-generated-key\n").unwrap();
+    let toml = toml
+        .replace("/etc/rtmp-guard-admin/token", &token.display().to_string())
+        .replace(
+            "/etc/rtmp-guard-keys/live.keys",
+            &keys.display().to_string(),
+        );
     let config = Config::parse(&toml, "configmap.yaml").expect("the shipped config is valid");
     let admin_port = config.admin.as_ref().expect("admin API on").listen.port();
     let metrics_port = config.metrics.listen.port();
@@ -286,5 +294,110 @@ fn the_dockerfile_is_multi_stage_non_root_and_reads_etc_rtmp_guard() {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
             assert!(p.exists(), "COPY source {src} is missing");
         }
+    }
+}
+
+/// Every YAML document of every manifest in deploy/kubernetes/.
+fn kubernetes_docs() -> Vec<(String, serde_yaml::Value)> {
+    let mut docs = Vec::new();
+    let dir = deploy("kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        for d in yaml_docs(&format!("kubernetes/{name}")) {
+            docs.push((name.clone(), d));
+        }
+    }
+    docs
+}
+
+#[test]
+fn the_kubernetes_kit_ships_no_secret_value_and_waits_for_generated_ones() {
+    let docs = kubernetes_docs();
+    // No Secret with a value ships: no token or key anyone could reuse.
+    for (file, d) in &docs {
+        assert_ne!(d["kind"], "Secret", "{file} ships a Secret: {d:?}");
+        for field in ["data", "stringData"] {
+            assert!(
+                d["kind"] == "ConfigMap" || d[field].is_null(),
+                "{file} has {field}"
+            );
+        }
+    }
+    for file in ["configmap.yaml", "deployment.yaml", "service.yaml"] {
+        let text = read(&format!("kubernetes/{file}")).to_ascii_lowercase();
+        for placeholder in ["change-me", "changeme", "replace-me", "s3cret", "password"] {
+            assert!(
+                !text.contains(placeholder),
+                "{file} holds a placeholder secret {placeholder:?}"
+            );
+        }
+    }
+
+    // The config reads every secret from a file, never inline.
+    let configmap = &docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "ConfigMap")
+        .expect("a ConfigMap")
+        .1;
+    let toml_text = configmap["data"]["rtmp-guard.toml"].as_str().unwrap();
+    let raw: toml::Value = toml::from_str(toml_text).expect("the ConfigMap's TOML");
+    let mut secret_files = vec![raw["admin"]["token_file"]
+        .as_str()
+        .expect("the admin API reads its token from a file")
+        .to_string()];
+    for app in raw["app"].as_array().expect("apps") {
+        assert!(app.get("keys").is_none(), "inline stream keys: {app:?}");
+        for key in ["keys_file", "token_secret_file"] {
+            if let Some(f) = app.get(key).and_then(|v| v.as_str()) {
+                secret_files.push(f.to_string());
+            }
+        }
+    }
+    assert!(secret_files.len() >= 2, "{secret_files:?}");
+
+    // Each of those files is in a volume of a Secret the kit does not
+    // define and the pod cannot do without.
+    let deployment = &docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "Deployment")
+        .expect("a Deployment")
+        .1;
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mounts = pod["containers"][0]["volumeMounts"].as_sequence().unwrap();
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let guide = read("README.md");
+    for file in &secret_files {
+        let mount = mounts
+            .iter()
+            .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{file} is in no mounted volume"));
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume");
+        let secret = &volume["secret"];
+        let name = secret["secretName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file} is not read from a Secret: {volume:?}"));
+        assert_ne!(secret["optional"], true, "{name} is optional");
+        // The guide creates it, from a generated value.
+        let create = guide
+            .lines()
+            .position(|l| l.contains(&format!("kubectl create secret generic {name}")))
+            .unwrap_or_else(|| panic!("deploy/README.md never creates {name}"));
+        let step: String = guide.lines().skip(create).take(2).collect();
+        assert!(step.contains("$(openssl rand"), "{name}: {step}");
+        let key = Path::new(file).file_name().unwrap().to_string_lossy();
+        assert!(
+            step.contains(&format!("--from-literal={key}=")),
+            "{name}: {step}"
+        );
     }
 }

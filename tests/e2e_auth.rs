@@ -140,15 +140,19 @@ fn signed_urls_work_until_they_expire() {
             .build(),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))
-        .arg("token")
-        .arg("--config")
-        .arg(&config)
-        .args(["--app", "tok", "--stream", "show", "--ttl", "10m"])
-        .args(["--host", &guard.rtmp.to_string()])
-        .output()
-        .unwrap();
-    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mint = |stream: &str, role: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))
+            .arg("token")
+            .arg("--config")
+            .arg(&config)
+            .args(["--app", "tok", "--stream", stream, "--role", role])
+            .args(["--ttl", "10m", "--host", &guard.rtmp.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let url = mint("show", "publish");
     let mut publisher = ffmpeg_publish(&url, 4, &log_of(&dir, "tok.log"));
     assert!(
         nginx.wait_publishing("show"),
@@ -165,7 +169,14 @@ fn signed_urls_work_until_they_expire() {
         .unwrap()
         .as_secs()
         - 60;
-    let query = rtmp_guard::policy::token::sign(SECRET.as_bytes(), "tok", "old", past, None);
+    let query = rtmp_guard::policy::token::sign(
+        SECRET.as_bytes(),
+        "tok",
+        "old",
+        past,
+        None,
+        rtmp_guard::verdict::Kind::Publish,
+    );
     let log = log_of(&dir, "expired.log");
     let mut expired = ffmpeg_publish(&format!("rtmp://{}/tok/old?{query}", guard.rtmp), 3, &log);
     assert!(!wait_exit(&mut expired, Duration::from_secs(15))
@@ -173,6 +184,25 @@ fn signed_urls_work_until_they_expire() {
         .success());
     assert!(text(&log).contains("expired token"), "{}", text(&log));
     assert!(!nginx.publishing("old"));
+
+    // A viewer's URL, valid for playing, cannot publish.
+    let play_url = mint("stage", "play");
+    let log = log_of(&dir, "role.log");
+    let mut crossed = ffmpeg_publish(&play_url, 3, &log);
+    assert!(!wait_exit(&mut crossed, Duration::from_secs(15))
+        .expect("exited")
+        .success());
+    assert!(
+        text(&log).contains("NetStream.Publish.BadName")
+            && text(&log).contains("token issued for another role"),
+        "{}",
+        text(&log)
+    );
+    assert!(!nginx.publishing("stage"));
+    assert_eq!(
+        guard.metric(&blocked_sample("session", "unauthorized")),
+        2.0
+    );
 }
 
 #[test]

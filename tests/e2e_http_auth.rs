@@ -169,6 +169,54 @@ fn guard_and_nginx_on_publish_agree_on_the_same_service() {
     }
 }
 
+/// The service allows any form with a `name` of `good`, as a service that
+/// takes the first or last of repeated fields would be fooled into doing.
+/// A client's own `name=good` (in any spelling) must never reach it.
+#[test]
+fn client_parameters_cannot_pass_for_the_guards_fields() {
+    if !have_tools("http_auth_overrides", &["nginx", "ffmpeg"]) {
+        return;
+    }
+    let service = AuthService::start();
+    let nginx = Nginx::start("application other { live on; }");
+    let guard = guard(&nginx, format!("http://{}/auth", service.addr), "deny");
+    let dir = tempfile::tempdir().unwrap();
+    let query = "name=good&Name=good&name%5B%5D=good&call=play&app=other&addr=10.0.0.1\
+                 &clientid=1&tcurl=rtmp%3A%2F%2Fx%2Fother&k=v";
+    let live = publish(
+        &nginx,
+        &format!("rtmp://{}/live/bad?{query}", guard.rtmp),
+        "bad",
+        dir.path(),
+    );
+    assert!(!live, "a client's name=good got a refused stream published");
+    assert_eq!(
+        guard.metric(&blocked_sample("session", "unauthorized")),
+        1.0
+    );
+    let forms = service.forms.lock().unwrap().clone();
+    assert!(!forms.is_empty(), "the service was never asked");
+    for form in &forms {
+        let fields = rtmp_guard::policy::parse_query(form);
+        let values = |k: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(values("name"), ["bad"], "{form}");
+        assert_eq!(values("call"), ["publish"], "{form}");
+        assert_eq!(values("app"), ["live"], "{form}");
+        assert_eq!(values("addr"), ["127.0.0.1"], "{form}");
+        assert!(values("clientid").is_empty(), "{form}");
+        assert!(!form.contains("name%5B%5D"), "{form}");
+        assert_eq!(values("tcurl").len(), 1, "{form}");
+        assert!(!values("tcurl")[0].contains("other"), "{form}");
+        assert_eq!(values("k"), ["v"], "{form}");
+    }
+}
+
 #[test]
 fn answers_are_cached() {
     if !have_tools("http_auth_cache", &["nginx", "ffmpeg"]) {

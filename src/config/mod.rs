@@ -126,8 +126,9 @@ pub enum AuthMode {
     /// `name?key=SECRET` must match the stream's key: `keys` and the
     /// `keys_file`'s lines together.
     Key { keys: BTreeMap<String, Secret> },
-    /// `name?expires=UNIX&token=HEX[&ip=ADDR]`, an HMAC-SHA256 signature
-    /// with the secret from `token_secret_file`.
+    /// `name?expires=UNIX[&ip=ADDR]&role=ROLE&token=HEX`, an HMAC-SHA256
+    /// signature for one role with the secret from `token_secret_file`
+    /// (see `policy::token`).
     Token { secret: Secret },
     /// Ask `http_auth`, as nginx-rtmp's on_publish / on_play do.
     Http(HttpAuth),

@@ -414,7 +414,8 @@ pub enum AuthMode {
     None,
     /// `name?key=SECRET` must match the stream's key.
     Key,
-    /// `name?expires=UNIX&token=HEX[&ip=ADDR]`, an HMAC-SHA256 signature.
+    /// `name?expires=UNIX[&ip=ADDR]&role=ROLE&token=HEX`, an HMAC-SHA256
+    /// signature for one role.
     Token,
     /// Ask `http_auth`, as nginx-rtmp's on_publish / on_play do.
     Http,

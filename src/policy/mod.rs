@@ -136,6 +136,33 @@ impl BitrateMeter {
     }
 }
 
+/// The fields of nginx-rtmp's on_publish/on_play forms: those the guard
+/// sends, and those nginx-rtmp sends that the guard does not (`clientid`,
+/// `type`, `start`, `duration`, `reset`), which a service written for
+/// nginx-rtmp would also believe came from the server.
+pub const GUARD_FIELDS: [&str; 13] = [
+    "call", "addr", "clientid", "app", "flashver", "swfurl", "tcurl", "pageurl", "name", "type",
+    "start", "duration", "reset",
+];
+
+/// Whether a client's query parameter could be read as one of
+/// [`GUARD_FIELDS`] by some auth service, and so is not forwarded. Web
+/// frameworks differ on names: PHP makes `call[]` and `call[x]` an array
+/// named `call` and turns `.` and spaces into `_`, others fold case or
+/// read `call.x` as an object. So the name is folded to ASCII lower case,
+/// cut at the first `[`, `.` or NUL, and stripped of everything but
+/// letters and digits before it is compared: `Call`, ` call`, `call[]`,
+/// `call.x`, `client_id` and `tc-url` are all dropped.
+pub fn is_guard_field(key: &str) -> bool {
+    let head = key.split(['[', '.', '\0']).next().unwrap_or("");
+    let folded: String = head
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    GUARD_FIELDS.contains(&folded.as_str())
+}
+
 fn denial(kind: Kind, stream_id: u32, stream: &str, reason: Reason, description: String) -> Denial {
     Denial {
         reason,
@@ -413,7 +440,8 @@ impl StreamPolicy {
     }
 
     /// nginx-rtmp's on_publish/on_play fields, then the stream's query
-    /// arguments.
+    /// arguments, less any that could pass for one of those fields (see
+    /// [`is_guard_field`]): a client cannot send `?call=play&app=other`.
     fn form(&self, kind: Kind, name: &StreamName) -> String {
         let mut f = form_urlencoded::Serializer::new(String::new());
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
@@ -425,7 +453,7 @@ impl StreamPolicy {
             .append_pair("pageurl", &opt(&self.page_url))
             .append_pair("swfurl", &opt(&self.swf_url))
             .append_pair("flashver", &opt(&self.flash_ver));
-        for (k, v) in &name.params {
+        for (k, v) in name.params.iter().filter(|(k, _)| !is_guard_field(k)) {
             f.append_pair(k, v);
         }
         f.finish()
@@ -482,6 +510,7 @@ impl StreamPolicy {
                 &app.name,
                 &name.name,
                 &name.params,
+                kind,
                 self.client,
                 unix_now,
             )
@@ -600,6 +629,142 @@ mod tests {
             Ok(None)
         );
         assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
+    }
+
+    #[test]
+    fn tokens_open_only_the_role_they_were_signed_for() {
+        const SECRET: &str = "a-token-secret-of-some-length";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.secret");
+        std::fs::write(&path, SECRET).unwrap();
+        let a = app(&format!(
+            "publish = \"token\"\nplay = \"token\"\ntoken_secret_file = \"{}\"\n",
+            path.display()
+        ));
+        let r = Arc::new(Registry::default());
+        let now = 1_800_000_000;
+        let url = |role| {
+            format!(
+                "cam1?{}",
+                token::sign(SECRET.as_bytes(), "live", "cam1", now + 60, None, role)
+            )
+        };
+        let (publish_url, play_url) = (url(Kind::Publish), url(Kind::Play));
+
+        // A viewer's URL publishes nothing, not even a prelude.
+        let mut p = policy(&a, &r, "192.0.2.1");
+        for c in ["publish", "FCPublish", "releaseStream"] {
+            let d = p.on_command(&cmd(c, &play_url), 1, now).unwrap_err();
+            assert_eq!(
+                (d.reason, d.code, d.description.as_str()),
+                (
+                    Reason::Unauthorized,
+                    PUBLISH_BAD_NAME,
+                    "token issued for another role"
+                ),
+                "{c}"
+            );
+        }
+        // A publisher's URL plays nothing.
+        let d = p
+            .on_command(&cmd("play", &publish_url), 1, now)
+            .unwrap_err();
+        assert_eq!((d.reason, d.code), (Reason::Unauthorized, PLAY_FAILED));
+        // Neither does a URL whose role was rewritten.
+        let forged = play_url.replace("role=play", "role=publish");
+        let d = p.on_command(&cmd("publish", &forged), 1, now).unwrap_err();
+        assert_eq!(
+            (d.reason, d.description.as_str()),
+            (Reason::Unauthorized, "invalid token")
+        );
+        assert!(p.streams.is_empty());
+        assert_eq!(r.counts("live"), (0, 0));
+
+        // Each opens its own role.
+        assert_eq!(p.on_command(&cmd("play", &play_url), 1, now), Ok(None));
+        assert_eq!(
+            p.on_command(&cmd("publish", &publish_url), 1, now),
+            Ok(None)
+        );
+        assert_eq!(
+            p.streams,
+            vec![
+                (Kind::Play, "cam1".to_string()),
+                (Kind::Publish, "cam1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn client_parameters_cannot_override_the_fields_of_the_auth_form() {
+        let a = app("publish = \"http\"\nplay = \"http\"\n\
+             http_auth = { url = \"http://127.0.0.1:1/auth\" }\n");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let hostile = "cam1?call=play&app=other&name=good&addr=10.0.0.1&clientid=7\
+             &tcurl=rtmp://x/other&pageurl=p&swfurl=s&flashver=f&type=record\
+             &Call=play&%20call=play&call%5B%5D=play&call.x=play&APP=other&client_id=1\
+             &tc-url=x&name%00=good&start=0&duration=1&reset=1\
+             &key=abc&application=kept&names=kept";
+        for (c, role) in [("publish", "publish"), ("play", "play")] {
+            let q = p
+                .on_command(&cmd(c, hostile), 1, unix_now())
+                .unwrap()
+                .expect("asks the service");
+            let form = parse_query(&q.form);
+            let keys: Vec<&str> = form.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "call",
+                    "addr",
+                    "app",
+                    "name",
+                    "tcurl",
+                    "pageurl",
+                    "swfurl",
+                    "flashver",
+                    "key",
+                    "application",
+                    "names"
+                ],
+                "{}",
+                q.form
+            );
+            let get = |k: &str| {
+                form.iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(get("call"), Some(role));
+            assert_eq!(get("addr"), Some("192.0.2.1"));
+            assert_eq!(get("app"), Some("live"));
+            assert_eq!(get("name"), Some("cam1"));
+            assert_eq!(get("tcurl"), Some("rtmp://h/live"));
+            assert_eq!(get("key"), Some("abc"));
+        }
+    }
+
+    #[test]
+    fn guard_fields_are_recognised_however_spelled() {
+        for k in [
+            "call", "CALL", " call", "call[]", "call[0]", "call.x", "c_all", "name\0x", "tc_url",
+            "clientId", "Type", "reset",
+        ] {
+            assert!(is_guard_field(k), "{k:?} passes");
+        }
+        for k in [
+            "key",
+            "token",
+            "expires",
+            "names",
+            "application",
+            "appx",
+            "",
+            "[call]",
+        ] {
+            assert!(!is_guard_field(k), "{k:?} dropped");
+        }
     }
 
     #[test]
