@@ -336,6 +336,14 @@ struct Relay<'a> {
     to_origin: Outbox,
 }
 
+/// A publish or play waiting for the auth service, and the message to
+/// forward if it allows it.
+struct Held {
+    query: AuthQuery,
+    header: MessageHeader,
+    payload: Vec<u8>,
+}
+
 /// What a direction does with the media message in progress on a csid.
 #[derive(Debug, Clone, Copy)]
 struct MediaRoute {
@@ -527,17 +535,19 @@ impl Relay<'_> {
                 };
                 match step {
                     Ok(None) => {}
-                    Ok(Some(query)) => {
-                        // Everything after a held publish or play waits for
-                        // the auth service's answer.
+                    Ok(Some(held)) => {
+                        // A held publish or play, and everything after it,
+                        // waits for the auth service's answer; the origin
+                        // sees it only if the answer allows it.
                         if self.write(&mut writer, &mut out, flow).await.is_err() {
                             return PumpEnd::Write;
                         }
-                        let answer = self.ask(&query).await;
-                        let verdict = self.rules().answer(&query, answer);
+                        let answer = self.ask(&held.query).await;
+                        let verdict = self.rules().answer(&held.query, answer);
                         if let Err(end) = self.apply(verdict) {
                             return end;
                         }
+                        emitter.whole(&mut out, COMMAND_CSID, &held.header, &held.payload);
                     }
                     Err(end) => return end,
                 }
@@ -557,7 +567,7 @@ impl Relay<'_> {
         }
     }
 
-    /// Handles one thing the parser read. `Ok(Some(query))`: a publish or
+    /// Handles one thing the parser read. `Ok(Some(held))`: a publish or
     /// play to hold until the auth service answers.
     #[allow(clippy::too_many_arguments)]
     fn step(
@@ -569,7 +579,7 @@ impl Relay<'_> {
         media: &mut Vec<MediaRoute>,
         acks: &mut AckWindow,
         flow: &Flow<'_>,
-    ) -> Result<Option<AuthQuery>, PumpEnd> {
+    ) -> Result<Option<Held>, PumpEnd> {
         if let Some(piece) = piece {
             return self
                 .media_piece(&piece, emitter, out, media, flow)
@@ -594,7 +604,7 @@ impl Relay<'_> {
         m: &Message<'_>,
         emitter: &mut Emitter,
         out: &mut Vec<u8>,
-    ) -> Result<Option<AuthQuery>, PumpEnd> {
+    ) -> Result<Option<Held>, PumpEnd> {
         let (type_id, payload) = match command::canonical(m.header.type_id, m.payload) {
             Ok(c) => c,
             Err(e) => return Err(self.refuse_peer(From::Client, Refusal::violation(e.to_string()))),
@@ -605,17 +615,16 @@ impl Relay<'_> {
         };
         let message = Message { header, payload };
         let verdict = self.rules().on_message(&message, self.activity.now());
-        let query = match verdict {
-            Verdict::Ask(query) => Some(query),
-            other => {
-                self.apply(other)?;
-                None
-            }
-        };
-        // A held publish or play is forwarded now: the auth service's
-        // answer comes before anything after it is read on.
+        if let Verdict::Ask(query) = verdict {
+            return Ok(Some(Held {
+                query,
+                header,
+                payload: payload.to_vec(),
+            }));
+        }
+        self.apply(verdict)?;
         emitter.whole(out, COMMAND_CSID, &header, payload);
-        Ok(query)
+        Ok(None)
     }
 
     /// A command or data message from the origin, judged, then forwarded.
