@@ -82,3 +82,221 @@ pub fn proxy_protocol(data: &[u8]) {
     v2.extend_from_slice(data);
     check(&v2);
 }
+
+/// The relay's message-level path, in either direction: parse, judge,
+/// re-emit. The first byte picks the direction (bit 0) and the size of the
+/// pieces the input is fed in; a publish is allowed on stream 1, and the
+/// origin has started a play on stream 1, so media can flow. Panics if
+/// what the guard emits does not read back, with the guard's own chunk
+/// parser, as exactly the messages it decided to forward.
+pub fn relay(data: &[u8]) {
+    if let Err(why) = relay_check(data) {
+        panic!("{why}");
+    }
+}
+
+/// [`relay`], returning what went wrong instead of panicking.
+pub fn relay_check(data: &[u8]) -> Result<(), String> {
+    use crate::policy::session::{Answer, Now};
+    use crate::relay::direction::{Direction, Side, Sink, Stop};
+
+    let Some((&mode, data)) = data.split_first() else {
+        return Ok(());
+    };
+    let side = if mode & 1 == 0 {
+        Side::Client
+    } else {
+        Side::Origin
+    };
+    let step = usize::from(mode >> 1).max(1) * 5;
+    let mut rules = relay_rules();
+    let limits = fuzz_limits();
+    let mut dir = Direction::new(side, ChunkParser::new(limits), 4096);
+    let mut out = Vec::new();
+    let mut to_sender = Vec::new();
+    let mut log = Vec::new();
+    let mut enforce = |_: &crate::verdict::Refusal| true;
+    'input: for piece in data.chunks(step) {
+        let mut pos = 0;
+        while pos < piece.len() {
+            let mut sink = Sink {
+                out: &mut out,
+                to_sender: &mut to_sender,
+                enforce: &mut enforce,
+                opened: false,
+                forwarded: Some(&mut log),
+            };
+            let fed = dir.feed(&piece[pos..], &mut rules, Now::default(), &mut sink);
+            pos += fed.consumed;
+            match fed.stop {
+                None if fed.consumed == 0 => return Err("feed made no progress".into()),
+                None => {}
+                Some(Stop::Held(held)) => {
+                    let verdict = rules.answer(&held.query, Answer::Allow);
+                    if dir.resume(held, verdict, &mut sink).is_some() {
+                        break 'input;
+                    }
+                }
+                Some(_) => break 'input,
+            }
+        }
+    }
+    // The peer was told the guard's chunk size first.
+    let mut told = Vec::new();
+    Direction::new(side, ChunkParser::new(limits), 128)
+        .own_control(&mut told, crate::rtmp::control::Control::SetChunkSize(4096));
+    told.extend_from_slice(&out);
+    let read = read_messages(&told, limits)?;
+    let read: Vec<_> = read.into_iter().skip(1).collect();
+    let decided = complete_messages(&log);
+    if read != decided {
+        return Err(format!(
+            "emitted {} messages, decided {}: {read:?} vs {decided:?}",
+            read.len(),
+            decided.len()
+        ));
+    }
+    Ok(())
+}
+
+type Seen = (u8, u32, u32, Vec<u8>);
+
+/// Whole messages, and media messages whose every piece was forwarded, in
+/// the order they completed: (type, stream, timestamp, payload).
+fn complete_messages(log: &[crate::relay::direction::Forwarded]) -> Vec<Seen> {
+    use crate::relay::direction::Forwarded;
+    let mut done = Vec::new();
+    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    for f in log {
+        match f {
+            Forwarded::Whole(h, p) => done.push((h.type_id, h.stream_id, h.timestamp, p.clone())),
+            Forwarded::Piece(h, offset, bytes) => {
+                if *offset == 0 {
+                    partial.retain(|(c, _)| *c != h.csid);
+                    partial.push((h.csid, Vec::new()));
+                }
+                if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == h.csid) {
+                    payload.extend_from_slice(bytes);
+                    if payload.len() == h.length as usize {
+                        done.push((h.type_id, h.stream_id, h.timestamp, std::mem::take(payload)));
+                    }
+                }
+            }
+        }
+    }
+    done
+}
+
+/// Every complete message in `bytes`, media reassembled.
+fn read_messages(bytes: &[u8], limits: ChunkLimits) -> Result<Vec<Seen>, String> {
+    let mut parser = ChunkParser::new(limits);
+    let mut out = Vec::new();
+    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let p = parser
+            .advance(&bytes[pos..])
+            .map_err(|e| format!("the guard's output does not parse: {e}"))?;
+        pos += p.consumed;
+        if let Some(m) = p.message {
+            let h = m.header;
+            out.push((h.type_id, h.stream_id, h.timestamp, m.payload.to_vec()));
+        }
+        if let Some(piece) = p.media {
+            let h = piece.header;
+            if piece.is_first() {
+                partial.retain(|(c, _)| *c != h.csid);
+                partial.push((h.csid, Vec::new()));
+            }
+            if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == h.csid) {
+                payload.extend_from_slice(piece.bytes);
+                if piece.is_last() {
+                    out.push((h.type_id, h.stream_id, h.timestamp, std::mem::take(payload)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fuzz_limits() -> ChunkLimits {
+    ChunkLimits {
+        max_chunk_size: 65_536,
+        max_command_size: 65_536,
+        max_message_size: 1 << 20,
+        max_chunk_streams: 64,
+    }
+}
+
+/// A session of app `live` (publish and play open to all) with a publish
+/// allowed on stream 1 and a play the origin started on stream 1.
+fn relay_rules() -> crate::policy::session::SessionRules {
+    use crate::config::{Config, ReconnectTcUrl};
+    use crate::policy::session::{Now, SessionRules};
+    use crate::policy::{Registry, StreamPolicy};
+    use crate::rtmp::chunk::{types, Message, MessageHeader};
+    use std::sync::Arc;
+
+    let text = "[limits.session]\ncommands_per_second = 1000000\ncommands_burst = 1000000\n\
+                [[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n\
+                [[app]]\nname = \"live\"\nupstream = \"o\"\npublish = \"none\"\nplay = \"none\"\n";
+    let Ok(config) = Config::parse(text, "fuzz.toml") else {
+        unreachable!("the fuzz config is valid");
+    };
+    let Some(app) = config.app("live") else {
+        unreachable!("the fuzz config has app live");
+    };
+    let Ok(connect) = command::ConnectRequest::with(&[("app", "live")]) else {
+        unreachable!("a plain connect reads");
+    };
+    let policy = StreamPolicy::new(
+        app,
+        Arc::new(Registry::default()),
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        &connect,
+    );
+    let mut rules = SessionRules::new(&config.limits, policy, None, ReconnectTcUrl::Rewrite);
+    let message = |name: &str, stream: &str, stream_id| {
+        let values = [
+            amf0::Amf0Value::String(name.into()),
+            amf0::Amf0Value::Number(0.0),
+            amf0::Amf0Value::Null,
+            amf0::Amf0Value::String(stream.into()),
+        ];
+        let payload = amf0::encode(&values).unwrap_or_default();
+        (
+            MessageHeader {
+                csid: 3,
+                timestamp: 0,
+                type_id: types::COMMAND_AMF0,
+                stream_id,
+                length: payload.len() as u32,
+            },
+            payload,
+        )
+    };
+    for (name, stream) in [("publish", "cam"), ("play", "show")] {
+        let (header, payload) = message(name, stream, 1);
+        rules.on_message(&Message { header, payload: &payload }, Now::default());
+    }
+    let info = amf0::Amf0Value::Object(vec![(
+        "code".into(),
+        amf0::Amf0Value::String("NetStream.Play.Start".into()),
+    )]);
+    let values = [
+        amf0::Amf0Value::String("onStatus".into()),
+        amf0::Amf0Value::Number(0.0),
+        amf0::Amf0Value::Null,
+        info,
+    ];
+    let payload = amf0::encode(&values).unwrap_or_default();
+    let header = MessageHeader {
+        csid: 3,
+        timestamp: 0,
+        type_id: types::COMMAND_AMF0,
+        stream_id: 1,
+        length: payload.len() as u32,
+    };
+    rules.on_origin_message(&Message { header, payload: &payload });
+    rules
+}

@@ -88,3 +88,11 @@ fn proxy_protocol_corpus_and_seeds_never_panic() {
         replay("proxy_protocol", fuzz::proxy_protocol)
     );
 }
+
+#[test]
+fn relay_corpus_and_seeds_never_panic_and_reframe_exactly() {
+    for s in hostile_seeds() {
+        fuzz::relay(&s);
+    }
+    eprintln!("relay: replayed {} corpus files", replay("relay", fuzz::relay));
+}

@@ -55,6 +55,26 @@ pub enum Amf0Value {
 }
 
 impl Amf0Value {
+    /// The value's AMF0 type, for logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Amf0Value::Number(_) => "number",
+            Amf0Value::Boolean(_) => "boolean",
+            Amf0Value::String(_) => "string",
+            Amf0Value::Object(_) => "object",
+            Amf0Value::Null => "null",
+            Amf0Value::Undefined => "undefined",
+            Amf0Value::Reference(_) => "reference",
+            Amf0Value::EcmaArray(_) => "ecma-array",
+            Amf0Value::StrictArray(_) => "strict-array",
+            Amf0Value::Date { .. } => "date",
+            Amf0Value::LongString(_) => "long-string",
+            Amf0Value::Unsupported => "unsupported",
+            Amf0Value::XmlDocument(_) => "xml-document",
+            Amf0Value::TypedObject { .. } => "typed-object",
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Amf0Value::String(s) | Amf0Value::LongString(s) => Some(s),

@@ -280,6 +280,13 @@ pub fn classify(cmd: &Command) -> Result<ClientCommand<'_>, CommandError> {
     })
 }
 
+/// The AMF0 types of a command's object and arguments, for logs:
+/// `null; string, number`.
+pub fn shape_of(cmd: &Command) -> String {
+    let args: Vec<&str> = cmd.arguments.iter().map(Amf0Value::type_name).collect();
+    format!("{}; {}", cmd.object.type_name(), args.join(", "))
+}
+
 /// Whether an object or ECMA array anywhere in `value` repeats a key.
 pub fn has_duplicate_keys(value: &Amf0Value) -> bool {
     match value {

@@ -35,16 +35,19 @@ use crate::connection::Connection;
 use crate::context::{Ctx, Stop};
 use crate::control::sessions::{self, Kick, Session};
 use crate::metrics::upstream_kind;
-use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
+use crate::policy::session::{Answer, Now, SessionRules};
 use crate::policy::{AuthQuery, StreamPolicy};
 use crate::report::{self, Closed};
-use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
-use crate::rtmp::command::{self, ConnectRequest};
-use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
-use crate::rtmp::emit::{Emitter, COMMAND_CSID, CONTROL_CSID};
+use crate::rtmp::chunk::{types, ChunkParser, MessageHeader};
+use crate::rtmp::command::ConnectRequest;
+use crate::rtmp::control::Control;
 use crate::rtmp::reply;
 use crate::upstream::Origin;
-use crate::verdict::{Block, Denial, Reason, Refusal, Stage, Verdict};
+use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
+
+pub mod direction;
+
+use direction::{Direction, Side, Sink, Stop as DirStop};
 
 /// Read buffer per direction. Pages are touched only as data arrives, so an
 /// idle session costs little of it.
@@ -103,16 +106,14 @@ pub async fn run(
     };
     let mut origin_stream = origin.stream;
     let mut legs = Legs {
-        from_client: ChunkDirection {
-            parser,
-            pending: client.take_buffered(),
-        },
-        from_origin: ChunkDirection {
-            parser: ChunkParser::new(limits.chunk_limits()),
-            pending: origin.leftover,
-        },
-        to_client: Emitter::new(OUT_CHUNK_SIZE),
-        to_origin: Emitter::new(OUT_CHUNK_SIZE),
+        up: Direction::new(Side::Client, parser, OUT_CHUNK_SIZE),
+        up_pending: client.take_buffered(),
+        down: Direction::new(
+            Side::Origin,
+            ChunkParser::new(limits.chunk_limits()),
+            OUT_CHUNK_SIZE,
+        ),
+        down_pending: origin.leftover,
     };
     let started = Instant::now();
     let end = match relay
@@ -174,19 +175,14 @@ pub async fn run(
     }
 }
 
-/// Each direction's parser and each leg's output framing.
+/// Both directions, with what each read before the relay began.
 struct Legs {
-    from_client: ChunkDirection,
-    from_origin: ChunkDirection,
-    to_client: Emitter,
-    to_origin: Emitter,
-}
-
-/// One direction's reading state.
-struct ChunkDirection {
-    parser: ChunkParser,
-    /// Bytes read before the relay began, not yet parsed.
-    pending: Vec<u8>,
+    /// Client to origin.
+    up: Direction,
+    up_pending: Vec<u8>,
+    /// Origin to client.
+    down: Direction,
+    down_pending: Vec<u8>,
 }
 
 /// Why the relay ended.
@@ -300,16 +296,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Which peer a direction reads from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum From {
-    Client,
-    Origin,
-}
-
 /// Where a direction's bytes go, and how they are counted.
 struct Flow<'a> {
-    from: From,
+    from: Side,
     /// This session's count, shown to the operator.
     moved: &'a AtomicU64,
     /// The guard's total.
@@ -336,21 +325,6 @@ struct Relay<'a> {
     to_origin: Outbox,
 }
 
-/// A publish or play waiting for the auth service, and the message to
-/// forward if it allows it.
-struct Held {
-    query: AuthQuery,
-    header: MessageHeader,
-    payload: Vec<u8>,
-}
-
-/// What a direction does with the media message in progress on a csid.
-#[derive(Debug, Clone, Copy)]
-struct MediaRoute {
-    csid: u32,
-    pass: bool,
-}
-
 impl Relay<'_> {
     fn rules(&self) -> MutexGuard<'_, SessionRules> {
         lock(&self.rules)
@@ -370,17 +344,13 @@ impl Relay<'_> {
             .for_origin()
             .map_err(|e| End::UpstreamViolation(format!("cannot re-encode connect: {e}")))?;
         let mut out = Vec::with_capacity(payload.len() + 64);
-        own_control(
-            &mut legs.to_origin,
-            &mut out,
-            Control::SetChunkSize(OUT_CHUNK_SIZE),
-        );
+        legs.up
+            .own_control(&mut out, Control::SetChunkSize(OUT_CHUNK_SIZE));
         let header = MessageHeader {
             type_id: types::COMMAND_AMF0,
             ..header
         };
-        legs.to_origin
-            .whole(&mut out, COMMAND_CSID, &header, &payload);
+        legs.up.own_command(&mut out, &header, &payload);
         origin
             .write_all(&out)
             .await
@@ -391,11 +361,8 @@ impl Relay<'_> {
             out.len(),
         );
         out.clear();
-        own_control(
-            &mut legs.to_client,
-            &mut out,
-            Control::SetChunkSize(OUT_CHUNK_SIZE),
-        );
+        legs.down
+            .own_control(&mut out, Control::SetChunkSize(OUT_CHUNK_SIZE));
         client.write_all(&out).await.map_err(|_| End::ClientError)?;
         Ok(())
     }
@@ -420,7 +387,7 @@ impl Relay<'_> {
         let (client_read, client_write) = client.split();
         let (origin_read, origin_write) = origin.split();
         let up = Flow {
-            from: From::Client,
+            from: Side::Client,
             moved: &self.session.client_to_upstream,
             counter: &metrics.bytes_client_to_upstream,
             writing: &to_origin_writing,
@@ -428,7 +395,7 @@ impl Relay<'_> {
             reply_to_sender: &self.to_client,
         };
         let down = Flow {
-            from: From::Origin,
+            from: Side::Origin,
             moved: &self.session.upstream_to_client,
             counter: &metrics.bytes_upstream_to_client,
             writing: &to_client_writing,
@@ -436,14 +403,14 @@ impl Relay<'_> {
             reply_to_sender: &self.to_origin,
         };
         let Legs {
-            from_client,
-            from_origin,
-            to_client,
-            to_origin,
+            up: up_dir,
+            up_pending,
+            down: down_dir,
+            down_pending,
         } = legs;
         let mut refusal = None;
         let end = tokio::select! {
-            end = self.pump(client_read, origin_write, from_client, to_origin, &up) => match end {
+            end = self.pump(client_read, origin_write, up_dir, std::mem::take(up_pending), &up) => match end {
                 PumpEnd::Eof => End::ClientClosed,
                 PumpEnd::Read => End::ClientError,
                 PumpEnd::Write => End::UpstreamError,
@@ -453,7 +420,7 @@ impl Relay<'_> {
                 }
                 PumpEnd::Violation(why) => End::UpstreamViolation(why),
             },
-            end = self.pump(origin_read, client_write, from_origin, to_client, &down) => match end {
+            end = self.pump(origin_read, client_write, down_dir, std::mem::take(down_pending), &down) => match end {
                 PumpEnd::Eof => End::UpstreamClosed,
                 PumpEnd::Read => End::UpstreamError,
                 PumpEnd::Write => End::ClientError,
@@ -464,16 +431,13 @@ impl Relay<'_> {
             kick = sessions::kicked(kicks.clone()) => End::Kicked(kick),
         };
         if let End::Kicked(kick) = &end {
-            refusal = Some(
-                self.rules()
-                    .ended_by_operator(kick.reason, &kick.description),
-            );
+            refusal = Some(self.rules().ended_by_operator(kick.reason, &kick.description));
         }
         // The guard frames the client's leg itself, so its own reply can go
         // between any two of its writes; not if the last one was cut off.
         let client_clean = !to_client_writing.load(Ordering::Relaxed);
         if let Some(denial) = refusal.filter(|_| client_clean) {
-            refuse_stream(client, to_client, &denial).await;
+            refuse_stream(client, down_dir, &denial).await;
         }
         end
     }
@@ -483,19 +447,17 @@ impl Relay<'_> {
         &self,
         mut reader: R,
         mut writer: W,
-        dir: &mut ChunkDirection,
-        emitter: &mut Emitter,
+        dir: &mut Direction,
+        mut buf: Vec<u8>,
         flow: &Flow<'_>,
     ) -> PumpEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut buf = std::mem::take(&mut dir.pending);
         buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
         let mut out = Vec::with_capacity(BUFFER_SIZE + BUFFER_SIZE / 8);
-        let mut media: Vec<MediaRoute> = Vec::new();
-        let mut acks = AckWindow::default();
+        let mut to_sender = Vec::new();
         loop {
             if buf.is_empty() {
                 tokio::select! {
@@ -508,51 +470,63 @@ impl Relay<'_> {
                 }
             }
             for control in flow.outbox.take() {
-                own_control(emitter, &mut out, control);
+                dir.own_control(&mut out, control);
             }
-            if let Some(seq) = acks.received(buf.len()) {
-                flow.reply_to_sender.push(Control::Acknowledgement(seq));
+            if let Some(ack) = dir.received(buf.len()) {
+                flow.reply_to_sender.push(ack);
             }
             let mut pos = 0;
             while pos < buf.len() {
-                let step = {
-                    let progress = match dir.parser.advance(buf.get(pos..).unwrap_or_default()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            return self.refuse_peer(flow.from, Refusal::violation(e.to_string()))
-                        }
+                let input = buf.get(pos..).unwrap_or_default();
+                let (fed, opened) = {
+                    let mut enforce = |r: &Refusal| self.enforce(r);
+                    let mut sink = Sink {
+                        out: &mut out,
+                        to_sender: &mut to_sender,
+                        enforce: &mut enforce,
+                        opened: false,
+                        forwarded: None,
                     };
-                    pos += progress.consumed;
-                    self.step(
-                        progress.message,
-                        progress.media,
-                        emitter,
-                        &mut out,
-                        &mut media,
-                        &mut acks,
-                        flow,
-                    )
+                    let fed = dir.feed(input, &mut self.rules(), self.activity.now(), &mut sink);
+                    (fed, sink.opened)
                 };
-                match step {
-                    Ok(None) => {}
-                    Ok(Some(held)) => {
-                        // A held publish or play, and everything after it,
-                        // waits for the auth service's answer; the origin
-                        // sees it only if the answer allows it.
-                        if self.write(&mut writer, &mut out, flow).await.is_err() {
-                            return PumpEnd::Write;
-                        }
-                        let answer = self.ask(&held.query).await;
-                        let verdict = self.rules().answer(&held.query, answer);
-                        if let Err(end) = self.apply(verdict) {
-                            return end;
-                        }
-                        emitter.whole(&mut out, COMMAND_CSID, &held.header, &held.payload);
-                    }
-                    Err(end) => return end,
+                pos += fed.consumed;
+                self.show_streams(opened);
+                let held = match fed.stop {
+                    None => continue,
+                    Some(DirStop::Refused(denial)) => return PumpEnd::Refused(denial),
+                    Some(DirStop::Violation(why)) => return PumpEnd::Violation(why),
+                    Some(DirStop::Held(held)) => held,
+                };
+                // A held publish or play, and everything after it, waits
+                // for the auth service's answer; the origin sees it only if
+                // the answer allows it.
+                if self.write(&mut writer, &mut out, flow).await.is_err() {
+                    return PumpEnd::Write;
+                }
+                let answer = self.ask(&held.query).await;
+                let verdict = self.rules().answer(&held.query, answer);
+                let (stop, opened) = {
+                    let mut enforce = |r: &Refusal| self.enforce(r);
+                    let mut sink = Sink {
+                        out: &mut out,
+                        to_sender: &mut to_sender,
+                        enforce: &mut enforce,
+                        opened: false,
+                        forwarded: None,
+                    };
+                    let stop = dir.resume(held, verdict, &mut sink);
+                    (stop, sink.opened)
+                };
+                self.show_streams(opened);
+                if let Some(DirStop::Refused(denial)) = stop {
+                    return PumpEnd::Refused(denial);
                 }
             }
-            if flow.from == From::Client {
+            for control in to_sender.drain(..) {
+                flow.reply_to_sender.push(control);
+            }
+            if flow.from == Side::Client {
                 let verdict = self.rules().on_bytes(buf.len() as u64, self.activity.now());
                 if let Err(refusal) = verdict {
                     if self.enforce(&refusal) {
@@ -567,194 +541,10 @@ impl Relay<'_> {
         }
     }
 
-    /// Handles one thing the parser read. `Ok(Some(held))`: a publish or
-    /// play to hold until the auth service answers.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &self,
-        message: Option<Message<'_>>,
-        piece: Option<MediaPiece<'_>>,
-        emitter: &mut Emitter,
-        out: &mut Vec<u8>,
-        media: &mut Vec<MediaRoute>,
-        acks: &mut AckWindow,
-        flow: &Flow<'_>,
-    ) -> Result<Option<Held>, PumpEnd> {
-        if let Some(piece) = piece {
-            return self
-                .media_piece(&piece, emitter, out, media, flow)
-                .map(|()| None);
-        }
-        let Some(m) = message else {
-            return Ok(None);
-        };
-        if MessageClass::of(m.header.type_id) == MessageClass::Control {
-            return self.control(&m, emitter, out, acks, flow).map(|()| None);
-        }
-        match flow.from {
-            From::Client => self.client_message(&m, emitter, out),
-            From::Origin => self.origin_message(&m, emitter, out).map(|()| None),
-        }
-    }
-
-    /// A command or data message from the client: canonical type, judged,
-    /// then forwarded in the guard's framing.
-    fn client_message(
-        &self,
-        m: &Message<'_>,
-        emitter: &mut Emitter,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<Held>, PumpEnd> {
-        let (type_id, payload) = match command::canonical(m.header.type_id, m.payload) {
-            Ok(c) => c,
-            Err(e) => return Err(self.refuse_peer(From::Client, Refusal::violation(e.to_string()))),
-        };
-        let header = MessageHeader {
-            type_id,
-            ..m.header
-        };
-        let message = Message { header, payload };
-        let verdict = self.rules().on_message(&message, self.activity.now());
-        if let Verdict::Ask(query) = verdict {
-            return Ok(Some(Held {
-                query,
-                header,
-                payload: payload.to_vec(),
-            }));
-        }
-        self.apply(verdict)?;
-        emitter.whole(out, COMMAND_CSID, &header, payload);
-        Ok(None)
-    }
-
-    /// A command or data message from the origin, judged, then forwarded.
-    fn origin_message(
-        &self,
-        m: &Message<'_>,
-        emitter: &mut Emitter,
-        out: &mut Vec<u8>,
-    ) -> Result<(), PumpEnd> {
-        let (type_id, payload) = match command::canonical(m.header.type_id, m.payload) {
-            Ok(c) => c,
-            Err(e) => return Err(PumpEnd::Violation(e.to_string())),
-        };
-        let header = MessageHeader {
-            type_id,
-            ..m.header
-        };
-        let message = Message { header, payload };
-        match self.rules().on_origin_message(&message) {
-            FromOrigin::Pass => emitter.whole(out, COMMAND_CSID, &header, payload),
-            FromOrigin::Rewrite(rewritten) => emitter.whole(out, COMMAND_CSID, &header, &rewritten),
-            FromOrigin::Drop => {}
-            FromOrigin::Violation(why) => return Err(PumpEnd::Violation(why)),
-        }
-        Ok(())
-    }
-
-    /// A piece of a media message: judged at its start, then streamed.
-    fn media_piece(
-        &self,
-        piece: &MediaPiece<'_>,
-        emitter: &mut Emitter,
-        out: &mut Vec<u8>,
-        media: &mut Vec<MediaRoute>,
-        flow: &Flow<'_>,
-    ) -> Result<(), PumpEnd> {
-        let csid = piece.header.csid;
-        if piece.is_first() {
-            let pass = match flow.from {
-                From::Client => match self.rules().on_media(&piece.header) {
-                    Ok(()) => true,
-                    Err(refusal) => return Err(self.refuse_peer(From::Client, refusal)),
-                },
-                From::Origin => match self.rules().on_origin_media(&piece.header) {
-                    FromOrigin::Pass | FromOrigin::Rewrite(_) => true,
-                    FromOrigin::Drop => false,
-                    FromOrigin::Violation(why) => return Err(PumpEnd::Violation(why)),
-                },
-            };
-            match media.iter_mut().find(|r| r.csid == csid) {
-                Some(route) => route.pass = pass,
-                None => media.push(MediaRoute { csid, pass }),
-            }
-        }
-        let pass = media.iter().any(|r| r.csid == csid && r.pass);
-        if !pass {
-            return Ok(());
-        }
-        emitter
-            .media(out, piece)
-            .map_err(|e| self.refuse_peer(flow.from, Refusal::violation(e.to_string())))
-    }
-
-    /// A control message: handled for this leg; the window and bandwidth
-    /// are said again on the other; stream events travel on.
-    fn control(
-        &self,
-        m: &Message<'_>,
-        emitter: &mut Emitter,
-        out: &mut Vec<u8>,
-        acks: &mut AckWindow,
-        flow: &Flow<'_>,
-    ) -> Result<(), PumpEnd> {
-        let control = match control::parse(m.header.type_id, m.payload) {
-            Ok(c) => c,
-            Err(e) => return Err(self.refuse_peer(flow.from, Refusal::violation(e.to_string()))),
-        };
-        match control {
-            // The parser applied it to this direction.
-            Control::SetChunkSize(_) | Control::Acknowledgement(_) => {}
-            Control::Abort(csid) => {
-                return Err(self.refuse_peer(
-                    flow.from,
-                    Refusal::violation(format!("abort of chunk stream {csid}")),
-                ))
-            }
-            Control::WindowAckSize(size) => {
-                acks.set_window(size);
-                own_control(emitter, out, control);
-            }
-            Control::SetPeerBandwidth { .. } => own_control(emitter, out, control),
-            Control::User(UserEvent::PingRequest(t)) => {
-                flow.reply_to_sender
-                    .push(Control::User(UserEvent::PingResponse(t)));
-            }
-            Control::User(UserEvent::PingResponse(_)) | Control::User(UserEvent::Other(_)) => {}
-            Control::User(UserEvent::Stream { .. })
-            | Control::User(UserEvent::SetBufferLength { .. }) => {
-                own_control(emitter, out, control)
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends the direction for something a peer sent: a client's refusal is
-    /// reported (and enforced even in dry run when it cannot be relayed);
-    /// the origin's is an upstream violation, never scored on the client.
-    fn refuse_peer(&self, from: From, refusal: Refusal) -> PumpEnd {
-        match from {
-            From::Client => {
-                self.enforce(&refusal);
-                PumpEnd::Refused(refusal.status)
-            }
-            From::Origin => PumpEnd::Violation(refusal.detail),
-        }
-    }
-
-    /// Carries out a verdict on the client: shows an opened stream to the
-    /// operator, and reports a refusal, which dry run may let through.
-    fn apply(&self, verdict: Verdict<AuthQuery>) -> Result<(), PumpEnd> {
-        match verdict {
-            Verdict::Pass | Verdict::Ask(_) => Ok(()),
-            Verdict::Opened => {
-                self.session.set_streams(self.rules().streams());
-                Ok(())
-            }
-            Verdict::Refuse(refusal) if self.enforce(&refusal) => {
-                Err(PumpEnd::Refused(refusal.status))
-            }
-            Verdict::Refuse(_) => Ok(()),
+    /// Shows the operator the streams the session opened.
+    fn show_streams(&self, opened: bool) {
+        if opened {
+            self.session.set_streams(self.rules().streams());
         }
     }
 
@@ -806,23 +596,10 @@ impl Relay<'_> {
     }
 }
 
-/// Frames one of the guard's own control messages.
-fn own_control(emitter: &mut Emitter, out: &mut Vec<u8>, control: Control) {
-    let (type_id, payload) = control.encode();
-    let header = MessageHeader {
-        csid: CONTROL_CSID,
-        timestamp: 0,
-        type_id,
-        stream_id: 0,
-        length: payload.len() as u32,
-    };
-    emitter.whole(out, CONTROL_CSID, &header, &payload);
-}
-
 /// Sends a refused publish or play its `onStatus` error, in the guard's
 /// framing of the client's leg. A failed key or token waits 0.5-1 s first,
 /// so guessing is slow.
-async fn refuse_stream(client: &mut TcpStream, emitter: &mut Emitter, denial: &Denial) {
+async fn refuse_stream(client: &mut TcpStream, to_client: &mut Direction, denial: &Denial) {
     if denial.reason == Reason::Unauthorized {
         let wait = rand::random_range(500..1000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -832,13 +609,13 @@ async fn refuse_stream(client: &mut TcpStream, emitter: &mut Emitter, denial: &D
     let description = format!("{}: {}", denial.code, denial.description);
     let payload = reply::status_payload(denial.code, &description);
     let header = MessageHeader {
-        csid: COMMAND_CSID,
+        csid: crate::rtmp::emit::COMMAND_CSID,
         timestamp: 0,
         type_id: types::COMMAND_AMF0,
         stream_id: denial.stream_id,
         length: payload.len() as u32,
     };
     let mut out = Vec::new();
-    emitter.whole(&mut out, COMMAND_CSID, &header, &payload);
+    to_client.own_command(&mut out, &header, &payload);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&out)).await;
 }
