@@ -75,7 +75,9 @@ impl Running {
                 "drain timeout: closing the sessions left"
             );
         }
-        guard.audit.flush();
+        // Waiting for the disk is blocking work: off the runtime's workers.
+        let flushing = guard.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.audit.flush()).await;
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {

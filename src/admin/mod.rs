@@ -94,7 +94,8 @@ async fn authorize(State(guard): Shared, request: Request, next: Next) -> Respon
             guard.metrics.admin_action("denied");
             guard
                 .audit
-                .action("auth", request.uri().path(), "", "denied");
+                .action("auth", request.uri().path(), "", "denied")
+                .await;
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
@@ -124,7 +125,7 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
 }
 
 /// Audits and counts a mutation, and turns its result into a response.
-fn done(
+async fn done(
     guard: &Guard,
     action: &'static str,
     target: &str,
@@ -134,12 +135,12 @@ fn done(
     match result {
         Ok(v) => {
             guard.metrics.admin_action(action);
-            guard.audit.action(action, target, reason, "ok");
+            guard.audit.action(action, target, reason, "ok").await;
             tracing::info!(event = "admin", action, target, reason, "admin action");
             Json(v).into_response()
         }
         Err(why) => {
-            guard.audit.action(action, target, reason, "failed");
+            guard.audit.action(action, target, reason, "failed").await;
             error(StatusCode::INTERNAL_SERVER_ERROR, why.to_string())
         }
     }
@@ -204,7 +205,8 @@ async fn kick(
         &id.to_string(),
         &b.reason,
         Ok(json!({ "kicked": id })),
-    ))
+    )
+    .await)
 }
 
 async fn bans(State(guard): Shared) -> Response {
@@ -269,7 +271,7 @@ async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiErro
     let result = remedies::ban(&guard, cidr, duration, &b.reason)
         .await
         .map(|ended| json!({ "banned": cidr.trunc().to_string(), "sessions_ended": ended }));
-    Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result))
+    Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result).await)
 }
 
 async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Response, ApiError> {
@@ -282,7 +284,8 @@ async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Resp
             &cidr.to_string(),
             "",
             result.map(|_| json!({ "lifted": cidr.trunc().to_string() })),
-        )),
+        )
+        .await),
     }
 }
 
@@ -311,7 +314,7 @@ async fn add_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiEr
     let result = remedies::block(&guard, &b.app, &b.stream, &b.reason)
         .await
         .map(|ended| json!({ "blocked": target, "sessions_ended": ended }));
-    Ok(done(&guard, "block", &target, &b.reason, result))
+    Ok(done(&guard, "block", &target, &b.reason, result).await)
 }
 
 async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
@@ -328,7 +331,8 @@ async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiE
             &target,
             &b.reason,
             result.map(|_| json!({ "lifted": target })),
-        )),
+        )
+        .await),
     }
 }
 
@@ -386,7 +390,7 @@ async fn suspend(
     let result = remedies::suspend(&guard, &app, &b.reason, b.terminate)
         .await
         .map(|ended| json!({ "suspended": app, "sessions_ended": ended }));
-    Ok(done(&guard, "suspend", &app, &b.reason, result))
+    Ok(done(&guard, "suspend", &app, &b.reason, result).await)
 }
 
 async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Response, ApiError> {
@@ -402,21 +406,25 @@ async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Respons
             &app,
             "",
             result.map(|_| json!({ "resumed": app })),
-        )),
+        )
+        .await),
     }
 }
 
 async fn reload(State(guard): Shared) -> Response {
     match crate::lifecycle::reload(&guard) {
-        Ok(()) => done(
-            &guard,
-            "reload",
-            "config",
-            "",
-            Ok(json!({ "reloaded": true })),
-        ),
+        Ok(()) => {
+            done(
+                &guard,
+                "reload",
+                "config",
+                "",
+                Ok(json!({ "reloaded": true })),
+            )
+            .await
+        }
         Err(why) => {
-            guard.audit.action("reload", "config", "", "failed");
+            guard.audit.action("reload", "config", "", "failed").await;
             error(StatusCode::UNPROCESSABLE_ENTITY, why.to_string())
         }
     }
