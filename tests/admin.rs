@@ -412,3 +412,126 @@ fn reload_applies_a_valid_file_and_a_broken_one_changes_nothing() {
         Closed::Within(_, got) if got.is_empty()
     ));
 }
+
+/// `start_from_file`'s config with `[admin]` replaced by `admin` (none if
+/// empty).
+fn with_admin(dir: &Path, origin: SocketAddr, admin: &str) -> String {
+    let text = config(dir, origin).build();
+    let start = text.find("[admin]").unwrap();
+    let end = start + text[start..].find("[state]").unwrap();
+    format!("{}{admin}{}", &text[..start], &text[end..])
+}
+
+#[test]
+fn a_reload_that_drops_the_token_or_moves_the_api_is_refused_and_the_token_still_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, path) = start_from_file(dir.path(), origin.addr);
+    let addr = running.admin_addr.unwrap();
+    let failures = || {
+        common::metric(
+            &running.guard.metrics.render(),
+            "rtmp_guard_config_reloads_total{result=\"failure\"}",
+        )
+        .unwrap()
+    };
+    let cases = [
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "admin.token_file",
+            "token",
+        ),
+        ("", "key `admin`", "remove the admin API"),
+        (
+            "[admin]\nlisten = \"127.0.0.2:0\"\ntoken_file = \"admin.token\"\n",
+            "admin.listen",
+            "move",
+        ),
+    ];
+    for (i, (admin, key, why)) in cases.into_iter().enumerate() {
+        std::fs::write(&path, with_admin(dir.path(), origin.addr, admin)).unwrap();
+        // The file on its own is valid: only the reload refuses it.
+        Config::load(&path).unwrap();
+        let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+        assert_eq!(status, 422, "{admin:?}: {body}");
+        assert!(
+            body.contains(key) && body.contains(why) && body.contains("fixed at start"),
+            "{body}"
+        );
+        assert_eq!(failures(), (i + 1) as f64);
+        // The old config, token and all, stays in force.
+        let live = running.guard.config();
+        assert!(live.admin.as_ref().unwrap().token.is_some());
+        assert_eq!(http(addr, "GET", "/api/v1/sessions", None, "").0, 401);
+        assert_eq!(
+            http(
+                addr,
+                "POST",
+                "/api/v1/bans",
+                None,
+                "{\"cidr\": \"0.0.0.0/0\"}"
+            )
+            .0,
+            401
+        );
+        assert_eq!(
+            http(addr, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+            200
+        );
+    }
+    assert!(running.guard.remedies.load().bans.is_empty());
+    running.guard.audit.flush();
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit
+            .matches(r#""action":"reload","event":"admin","reason":"","result":"failed""#)
+            .count(),
+        3,
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_reload_rotates_the_token_file_new_token_in_old_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, _path) = start_from_file(dir.path(), origin.addr);
+    let addr = running.admin_addr.unwrap();
+    const NEW: &str = "the-rotated-admin-token-2";
+    std::fs::write(dir.path().join("admin.token"), format!("{NEW}\n")).unwrap();
+    // Until the reload, the old token is the one.
+    assert_eq!(http(addr, "GET", "/api/v1/sessions", Some(NEW), "").0, 401);
+    let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http(addr, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+        401
+    );
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/bans",
+            Some(TOKEN),
+            "{\"cidr\": \"192.0.2.0/24\"}"
+        )
+        .0,
+        401
+    );
+    assert!(running.guard.remedies.load().bans.is_empty());
+    assert_eq!(http(addr, "GET", "/api/v1/sessions", Some(NEW), "").0, 200);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/bans",
+            Some(NEW),
+            "{\"cidr\": \"192.0.2.0/24\"}"
+        )
+        .0,
+        200
+    );
+    assert_eq!(running.guard.remedies.load().bans.len(), 1);
+}

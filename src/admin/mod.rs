@@ -18,6 +18,10 @@
 //! POST   /api/v1/apps/{app}/resume
 //! POST   /api/v1/reload
 //! ```
+//!
+//! Whether the API needs a token, and where it listens, are fixed at start
+//! ([`serve`]'s `token_required`): a reload may rotate the token file's
+//! contents, never remove it (`lifecycle::reload` refuses that).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,14 +43,19 @@ use crate::guard::Guard;
 
 type Shared = State<Arc<Guard>>;
 
-/// Serves the admin API on an already-bound listener.
-pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>) {
-    if let Err(e) = axum::serve(listener, router(guard)).await {
+/// Serves the admin API on an already-bound listener. `token_required`:
+/// whether the config the guard started with named a `token_file`.
+pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, token_required: bool) {
+    if let Err(e) = axum::serve(listener, router(guard, token_required)).await {
         tracing::error!(error = %e, "admin API stopped");
     }
 }
 
-pub fn router(guard: Arc<Guard>) -> Router {
+pub fn router(guard: Arc<Guard>, token_required: bool) -> Router {
+    let auth = Auth {
+        guard: guard.clone(),
+        required: token_required,
+    };
     let api = Router::new()
         .route("/sessions", get(sessions))
         .route("/sessions/:id", delete(kick))
@@ -58,7 +67,7 @@ pub fn router(guard: Arc<Guard>) -> Router {
         .route("/apps/:app/resume", post(resume))
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(middleware::from_fn_with_state(guard.clone(), authorize));
+        .layer(middleware::from_fn_with_state(auth, authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -79,18 +88,31 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Checks the bearer token, in constant time, when one is configured.
-async fn authorize(State(guard): Shared, request: Request, next: Next) -> Response {
+/// The token check's state: the guard (whose config holds the token, so a
+/// reload rotates it), and whether one is required at all.
+#[derive(Clone)]
+struct Auth {
+    guard: Arc<Guard>,
+    required: bool,
+}
+
+/// Checks the bearer token, in constant time, against the token the
+/// current config read from `token_file`. When the API started with a
+/// token, a config without one (which a reload cannot install) admits
+/// nobody rather than everybody.
+async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let guard = &auth.guard;
     let config = guard.config();
     let expected = config.admin.as_ref().and_then(|a| a.token.as_ref());
-    if let Some(expected) = expected {
+    if auth.required || expected.is_some() {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.0.as_bytes())) {
+        let ok = expected.is_some_and(|e| bool::from(given.as_bytes().ct_eq(e.0.as_bytes())));
+        if !ok {
             guard.metrics.admin_action("denied");
             guard
                 .audit
