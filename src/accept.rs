@@ -120,7 +120,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     guard.metrics.connections_total.inc();
     let client = ClientAddr::new(peer);
     // The config this connection is judged by, from accept to close.
-    let config = guard.config();
+    let config = guard.config.load();
     let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
         let detail = format!("{} connections already open", config.server.max_connections);
         let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
@@ -164,6 +164,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
             return;
         }
     };
+    let config = arc_swap::Guard::into_inner(config);
     let guard = guard.clone();
     let task = async move {
         session::run(guard, config, stream, client, start).await;
