@@ -7,6 +7,13 @@
 //! registered with the async reactor, so a flood of refusals costs two
 //! system calls each. Admitted ones get their own task, so a fault in one
 //! session can never stop the guard.
+//!
+//! A refusal here is audited like any other, and the audit log never drops
+//! a line: if its queue is full, the accept loop awaits room before it
+//! accepts again. That wait is async (the worker thread runs other tasks
+//! meanwhile), and it is the back-pressure a disk slower than the flood
+//! needs: the kernel's backlog holds or refuses the excess, and memory
+//! stays bounded.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -90,7 +97,7 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
         // Drain the accept queue, then wait for readiness again.
         loop {
             match ready.get_inner().accept() {
-                Ok((stream, peer)) => on_accept(&guard, stream, peer),
+                Ok((stream, peer)) => on_accept(&guard, stream, peer).await,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
@@ -107,8 +114,9 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
     }
 }
 
-/// Admits or refuses one accepted connection.
-fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
+/// Admits or refuses one accepted connection. Waits only when a refusal
+/// finds the audit queue full.
+async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     guard.metrics.connections_total.inc();
     let client = ClientAddr::new(peer);
     // The config this connection is judged by, from accept to close.
@@ -116,7 +124,7 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     let Ok(permit) = guard.connections.clone().try_acquire_owned() else {
         let detail = format!("{} connections already open", config.server.max_connections);
         let block = Block::new(Stage::Accept, Reason::TooManyConnections, detail).always();
-        report::refuse(guard, &config, client, &block);
+        report::refuse(guard, &config, client, &block).await;
         close_now(stream);
         return;
     };
@@ -132,13 +140,13 @@ fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
                 "trusted proxy connection shed",
             )
             .always();
-            report::refuse(guard, &config, client, &block);
+            report::refuse(guard, &config, client, &block).await;
             close_now(stream);
             return;
         }
         Start::ProxyHeader(slot)
     } else {
-        match admit::admit(guard, &config, client, None) {
+        match admit::admit(guard, &config, client, None).await {
             Some(ticket) => Start::Admitted(ticket),
             None => {
                 close_now(stream);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::audit::Unwritten;
 use crate::config::Config;
 use crate::connection::ClientAddr;
 use crate::guard::Guard;
@@ -24,6 +25,10 @@ pub struct Ctx {
     /// The address the client connected to.
     pub local: SocketAddr,
     pub accepted: Instant,
+    /// Audit lines of this session's refusals that found the audit queue
+    /// full; [`Ctx::write_audit`] awaits room for them before the socket
+    /// closes.
+    pub unwritten: std::sync::Mutex<Vec<Unwritten>>,
 }
 
 impl Ctx {
@@ -32,9 +37,28 @@ impl Ctx {
         self.accepted + after
     }
 
-    /// Reports a refusal; false if dry run lets it through.
+    /// Reports a refusal; false if dry run lets it through. Never waits:
+    /// the relay calls this while judging each message. If the audit queue
+    /// is full, the line is kept for [`Ctx::write_audit`]. (An enforced
+    /// refusal ends the session, so a session keeps at most a line or two.)
     pub fn refuse(&self, block: &Block) -> bool {
-        report::refuse(&self.guard, &self.config, self.client, block)
+        let refused = report::refuse_now(&self.guard, &self.config, self.client, block);
+        if let Some(line) = refused.audit {
+            self.unwritten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+        }
+        refused.enforce
+    }
+
+    /// Writes the audit lines [`Ctx::refuse`] kept, awaiting room in the
+    /// audit queue: the session's task waits, never a worker thread.
+    pub async fn write_audit(&self) {
+        let lines = std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        for line in lines {
+            self.guard.audit.write(line).await;
+        }
     }
 }
 

@@ -3,18 +3,33 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_NAME};
 use crate::guard::Guard;
 
 /// Reads and validates the whole config file, then swaps it in. New
 /// connections use it at once; live sessions keep the one they began with.
-/// An invalid file changes nothing.
+/// An invalid file changes nothing, and neither does one that would move,
+/// add or remove the admin listener or remove (or add) its token: those are
+/// fixed at start. The token file's contents may change: the API then
+/// takes the new token and refuses the old.
 pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     let loaded = match &guard.config_path {
         Some(path) => Config::load(path),
         None => Config::embedded_default(),
     };
-    let new = match loaded {
+    let old = guard.config();
+    let new = match loaded.and_then(|new| match admin_change(&old, &new) {
+        None => Ok(new),
+        Some((key, why)) => Err(ConfigError {
+            source: guard
+                .config_path
+                .as_ref()
+                .map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string()),
+            line: None,
+            key: Some(key.to_string()),
+            why,
+        }),
+    }) {
         Ok(c) => c,
         Err(e) => {
             guard.metrics.reloaded(false);
@@ -22,7 +37,6 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
             return Err(e);
         }
     };
-    let old = guard.config();
     for what in restart_only_changes(&old, &new) {
         tracing::warn!(
             event = "config_needs_restart",
@@ -45,6 +59,40 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What is wrong with `new`'s `[admin]` table, if anything, next to the
+/// running `old`'s: the key, and why the reload is refused. The running
+/// config's listener and token requirement are always the ones the guard
+/// started with, since every reload that would change them is refused.
+fn admin_change(old: &Config, new: &Config) -> Option<(&'static str, String)> {
+    const FIXED: &str = "the admin API's listen address, and whether it needs a token, \
+                         are fixed at start: restart rtmp-guard to change them; \
+                         the old config stays in force";
+    let (key, what) = match (&old.admin, &new.admin) {
+        (None, None) => return None,
+        (None, Some(_)) => ("admin", "a reload cannot start the admin API".to_string()),
+        (Some(_), None) => ("admin", "a reload cannot remove the admin API".to_string()),
+        (Some(o), Some(n)) if o.listen != n.listen => (
+            "admin.listen",
+            format!(
+                "a reload cannot move the admin API from {} to {}",
+                o.listen, n.listen
+            ),
+        ),
+        (Some(o), Some(n)) => match (o.token.is_some(), n.token.is_some()) {
+            (true, false) => (
+                "admin.token_file",
+                "a reload cannot remove the admin API's token (token_file)".to_string(),
+            ),
+            (false, true) => (
+                "admin.token_file",
+                "a reload cannot add a token to an admin API that started without one".to_string(),
+            ),
+            _ => return None,
+        },
+    };
+    Some((key, format!("{what}; {FIXED}")))
+}
+
 /// Settings a running guard cannot change: its sockets and files.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -53,9 +101,6 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics.listen != new.metrics.listen {
         changed.push("metrics.listen");
-    }
-    if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
-        changed.push("admin.listen");
     }
     if old.state.as_ref().map(|s| &s.path) != new.state.as_ref().map(|s| &s.path) {
         changed.push("state.path");
@@ -82,6 +127,54 @@ fn resize(guard: &Guard, old: usize, new: usize) {
                     p.forget();
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose `[admin]` table is `admin` (absent if empty), with
+    /// its token file in `dir`.
+    fn config(dir: &std::path::Path, admin: &str) -> Config {
+        std::fs::write(dir.join("admin.token"), "a-token-of-16-bytes-or-more\n").unwrap();
+        let text = format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{admin}");
+        Config::parse(&text, &dir.join("t.toml").display().to_string()).unwrap()
+    }
+
+    #[test]
+    fn the_admin_listener_and_its_token_requirement_cannot_change_by_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let with_token = "[admin]\nlisten = \"127.0.0.1:9936\"\ntoken_file = \"admin.token\"\n";
+        let open = "[admin]\nlisten = \"127.0.0.1:9936\"\n";
+        let moved = "[admin]\nlisten = \"127.0.0.1:9937\"\ntoken_file = \"admin.token\"\n";
+        let cases = [
+            (
+                with_token,
+                open,
+                "admin.token_file",
+                "cannot remove the admin API's token",
+            ),
+            (open, with_token, "admin.token_file", "cannot add a token"),
+            (
+                with_token,
+                moved,
+                "admin.listen",
+                "from 127.0.0.1:9936 to 127.0.0.1:9937",
+            ),
+            (with_token, "", "admin", "cannot remove the admin API"),
+            ("", open, "admin", "cannot start the admin API"),
+        ];
+        for (old, new, key, why) in cases {
+            let (k, w) = admin_change(&config(d, old), &config(d, new))
+                .unwrap_or_else(|| panic!("{old:?} -> {new:?} accepted"));
+            assert_eq!(k, key);
+            assert!(w.contains(why) && w.contains("fixed at start"), "{w}");
+        }
+        for same in ["", open, with_token] {
+            assert_eq!(admin_change(&config(d, same), &config(d, same)), None);
         }
     }
 }

@@ -5,9 +5,18 @@
 //! own (flat fields, a cheaply formatted timestamp) rather than the general
 //! one, which costs several times more per event, and all output goes
 //! through a [`LineWriter`] thread so the accept loop never waits on
-//! write(2).
+//! write(2). When that thread falls behind, lines are dropped and counted
+//! ([`lines_dropped`]), never waited for.
+//!
+//! Text a client chose (app and stream names, details quoting what it
+//! sent) is [`cut`] to [`MAX_CLIENT_TEXT`] bytes in every log line, so a
+//! flood of refusals with 64 KiB names cannot fill the disk 64 KiB at a
+//! time.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -25,10 +34,43 @@ pub enum Format {
     Json,
 }
 
+/// The most bytes of client-chosen text a log line carries per field.
+pub const MAX_CLIENT_TEXT: usize = 256;
+/// What follows client text that [`cut`] shortened.
+pub const CUT_MARK: &str = "…(cut)";
+
+/// `text` if it fits in [`MAX_CLIENT_TEXT`] bytes; otherwise its first
+/// bytes up to that, ending on a character boundary, followed by
+/// [`CUT_MARK`].
+pub fn cut(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_CLIENT_TEXT {
+        return Cow::Borrowed(text);
+    }
+    let end = (0..=MAX_CLIENT_TEXT)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let kept = text.get(..end).unwrap_or("");
+    let mut out = String::with_capacity(kept.len() + CUT_MARK.len());
+    out.push_str(kept);
+    out.push_str(CUT_MARK);
+    Cow::Owned(out)
+}
+
+/// The main log's count of dropped lines, once [`init`] has run.
+static DROPPED: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+
+/// Lines the main log dropped because its queue was full:
+/// `rtmp_guard_log_lines_dropped_total`.
+pub fn lines_dropped() -> u64 {
+    DROPPED.get().map_or(0, |d| d.load(Ordering::Relaxed))
+}
+
 /// Installs the global subscriber, writing to stdout through a
 /// [`LineWriter`] thread. Keep the returned guard until exit: dropping it
-/// waits for the queued lines. The queue never drops a line: when full
-/// (16 Ki lines, a few MiB), it slows the producer instead.
+/// waits for the queued lines. When the queue is full (16 Ki lines), a
+/// line is dropped and counted ([`lines_dropped`]): a runtime worker never
+/// waits for the log.
 pub fn init(format: Format) -> FlushOnDrop {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -41,6 +83,7 @@ pub fn init(format: Format) -> FlushOnDrop {
             return FlushOnDrop(None);
         }
     };
+    let _ = DROPPED.set(writer.dropped_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -190,6 +233,22 @@ mod tests {
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(253_402_300_800));
         assert_eq!(s, "9999-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn client_text_is_cut_on_a_char_boundary_and_marked() {
+        assert_eq!(cut("cam1"), "cam1");
+        let exact = "x".repeat(MAX_CLIENT_TEXT);
+        assert!(matches!(cut(&exact), Cow::Borrowed(t) if t == exact));
+        let long = "n".repeat(64 * 1024);
+        let c = cut(&long);
+        assert_eq!(c.len(), MAX_CLIENT_TEXT + CUT_MARK.len());
+        assert!(c.starts_with(&"n".repeat(MAX_CLIENT_TEXT)));
+        assert!(c.ends_with(CUT_MARK));
+        // 255 ASCII bytes, then a 4-byte character across the limit.
+        let across = format!("{}🎥🎥", "a".repeat(MAX_CLIENT_TEXT - 1));
+        let c = cut(&across);
+        assert_eq!(c, format!("{}{CUT_MARK}", "a".repeat(MAX_CLIENT_TEXT - 1)));
     }
 
     #[test]

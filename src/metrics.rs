@@ -7,6 +7,8 @@
 use std::net::SocketAddr;
 
 use axum::{http::header, response::IntoResponse, routing::get, Router};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -201,6 +203,11 @@ impl Metrics {
         registry.register(Box::new(state_file_quarantined_total.clone()))?;
         registry.register(Box::new(state_file_write_errors_total.clone()))?;
         registry.register(Box::new(admin_actions_total.clone()))?;
+        registry.register(Box::new(ReadAtScrape::new(
+            "rtmp_guard_log_lines_dropped_total",
+            "Main log lines dropped because the log writer fell behind (the audit log never drops).",
+            crate::logging::lines_dropped,
+        )?))?;
         for result in ["success", "failure"] {
             config_reloads_total.with_label_values(&[result]);
         }
@@ -327,6 +334,47 @@ impl Metrics {
     }
 }
 
+/// A counter whose value is kept elsewhere and read at each scrape: the
+/// main log's dropped lines, counted by a writer that starts before any
+/// registry (and is one per process, however many guards a test starts).
+struct ReadAtScrape {
+    name: &'static str,
+    help: &'static str,
+    template: IntCounter,
+    read: fn() -> u64,
+}
+
+impl ReadAtScrape {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        read: fn() -> u64,
+    ) -> Result<ReadAtScrape, prometheus::Error> {
+        Ok(ReadAtScrape {
+            name,
+            help,
+            template: IntCounter::new(name, help)?,
+            read,
+        })
+    }
+}
+
+impl Collector for ReadAtScrape {
+    fn desc(&self) -> Vec<&Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        match IntCounter::new(self.name, self.help) {
+            Ok(counter) => {
+                counter.inc_by((self.read)());
+                counter.collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// One counter per (stage, reason), indexed without hashing. The arrays
 /// are sized by the enums, so every discriminant is in range.
 struct ReasonCounters([[IntCounter; Reason::ALL.len()]; Stage::ALL.len()]);
@@ -368,4 +416,45 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_kept_elsewhere_is_read_at_each_scrape() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static KEPT: AtomicU64 = AtomicU64::new(0);
+        let registry = Registry::new();
+        let counter = ReadAtScrape::new("rtmp_guard_test_total", "Test.", || {
+            KEPT.load(Ordering::Relaxed)
+        })
+        .unwrap();
+        registry.register(Box::new(counter)).unwrap();
+        let render = || {
+            let mut out = Vec::new();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut out)
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(render().contains("\nrtmp_guard_test_total 0\n"));
+        KEPT.store(7, Ordering::Relaxed);
+        let text = render();
+        assert!(
+            text.contains("# TYPE rtmp_guard_test_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nrtmp_guard_test_total 7\n"), "{text}");
+    }
+
+    #[test]
+    fn the_main_logs_dropped_lines_are_exported() {
+        let m = Metrics::new(&[], &[]).unwrap();
+        let dropped = crate::logging::lines_dropped();
+        assert!(m
+            .render()
+            .contains(&format!("\nrtmp_guard_log_lines_dropped_total {dropped}\n")));
+    }
 }

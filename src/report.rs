@@ -5,21 +5,55 @@
 //! of that is decided by the config the session began with, dry run and
 //! scores included, so a reload never changes how a live session is judged.
 //! Nothing here does I/O beyond the metrics registry and the logs.
+//!
+//! Client text (app, stream, a detail quoting what the client sent) goes
+//! into log lines [`cut`] to [`logging::MAX_CLIENT_TEXT`] bytes.
+//!
+//! The audit log never drops a line. [`refuse`] awaits room in its queue
+//! when it is full; [`refuse_now`], for code that cannot await (the
+//! relay's judging of each message), hands the line back instead, for the
+//! session to await before its socket closes.
 
 use std::time::{Duration, Instant};
 
+use crate::audit::Unwritten;
 use crate::config::{Config, Mode};
 use crate::connection::ClientAddr;
 use crate::guard::Guard;
+use crate::logging::{self, cut};
 use crate::verdict::{Block, Kind, Reason};
 
-/// Reports a refusal: counts it, logs one event, adds its score to the
-/// client's prefix (which may ban it). Returns whether to enforce it: false
-/// only in dry run, for refusals dry run lets through (then it is counted
-/// in `rtmp_guard_would_block_total` instead).
-pub fn refuse(guard: &Guard, config: &Config, client: ClientAddr, block: &Block) -> bool {
+/// Reports a refusal: counts it, logs one event, audits it, adds its score
+/// to the client's prefix (which may ban it). Returns whether to enforce
+/// it: false only in dry run, for refusals dry run lets through (then it is
+/// counted in `rtmp_guard_would_block_total` instead). When the audit
+/// queue is full, waits for room: the task waits, never its thread.
+pub async fn refuse(guard: &Guard, config: &Config, client: ClientAddr, block: &Block) -> bool {
+    let refused = refuse_now(guard, config, client, block);
+    if let Some(line) = refused.audit {
+        guard.audit.write(line).await;
+    }
+    refused.enforce
+}
+
+/// What [`refuse_now`] did.
+#[derive(Debug)]
+pub struct Refused {
+    /// Whether to enforce the refusal (see [`refuse`]).
+    pub enforce: bool,
+    /// The audit line, when the audit queue had no room for it: still owed
+    /// to the log, by [`crate::audit::Audit::write`].
+    pub audit: Option<Unwritten>,
+}
+
+/// As [`refuse`], without ever waiting: an audit line the queue has no
+/// room for comes back in [`Refused::audit`].
+pub fn refuse_now(guard: &Guard, config: &Config, client: ClientAddr, block: &Block) -> Refused {
     let dry_run = config.server.mode == Mode::DryRun;
     let enforce = block.always || !dry_run;
+    let app = cut(block.app.as_deref().unwrap_or(""));
+    let stream = cut(block.stream.as_deref().unwrap_or(""));
+    let detail = cut(&block.detail);
     macro_rules! event {
         ($event:literal, $message:literal) => {
             tracing::warn!(
@@ -28,17 +62,18 @@ pub fn refuse(guard: &Guard, config: &Config, client: ClientAddr, block: &Block)
                 client_port = client.port(),
                 stage = block.stage.as_str(),
                 reason = block.reason.as_str(),
-                app = block.app.as_deref().unwrap_or(""),
-                stream = block.stream.as_deref().unwrap_or(""),
-                detail = block.detail.as_str(),
+                app = &*app,
+                stream = &*stream,
+                detail = &*detail,
                 $message
             )
         };
     }
+    let mut audit = None;
     if enforce {
         guard.metrics.blocked(block.stage, block.reason);
         event!("blocked", "session blocked");
-        guard.audit.blocked(block, client.socket());
+        audit = guard.audit.try_blocked(block, client.socket());
     } else {
         guard.metrics.would_block(block.stage, block.reason);
         event!("would_block", "session would be blocked (dry run)");
@@ -58,7 +93,7 @@ pub fn refuse(guard: &Guard, config: &Config, client: ClientAddr, block: &Block)
             "prefix banned"
         );
     }
-    enforce
+    Refused { enforce, audit }
 }
 
 /// What one refusal for `reason` adds to the prefix's ban score under
@@ -99,7 +134,7 @@ pub fn session_closed(client: ClientAddr, closed: &Closed<'_>) {
     let streams: Vec<String> = closed
         .streams
         .iter()
-        .map(|(kind, name)| format!("{} {name}", kind.as_str()))
+        .map(|(kind, name)| format!("{} {}", kind.as_str(), cut(name)))
         .collect();
     tracing::info!(
         event = "session_closed",
@@ -136,13 +171,76 @@ pub fn upstream_violation(client: ClientAddr, upstream: &str, detail: &str) {
         client = %client.ip(),
         client_port = client.port(),
         upstream,
-        detail
+        detail = &*logging::cut(detail)
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::Stage;
+    use std::sync::{Arc, Mutex};
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn client_text_in_a_refusal_is_cut_in_the_log_and_the_audit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = crate::audit::Audit::open(&path).unwrap();
+        let config = Config::parse("", "t.toml").unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new(&[], &[]).unwrap());
+        let guard = Guard::new(config.clone(), None, metrics, audit);
+        let long = "é".repeat(32 * 1024);
+        let block = Block::new(
+            Stage::Connect,
+            Reason::UnknownApp,
+            format!("no app {long:?}"),
+        )
+        .with_app(&long)
+        .with_stream(Some(&long));
+        let client = ClientAddr::new("192.0.2.7:5000".parse().unwrap());
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(logging::JsonLines)
+            .with_writer({
+                let out = out.clone();
+                move || out.clone()
+            })
+            .finish();
+        let refused = tracing::subscriber::with_default(subscriber, || {
+            refuse_now(&guard, &config, client, &block)
+        });
+        assert!(refused.enforce && refused.audit.is_none());
+
+        let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.len() < 2048, "{} bytes", log.len());
+        let v: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+        let kept = "é".repeat(logging::MAX_CLIENT_TEXT / 2);
+        assert_eq!(v["app"], format!("{kept}{}", logging::CUT_MARK));
+        assert_eq!(v["stream"], format!("{kept}{}", logging::CUT_MARK));
+        let detail = v["detail"].as_str().unwrap();
+        assert!(detail.starts_with("no app \"é") && detail.ends_with(logging::CUT_MARK));
+
+        guard.audit.flush();
+        let line = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["stream"], format!("{kept}{}", logging::CUT_MARK));
+        assert_eq!(v["app"], format!("{kept}{}", logging::CUT_MARK));
+    }
 
     #[test]
     fn scores_come_from_the_config_or_the_reasons_default() {

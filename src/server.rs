@@ -75,7 +75,9 @@ impl Running {
                 "drain timeout: closing the sessions left"
             );
         }
-        guard.audit.flush();
+        // Waiting for the disk is blocking work: off the runtime's workers.
+        let flushing = guard.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.audit.flush()).await;
     }
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -149,6 +151,8 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         .map(|l| l.local_addr())
         .transpose()?;
 
+    // Fixed for the life of the process: a reload cannot remove the token.
+    let admin_token_required = config.admin.as_ref().is_some_and(|a| a.token.is_some());
     let guard = Arc::new(Guard::new(config, path, metrics.clone(), audit));
     control::remedies::load_state(&guard);
     let mut tasks = vec![
@@ -156,7 +160,11 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         tokio::spawn(housekeeping(guard.clone())),
     ];
     if let Some(l) = admin_listener {
-        tasks.push(tokio::spawn(admin::serve(l, guard.clone())));
+        tasks.push(tokio::spawn(admin::serve(
+            l,
+            guard.clone(),
+            admin_token_required,
+        )));
     }
     let listeners = listeners
         .into_iter()

@@ -49,11 +49,16 @@ pub async fn run(
         client: peer,
         local,
         accepted: Instant::now(),
+        unwritten: Default::default(),
     };
     let mut conn = Connection::new(socket);
     if let Err(Stop::Blocked(block)) = stages(&mut ctx, &mut conn, start).await {
         ctx.refuse(&block);
     }
+    // Any refusal's audit line the queue had no room for: the task waits
+    // for room (the audit log never drops a line), holding its connection
+    // permit, so a slow disk slows new sessions rather than filling memory.
+    ctx.write_audit().await;
     // The socket closes only now, after the refusal is counted and logged.
     drop(conn);
 }

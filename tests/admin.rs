@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::client::{commands_in, status_code, Closed, RawClient};
 use common::config::GuardConfig;
 use common::origin::{Harness, TestOrigin};
-use common::{http, wait_for};
+use common::{http, http_raw, wait_for};
 use rtmp_guard::config::Config;
 use rtmp_guard::verdict::{Reason, Stage};
 
@@ -39,6 +39,33 @@ impl Admin {
         let dir = tempfile::tempdir().unwrap();
         let h = Harness::with_config(|origin| config(dir.path(), origin));
         Admin { h, dir }
+    }
+
+    /// The admin API on loopback with no token, as the config allows.
+    fn start_without_token() -> Admin {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Harness::with_config(|origin| {
+            GuardConfig::new()
+                .tables("[admin]\nlisten = \"127.0.0.1:0\"\n")
+                .audit(&dir.path().join("audit.jsonl"))
+                .origin(origin)
+                .live()
+        });
+        Admin { h, dir }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.h.guard.admin_addr.expect("admin API listening")
+    }
+
+    /// A request with exactly these header lines (and the body).
+    fn raw(&self, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+        let (status, head, body) = http_raw(self.addr(), method, path, headers, body);
+        (status, format!("{head}\r\n\r\n{body}"))
+    }
+
+    fn bans(&self) -> usize {
+        self.h.guard.guard.remedies.load().bans.len()
     }
 
     fn api(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -411,4 +438,256 @@ fn reload_applies_a_valid_file_and_a_broken_one_changes_nothing() {
         refused.wait_closed(Duration::from_secs(2)),
         Closed::Within(_, got) if got.is_empty()
     ));
+}
+
+/// What a web page could make a browser send: no JSON content type (a
+/// "simple" cross-origin request needs no preflight), or a preflight.
+#[test]
+fn state_changing_requests_need_a_json_content_type_and_cors_is_never_granted() {
+    let a = Admin::start();
+    let auth = format!("Host: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n");
+    let ban = "{\"cidr\": \"0.0.0.0/0\", \"reason\": \"page\"}";
+    for content_type in [
+        "",
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+    ] {
+        let (status, text) = a.raw(
+            "POST",
+            "/api/v1/bans",
+            &format!("{auth}{content_type}"),
+            ban,
+        );
+        assert_eq!(status, 415, "{content_type:?}: {text}");
+        assert!(text.contains("Content-Type: application/json"), "{text}");
+    }
+    assert_eq!(a.bans(), 0, "a refused request changed nothing");
+    // Empty bodies too.
+    assert_eq!(a.raw("POST", "/api/v1/reload", &auth, "").0, 415);
+    assert_eq!(a.raw("POST", "/api/v1/apps/live/suspend", &auth, "").0, 415);
+    let (_, apps) = a.api("GET", "/api/v1/apps", "");
+    assert_eq!(apps["apps"][0]["state"], "active");
+
+    // A DELETE with an empty body: refused without the header, and the ban
+    // it would lift stays; with it (parameters allowed), the ban goes.
+    let one = "{\"cidr\": \"192.0.2.0/24\"}";
+    assert_eq!(a.api("POST", "/api/v1/bans", one).0, 200);
+    assert_eq!(
+        a.raw("DELETE", "/api/v1/bans/192.0.2.0%2F24", &auth, "").0,
+        415
+    );
+    assert_eq!(a.bans(), 1);
+    let json = format!("{auth}Content-Type: Application/JSON; charset=utf-8\r\n");
+    assert_eq!(
+        a.raw("DELETE", "/api/v1/bans/192.0.2.0%2F24", &json, "").0,
+        200
+    );
+    assert_eq!(a.bans(), 0);
+
+    // Reads need no content type.
+    assert_eq!(a.raw("GET", "/api/v1/bans", &auth, "").0, 200);
+
+    // A CORS preflight gets no grant, with or without the token.
+    let preflight = "Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n\
+                     Access-Control-Request-Method: POST\r\n\
+                     Access-Control-Request-Headers: content-type\r\n";
+    for headers in [
+        preflight.to_string(),
+        format!("{preflight}Authorization: Bearer {TOKEN}\r\n"),
+    ] {
+        for path in ["/api/v1/bans", "/api/v1/reload", "/healthz"] {
+            let (status, text) = a.raw("OPTIONS", path, &headers, "");
+            assert!(!(200..300).contains(&status), "{path}: {text}");
+            assert!(
+                !text.to_ascii_lowercase().contains("access-control-"),
+                "{path}: {text}"
+            );
+        }
+    }
+}
+
+/// The attack the rules are for: a page on the operator's machine posting
+/// to a loopback API that has no token.
+#[test]
+fn a_loopback_api_without_a_token_still_refuses_what_a_web_page_can_send() {
+    let a = Admin::start_without_token();
+    let ban = "{\"cidr\": \"0.0.0.0/0\"}";
+    // A "simple" cross-origin POST: no preflight, so no JSON content type.
+    let page = "Host: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Type: text/plain\r\n";
+    assert_eq!(a.raw("POST", "/api/v1/bans", page, ban).0, 415);
+    // DNS rebinding: the page's own name, now resolving to 127.0.0.1.
+    let rebound = "Host: evil.example:9936\r\nContent-Type: application/json\r\n";
+    assert_eq!(a.raw("POST", "/api/v1/bans", rebound, ban).0, 421);
+    assert_eq!(a.bans(), 0);
+    // The operator's curl works.
+    let curl = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    assert_eq!(a.raw("POST", "/api/v1/bans", curl, ban).0, 200);
+    assert_eq!(a.bans(), 1);
+}
+
+#[test]
+fn a_host_that_does_not_name_the_listener_is_refused() {
+    let a = Admin::start();
+    let port = a.addr().port();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
+    let with_host = |host: &str| format!("Host: {host}\r\n{auth}");
+    for host in [
+        format!("evil.example:{port}"),
+        "evil.example".to_string(),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("192.0.2.1:{port}"),
+    ] {
+        for path in ["/api/v1/sessions", "/healthz", "/readyz"] {
+            let (status, text) = a.raw("GET", path, &with_host(&host), "");
+            assert_eq!(status, 421, "{host} {path}: {text}");
+        }
+        let ban = "{\"cidr\": \"192.0.2.0/24\"}";
+        assert_eq!(a.raw("POST", "/api/v1/bans", &with_host(&host), ban).0, 421);
+    }
+    assert_eq!(a.bans(), 0);
+    // No Host at all, or two.
+    assert_eq!(a.raw("GET", "/healthz", &auth, "").0, 421);
+    let two = format!("Host: 127.0.0.1\r\nHost: evil.example\r\n{auth}");
+    assert_ne!(a.raw("GET", "/api/v1/sessions", &two, "").0, 200);
+    // An absolute URI naming another host.
+    let uri = format!("http://evil.example:{port}/api/v1/sessions");
+    assert_ne!(a.raw("GET", &uri, &with_host("127.0.0.1"), "").0, 200);
+    // What names a loopback listener, port forwards included.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "localhost:19936".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(
+            a.raw("GET", "/api/v1/sessions", &with_host(&host), "").0,
+            200,
+            "{host}"
+        );
+    }
+}
+
+/// `start_from_file`'s config with `[admin]` replaced by `admin` (none if
+/// empty).
+fn with_admin(dir: &Path, origin: SocketAddr, admin: &str) -> String {
+    let text = config(dir, origin).build();
+    let start = text.find("[admin]").unwrap();
+    let end = start + text[start..].find("[state]").unwrap();
+    format!("{}{admin}{}", &text[..start], &text[end..])
+}
+
+#[test]
+fn a_reload_that_drops_the_token_or_moves_the_api_is_refused_and_the_token_still_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, path) = start_from_file(dir.path(), origin.addr);
+    let addr = running.admin_addr.unwrap();
+    let failures = || {
+        common::metric(
+            &running.guard.metrics.render(),
+            "rtmp_guard_config_reloads_total{result=\"failure\"}",
+        )
+        .unwrap()
+    };
+    let cases = [
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "admin.token_file",
+            "token",
+        ),
+        ("", "key `admin`", "remove the admin API"),
+        (
+            "[admin]\nlisten = \"127.0.0.2:0\"\ntoken_file = \"admin.token\"\n",
+            "admin.listen",
+            "move",
+        ),
+    ];
+    for (i, (admin, key, why)) in cases.into_iter().enumerate() {
+        std::fs::write(&path, with_admin(dir.path(), origin.addr, admin)).unwrap();
+        // The file on its own is valid: only the reload refuses it.
+        Config::load(&path).unwrap();
+        let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+        assert_eq!(status, 422, "{admin:?}: {body}");
+        assert!(
+            body.contains(key) && body.contains(why) && body.contains("fixed at start"),
+            "{body}"
+        );
+        assert_eq!(failures(), (i + 1) as f64);
+        // The old config, token and all, stays in force.
+        let live = running.guard.config();
+        assert!(live.admin.as_ref().unwrap().token.is_some());
+        assert_eq!(http(addr, "GET", "/api/v1/sessions", None, "").0, 401);
+        assert_eq!(
+            http(
+                addr,
+                "POST",
+                "/api/v1/bans",
+                None,
+                "{\"cidr\": \"0.0.0.0/0\"}"
+            )
+            .0,
+            401
+        );
+        assert_eq!(
+            http(addr, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+            200
+        );
+    }
+    assert!(running.guard.remedies.load().bans.is_empty());
+    running.guard.audit.flush();
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit
+            .matches(r#""action":"reload","event":"admin","reason":"","result":"failed""#)
+            .count(),
+        3,
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_reload_rotates_the_token_file_new_token_in_old_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(TestOrigin::start());
+    let (_rt, running, _path) = start_from_file(dir.path(), origin.addr);
+    let addr = running.admin_addr.unwrap();
+    const NEW: &str = "the-rotated-admin-token-2";
+    std::fs::write(dir.path().join("admin.token"), format!("{NEW}\n")).unwrap();
+    // Until the reload, the old token is the one.
+    assert_eq!(http(addr, "GET", "/api/v1/sessions", Some(NEW), "").0, 401);
+    let (status, body) = http(addr, "POST", "/api/v1/reload", Some(TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http(addr, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+        401
+    );
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/bans",
+            Some(TOKEN),
+            "{\"cidr\": \"192.0.2.0/24\"}"
+        )
+        .0,
+        401
+    );
+    assert!(running.guard.remedies.load().bans.is_empty());
+    assert_eq!(http(addr, "GET", "/api/v1/sessions", Some(NEW), "").0, 200);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/v1/bans",
+            Some(NEW),
+            "{\"cidr\": \"192.0.2.0/24\"}"
+        )
+        .0,
+        200
+    );
+    assert_eq!(running.guard.remedies.load().bans.len(), 1);
 }

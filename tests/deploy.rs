@@ -192,12 +192,25 @@ fn the_fail2ban_filter_matches_client_caused_refusals_in_a_real_audit_log() {
             Closed::Within(..)
         ));
     }
+    // ... and a publish (refused: app live denies publishing) under a name
+    // so long that the audit line carries it cut.
+    let mut c = RawClient::handshaken_from(h.addr(), "127.0.0.9");
+    c.open_stream("live", "publish", &"n".repeat(1000));
+    assert!(matches!(
+        c.wait_closed(Duration::from_secs(5)),
+        Closed::Within(..)
+    ));
     h.guard.guard.audit.flush();
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        text.contains(r#""stream":"nnnn"#) && text.contains("n…(cut)\"}"),
+        "{text}"
+    );
     let out = run(Command::new("fail2ban-regex")
         .arg("--print-all-matched")
         .arg(&audit)
         .arg(deploy("fail2ban/filter.d/rtmp-guard.conf")));
-    assert!(out.contains("3 matched"), "{out}");
+    assert!(out.contains("4 matched"), "{out}");
     assert!(out.contains("127.0.0.9"), "{out}");
 }
 

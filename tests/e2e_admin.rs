@@ -305,6 +305,67 @@ fn a_broken_config_on_reload_leaves_the_old_one_in_force() {
 }
 
 #[test]
+fn a_reload_cannot_drop_the_admin_token_but_can_rotate_it() {
+    if !have_tools("reload_admin_token", &["nginx"]) {
+        return;
+    }
+    let nginx = Nginx::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let (g, admin) = guard(&nginx, dir.path(), "");
+    let config_path = g.config_path();
+    let with_token = text(&config_path);
+    let without: String = with_token
+        .lines()
+        .filter(|l| !l.starts_with("token_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(without, with_token);
+    std::fs::write(&config_path, &without).unwrap();
+    g.signal("HUP");
+    let failed = wait_for(Duration::from_secs(5), || {
+        (g.metric("rtmp_guard_config_reloads_total{result=\"failure\"}") == 1.0).then_some(())
+    });
+    assert!(failed.is_some(), "{}", g.log_text());
+    let logged = wait_for(Duration::from_secs(5), || {
+        let log = g.log_text();
+        (log.contains("admin.token_file") && log.contains("fixed at start")).then_some(())
+    });
+    assert!(logged.is_some(), "{}", g.log_text());
+    // Still locked.
+    assert_eq!(http(admin, "GET", "/api/v1/sessions", None, "").0, 401);
+    let ban = "{\"cidr\": \"0.0.0.0/0\"}";
+    assert_eq!(http(admin, "POST", "/api/v1/bans", None, ban).0, 401);
+    let (status, body) = api(admin, "POST", "/api/v1/reload", "");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("admin.token_file"),
+        "{body}"
+    );
+    assert_eq!(
+        api(admin, "GET", "/api/v1/bans", "").1["bans"],
+        serde_json::json!([])
+    );
+
+    // Rotating the token file's contents is a reload like any other.
+    const NEW: &str = "a-rotated-admin-token-for-e2e";
+    std::fs::write(&config_path, &with_token).unwrap();
+    std::fs::write(dir.path().join("admin.token"), NEW).unwrap();
+    g.signal("HUP");
+    let reloaded = wait_for(Duration::from_secs(5), || {
+        (g.metric("rtmp_guard_config_reloads_total{result=\"success\"}") == 1.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", g.log_text());
+    assert_eq!(
+        http(admin, "GET", "/api/v1/sessions", Some(TOKEN), "").0,
+        401
+    );
+    assert_eq!(http(admin, "GET", "/api/v1/sessions", Some(NEW), "").0, 200);
+}
+
+#[test]
 fn sigterm_drains_live_sessions_then_exits_zero() {
     if !have_tools("sigterm_drain", &["nginx", "ffmpeg"]) {
         return;

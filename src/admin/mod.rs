@@ -18,13 +18,29 @@
 //! POST   /api/v1/apps/{app}/resume
 //! POST   /api/v1/reload
 //! ```
+//!
+//! The API is for operators' tools, never for a web page, and it defends
+//! itself against one (a page on the operator's machine must not be able
+//! to ban `0.0.0.0/0` through a loopback API without a token):
+//!
+//! - **Host.** Every request's `Host` header must name this listener
+//!   ([`host_allowed`]), or get 421 Misdirected Request. A DNS rebinding
+//!   attack reaches the API under the attacker's own name, so it fails here.
+//! - **Content type.** Every state-changing request (anything but GET, HEAD
+//!   and OPTIONS), even one with an empty body, must carry
+//!   `Content-Type: application/json`, or get 415. A browser sends that
+//!   cross-origin only after a CORS preflight, and the API grants none.
+//! - **Token.** Whether the API needs a token, and where it listens, are
+//!   fixed at start ([`Access`]): a reload may rotate the token file's
+//!   contents, never remove it (`lifecycle::reload` refuses that).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -39,14 +55,41 @@ use crate::guard::Guard;
 
 type Shared = State<Arc<Guard>>;
 
-/// Serves the admin API on an already-bound listener.
-pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>) {
-    if let Err(e) = axum::serve(listener, router(guard)).await {
+/// What the API's protection rests on, fixed when it starts: a reload
+/// changes neither.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    /// The address the listener is bound to.
+    pub bound: SocketAddr,
+    /// Whether every `/api/*` call needs the bearer token: whether the
+    /// config it started with named a `token_file`.
+    pub token_required: bool,
+}
+
+/// Serves the admin API on an already-bound listener. `token_required`:
+/// whether the config the guard started with named a `token_file`.
+pub async fn serve(listener: tokio::net::TcpListener, guard: Arc<Guard>, token_required: bool) {
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "admin API: cannot read its listening address");
+            return;
+        }
+    };
+    let access = Access {
+        bound,
+        token_required,
+    };
+    if let Err(e) = axum::serve(listener, router(guard, access)).await {
         tracing::error!(error = %e, "admin API stopped");
     }
 }
 
-pub fn router(guard: Arc<Guard>) -> Router {
+pub fn router(guard: Arc<Guard>, access: Access) -> Router {
+    let auth = Auth {
+        guard: guard.clone(),
+        required: access.token_required,
+    };
     let api = Router::new()
         .route("/sessions", get(sessions))
         .route("/sessions/:id", delete(kick))
@@ -58,12 +101,15 @@ pub fn router(guard: Arc<Guard>) -> Router {
         .route("/apps/:app/resume", post(resume))
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(middleware::from_fn_with_state(guard.clone(), authorize));
+        .layer(middleware::from_fn(json_only))
+        .layer(middleware::from_fn_with_state(auth, authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .nest("/api/v1", api)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(guard)
+        .layer(middleware::from_fn_with_state(access, check_host))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -79,22 +125,132 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Checks the bearer token, in constant time, when one is configured.
-async fn authorize(State(guard): Shared, request: Request, next: Next) -> Response {
+/// Refuses, with 421, a request whose `Host` (and absolute URI, if it has
+/// one) does not name this listener.
+async fn check_host(State(access): State<Access>, request: Request, next: Next) -> Response {
+    let host = single(request.headers(), header::HOST);
+    let uri_ok = request
+        .uri()
+        .authority()
+        .is_none_or(|a| host_allowed(a.as_str(), access.bound));
+    if !(uri_ok && host.is_some_and(|h| host_allowed(h, access.bound))) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "the Host header must name this admin listener ({}) or localhost",
+                access.bound
+            ),
+        );
+    }
+    next.run(request).await
+}
+
+/// The value of a header sent exactly once, as text.
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    let mut values = headers.get_all(name).into_iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
+}
+
+/// Whether a `Host` value (`host[:port]`) names the listener bound to
+/// `bound`. Accepted: `localhost`; an IP literal that is the bound
+/// address; for a loopback listener, any loopback literal (`127.0.0.1`,
+/// `[::1]`); for a wildcard listener (`0.0.0.0`, `[::]`), which answers on
+/// every address the machine has, including ones behind NAT, any IP
+/// literal. Never any other name: that is what DNS rebinding needs. The
+/// port is not checked: it plays no part in rebinding, and port forwards
+/// (`ssh -L`, `kubectl port-forward`, Docker's `-p`) change it.
+pub fn host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let Some(name) = host_part(host) else {
+        return false;
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let Ok(ip) = name.parse::<IpAddr>() else {
+        return false;
+    };
+    let (ip, listener) = (ip.to_canonical(), bound.ip().to_canonical());
+    if listener.is_unspecified() {
+        true
+    } else if listener.is_loopback() {
+        ip.is_loopback()
+    } else {
+        ip == listener
+    }
+}
+
+/// The host of `host[:port]`, brackets taken off an IPv6 literal; `None`
+/// if the value is not of that form.
+fn host_part(value: &str) -> Option<&str> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            let port = if after.is_empty() {
+                ""
+            } else {
+                after.strip_prefix(':')?
+            };
+            (v6, port)
+        }
+        None => value.split_once(':').unwrap_or((value, "")),
+    };
+    let port_ok = port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && (port.is_empty() || port.parse::<u16>().is_ok());
+    (port_ok && !host.is_empty()).then_some(host)
+}
+
+/// Refuses, with 415, a state-changing request that does not say its body
+/// is JSON, whether or not it has one.
+async fn json_only(request: Request, next: Next) -> Response {
+    let m = request.method();
+    let reads_only = *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS;
+    let json = single(request.headers(), header::CONTENT_TYPE)
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !reads_only && !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a {m} must carry Content-Type: application/json, even with an empty body"),
+        );
+    }
+    next.run(request).await
+}
+
+/// The token check's state: the guard (whose config holds the token, so a
+/// reload rotates it), and whether one is required at all.
+#[derive(Clone)]
+struct Auth {
+    guard: Arc<Guard>,
+    required: bool,
+}
+
+/// Checks the bearer token, in constant time, against the token the
+/// current config read from `token_file`. When the API started with a
+/// token, a config without one (which a reload cannot install) admits
+/// nobody rather than everybody.
+async fn authorize(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let guard = &auth.guard;
     let config = guard.config();
     let expected = config.admin.as_ref().and_then(|a| a.token.as_ref());
-    if let Some(expected) = expected {
+    if auth.required || expected.is_some() {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.0.as_bytes())) {
+        let ok = expected.is_some_and(|e| bool::from(given.as_bytes().ct_eq(e.0.as_bytes())));
+        if !ok {
             guard.metrics.admin_action("denied");
             guard
                 .audit
-                .action("auth", request.uri().path(), "", "denied");
+                .action("auth", request.uri().path(), "", "denied")
+                .await;
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
@@ -124,7 +280,7 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, ApiError> {
 }
 
 /// Audits and counts a mutation, and turns its result into a response.
-fn done(
+async fn done(
     guard: &Guard,
     action: &'static str,
     target: &str,
@@ -134,12 +290,12 @@ fn done(
     match result {
         Ok(v) => {
             guard.metrics.admin_action(action);
-            guard.audit.action(action, target, reason, "ok");
+            guard.audit.action(action, target, reason, "ok").await;
             tracing::info!(event = "admin", action, target, reason, "admin action");
             Json(v).into_response()
         }
         Err(why) => {
-            guard.audit.action(action, target, reason, "failed");
+            guard.audit.action(action, target, reason, "failed").await;
             error(StatusCode::INTERNAL_SERVER_ERROR, why.to_string())
         }
     }
@@ -204,7 +360,8 @@ async fn kick(
         &id.to_string(),
         &b.reason,
         Ok(json!({ "kicked": id })),
-    ))
+    )
+    .await)
 }
 
 async fn bans(State(guard): Shared) -> Response {
@@ -269,7 +426,7 @@ async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiErro
     let result = remedies::ban(&guard, cidr, duration, &b.reason)
         .await
         .map(|ended| json!({ "banned": cidr.trunc().to_string(), "sessions_ended": ended }));
-    Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result))
+    Ok(done(&guard, "ban", &cidr.to_string(), &b.reason, result).await)
 }
 
 async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Response, ApiError> {
@@ -282,7 +439,8 @@ async fn lift_ban(State(guard): Shared, Path(cidr): Path<String>) -> Result<Resp
             &cidr.to_string(),
             "",
             result.map(|_| json!({ "lifted": cidr.trunc().to_string() })),
-        )),
+        )
+        .await),
     }
 }
 
@@ -311,7 +469,7 @@ async fn add_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiEr
     let result = remedies::block(&guard, &b.app, &b.stream, &b.reason)
         .await
         .map(|ended| json!({ "blocked": target, "sessions_ended": ended }));
-    Ok(done(&guard, "block", &target, &b.reason, result))
+    Ok(done(&guard, "block", &target, &b.reason, result).await)
 }
 
 async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
@@ -328,7 +486,8 @@ async fn lift_block(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiE
             &target,
             &b.reason,
             result.map(|_| json!({ "lifted": target })),
-        )),
+        )
+        .await),
     }
 }
 
@@ -386,7 +545,7 @@ async fn suspend(
     let result = remedies::suspend(&guard, &app, &b.reason, b.terminate)
         .await
         .map(|ended| json!({ "suspended": app, "sessions_ended": ended }));
-    Ok(done(&guard, "suspend", &app, &b.reason, result))
+    Ok(done(&guard, "suspend", &app, &b.reason, result).await)
 }
 
 async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Response, ApiError> {
@@ -402,22 +561,91 @@ async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Respons
             &app,
             "",
             result.map(|_| json!({ "resumed": app })),
-        )),
+        )
+        .await),
     }
 }
 
 async fn reload(State(guard): Shared) -> Response {
     match crate::lifecycle::reload(&guard) {
-        Ok(()) => done(
-            &guard,
-            "reload",
-            "config",
-            "",
-            Ok(json!({ "reloaded": true })),
-        ),
+        Ok(()) => {
+            done(
+                &guard,
+                "reload",
+                "config",
+                "",
+                Ok(json!({ "reloaded": true })),
+            )
+            .await
+        }
         Err(why) => {
-            guard.audit.action("reload", "config", "", "failed");
+            guard.audit.action("reload", "config", "", "failed").await;
             error(StatusCode::UNPROCESSABLE_ENTITY, why.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn a_loopback_listener_answers_to_loopback_literals_and_localhost_only() {
+        let bound = at("127.0.0.1:9936");
+        for ok in [
+            "127.0.0.1:9936",
+            "127.0.0.1",
+            "localhost:9936",
+            "LocalHost",
+            "[::1]:9936",
+            "[::ffff:127.0.0.1]:9936",
+            "127.0.0.2:19936",
+        ] {
+            assert!(host_allowed(ok, bound), "{ok} refused");
+        }
+        for bad in [
+            "evil.example:9936",
+            "evil.example",
+            "localhost.evil.example:9936",
+            "127.0.0.1.nip.io:9936",
+            "10.0.0.1:9936",
+            "",
+            ":9936",
+            "127.0.0.1:99999",
+            "127.0.0.1:+80",
+            "127.0.0.1:x",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%25eth0]:9936",
+            "::1",
+            "127.0.0.1 :9936",
+        ] {
+            assert!(!host_allowed(bad, bound), "{bad:?} allowed");
+        }
+    }
+
+    #[test]
+    fn a_specific_listener_answers_to_its_own_address_and_a_wildcard_to_any_literal() {
+        let bound = at("192.0.2.10:9936");
+        assert!(host_allowed("192.0.2.10:9936", bound));
+        assert!(host_allowed("localhost:9936", bound));
+        assert!(!host_allowed("192.0.2.11:9936", bound));
+        assert!(!host_allowed("127.0.0.1:9936", bound));
+        assert!(!host_allowed("guard.example:9936", bound));
+
+        let v6 = at("[2001:db8::5]:9936");
+        assert!(host_allowed("[2001:db8::5]:9936", v6));
+        assert!(!host_allowed("[2001:db8::6]:9936", v6));
+
+        for wildcard in [at("0.0.0.0:9936"), at("[::]:9936")] {
+            assert!(host_allowed("10.1.2.3:9936", wildcard));
+            assert!(host_allowed("[2001:db8::5]:9936", wildcard));
+            assert!(host_allowed("localhost", wildcard));
+            assert!(!host_allowed("rtmp-guard.default.svc:9936", wildcard));
         }
     }
 }

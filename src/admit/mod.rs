@@ -25,8 +25,9 @@ use crate::report;
 use crate::verdict::{Block, Reason, Stage};
 
 /// Runs admission for `client` under `config`. `None`: refused (and
-/// reported). `slot`: a pending slot reserved at accept, if any.
-pub fn admit(
+/// reported). `slot`: a pending slot reserved at accept, if any. Waits
+/// only when the audit queue is full (see [`report::refuse`]).
+pub async fn admit(
     guard: &Guard,
     config: &Config,
     client: ClientAddr,
@@ -43,7 +44,7 @@ pub fn admit(
         } else {
             block
         };
-        if report::refuse(guard, config, client, &block) {
+        if report::refuse(guard, config, client, &block).await {
             return None;
         }
     }
@@ -85,7 +86,9 @@ pub async fn behind_proxy<S: AsyncRead + AsyncWrite + Unpin>(
         ctx.client = ClientAddr::new(source);
         ctx.local = destination;
     }
-    admit(&ctx.guard, &ctx.config, ctx.client, Some(slot)).ok_or(Stop::Refused)
+    admit(&ctx.guard, &ctx.config, ctx.client, Some(slot))
+        .await
+        .ok_or(Stop::Refused)
 }
 
 enum HeaderEnd {

@@ -129,8 +129,10 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns the status and
-/// body, or (0, error) if the server is not there.
+/// One HTTP/1.1 request with `Connection: close`, as an operator's tool
+/// sends it (`Host`, `Content-Type: application/json`, the bearer token if
+/// given); returns the status and body, or (0, error) if the server is not
+/// there.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -138,14 +140,30 @@ pub fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    let attempt = || -> std::io::Result<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let headers = format!("Host: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n");
+    let (status, _, body) = http_raw(addr, method, path, &headers, body);
+    (status, body)
+}
+
+/// One HTTP/1.1 request with `Connection: close` and exactly the header
+/// lines in `headers` (each ending in CRLF) besides `Connection` and
+/// `Content-Length`; returns the status, the response head and the body,
+/// or (0, error, "") if the server is not there.
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let attempt = || -> std::io::Result<(u16, String, String)> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\n{headers}\
+             Content-Length: {}\r\n\r\n{body}",
             body.len()
         )?;
         let mut out = String::new();
@@ -156,7 +174,7 @@ pub fn http(
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        Ok((status, body.to_string()))
+        Ok((status, head.to_string(), body.to_string()))
     };
-    attempt().unwrap_or_else(|e| (0, e.to_string()))
+    attempt().unwrap_or_else(|e| (0, e.to_string(), String::new()))
 }
