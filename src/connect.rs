@@ -86,6 +86,17 @@ pub async fn route<'c, S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     request: &ConnectRequest,
 ) -> Result<Route<'c>, Stop> {
+    if request
+        .app_raw
+        .chars()
+        .any(|c| c.is_control() || c == '\u{FFFD}')
+    {
+        return Err(Stop::Blocked(Block::new(
+            Stage::Connect,
+            Reason::BadName,
+            "a control character or invalid UTF-8 in the app name",
+        )));
+    }
     let Some(app) = ctx.config.app(&request.app) else {
         let shown = reply::sanitize(&request.app);
         let description = format!("application \"{shown}\" is not served here");

@@ -277,7 +277,13 @@ fn relay_rules() -> crate::policy::session::SessionRules {
     };
     for (name, stream) in [("publish", "cam"), ("play", "show")] {
         let (header, payload) = message(name, stream, 1);
-        rules.on_message(&Message { header, payload: &payload }, Now::default());
+        rules.on_message(
+            &Message {
+                header,
+                payload: &payload,
+            },
+            Now::default(),
+        );
     }
     let info = amf0::Amf0Value::Object(vec![(
         "code".into(),
@@ -297,6 +303,9 @@ fn relay_rules() -> crate::policy::session::SessionRules {
         stream_id: 1,
         length: payload.len() as u32,
     };
-    rules.on_origin_message(&Message { header, payload: &payload });
+    rules.on_origin_message(&Message {
+        header,
+        payload: &payload,
+    });
     rules
 }

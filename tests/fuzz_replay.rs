@@ -94,5 +94,8 @@ fn relay_corpus_and_seeds_never_panic_and_reframe_exactly() {
     for s in hostile_seeds() {
         fuzz::relay(&s);
     }
-    eprintln!("relay: replayed {} corpus files", replay("relay", fuzz::relay));
+    eprintln!(
+        "relay: replayed {} corpus files",
+        replay("relay", fuzz::relay)
+    );
 }

@@ -5,7 +5,6 @@
 //! real message shapes (commands, data, media, control) framed with random
 //! chunk sizes, csids and interleaving, then also mutated byte by byte.
 
-
 use proptest::prelude::*;
 use rtmp_guard::fuzz::relay_check;
 use rtmp_guard::rtmp::amf0::{encode, Amf0Value as V};
@@ -25,13 +24,21 @@ fn message() -> impl Strategy<Value = (u32, u8, u32, Vec<u8>)> {
         "_result",
     ]);
     let command = (name, prop::sample::select(vec!["cam", "show", "x"])).prop_map(|(n, s)| {
-        let values = [V::String(n.into()), V::Number(1.0), V::Null, V::String(s.into())];
+        let values = [
+            V::String(n.into()),
+            V::Number(1.0),
+            V::Null,
+            V::String(s.into()),
+        ];
         (types::COMMAND_AMF0, encode(&values).unwrap_or_default())
     });
     let data = Just((
         types::DATA_AMF0,
-        encode(&[V::String("@setDataFrame".into()), V::String("onMetaData".into())])
-            .unwrap_or_default(),
+        encode(&[
+            V::String("@setDataFrame".into()),
+            V::String("onMetaData".into()),
+        ])
+        .unwrap_or_default(),
     ));
     let media = (
         prop::sample::select(vec![types::AUDIO, types::VIDEO]),
@@ -40,7 +47,10 @@ fn message() -> impl Strategy<Value = (u32, u8, u32, Vec<u8>)> {
     let control = prop::sample::select(vec![
         (types::WINDOW_ACK_SIZE, 2_500_000u32.to_be_bytes().to_vec()),
         (types::USER_CONTROL, vec![0, 6, 0, 0, 0, 9]),
-        (types::USER_CONTROL, vec![0, 3, 0, 0, 0, 1, 0, 0, 0x0b, 0xb8]),
+        (
+            types::USER_CONTROL,
+            vec![0, 3, 0, 0, 0, 1, 0, 0, 0x0b, 0xb8],
+        ),
         (types::ACKNOWLEDGEMENT, 1000u32.to_be_bytes().to_vec()),
     ]);
     (

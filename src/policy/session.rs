@@ -250,8 +250,10 @@ impl SessionRules {
             ));
         }
         let shown = || reply::sanitize(&cmd.name);
-        let command =
-            classify(cmd).map_err(|e| Refusal::violation(format!("command {:?}: {e}", shown())))?;
+        let command = classify(cmd).map_err(|e| {
+            let shape = command::shape_of(cmd);
+            Refusal::violation(format!("command {:?} ({shape}): {e}", shown()))
+        })?;
         let decide = |kind, name, opens, claim| (kind, name, opens, claim);
         let (kind, name, opens, claim) = match command {
             ClientCommand::Connect => {
@@ -268,27 +270,24 @@ impl SessionRules {
                 }
                 return Ok(Verdict::Pass);
             }
-            ClientCommand::CloseStream => {
+            ClientCommand::CloseStream { name } => {
                 self.close(stream_id);
+                if let Some(name) = name {
+                    self.close_named(name);
+                }
                 return Ok(Verdict::Pass);
             }
-            ClientCommand::DeleteStream { stream_id: closed } => {
-                self.close(closed);
+            ClientCommand::DeleteStream { stream_id, name } => {
+                if let Some(id) = stream_id {
+                    self.close(id);
+                }
+                if let Some(name) = name {
+                    self.close_named(name);
+                }
                 return Ok(Verdict::Pass);
             }
             ClientCommand::FcUnpublish { name } => {
-                let name = super::StreamName::parse(name).name;
-                let ids: Vec<u32> = self
-                    .flows
-                    .publishing
-                    .iter()
-                    .filter(|(_, n)| *n == name)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.close(id);
-                }
-                self.policy.release_publish(&name);
+                self.close_named(name);
                 return Ok(Verdict::Pass);
             }
             ClientCommand::Other => return Ok(Verdict::Pass),
@@ -355,6 +354,22 @@ impl SessionRules {
     fn close(&mut self, stream_id: u32) {
         self.flows.close(stream_id);
         self.policy.release(stream_id);
+    }
+
+    /// Closes the publishes of `name` (as sent, query and all).
+    fn close_named(&mut self, name: &str) {
+        let name = super::StreamName::parse(name).name;
+        let ids: Vec<u32> = self
+            .flows
+            .publishing
+            .iter()
+            .filter(|(_, n)| *n == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.close(id);
+        }
+        self.policy.release_publish(&name);
     }
 
     /// A name the origin would read as the guard did: no NUL, control
@@ -705,6 +720,25 @@ mod tests {
         assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
         judge(&mut r, &cmd("publish", &[s("cam")]), 1, 2000);
         judge(&mut r, &cmd("deleteStream", &[V::Number(1.0)]), 0, 3000);
+        assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+    }
+
+    #[test]
+    fn gstreamer_closes_streams_by_name() {
+        // rtmp2sink sends closeStream and deleteStream with the stream's
+        // name, on stream 0.
+        let mut r = rules("");
+        judge(&mut r, &cmd("publish", &[s("cam")]), 1, 0);
+        assert_eq!(
+            judge(&mut r, &cmd("closeStream", &[s("cam")]), 0, 1000),
+            Verdict::Pass
+        );
+        assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+        judge(&mut r, &cmd("publish", &[s("cam")]), 1, 2000);
+        assert_eq!(
+            judge(&mut r, &cmd("deleteStream", &[s("cam")]), 0, 3000),
+            Verdict::Pass
+        );
         assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
     }
 

@@ -189,7 +189,12 @@ impl Direction {
 
     /// Forwards a held publish or play if the auth service's answer, as
     /// the rules read it, allows it.
-    pub fn resume(&mut self, held: Held, verdict: Verdict<AuthQuery>, sink: &mut Sink<'_>) -> Option<Stop> {
+    pub fn resume(
+        &mut self,
+        held: Held,
+        verdict: Verdict<AuthQuery>,
+        sink: &mut Sink<'_>,
+    ) -> Option<Stop> {
         if let Some(stop) = apply(verdict, sink) {
             return Some(stop);
         }
@@ -229,7 +234,12 @@ fn apply(verdict: Verdict<AuthQuery>, sink: &mut Sink<'_>) -> Option<Stop> {
     }
 }
 
-fn forward_whole(emitter: &mut Emitter, sink: &mut Sink<'_>, header: &MessageHeader, payload: &[u8]) {
+fn forward_whole(
+    emitter: &mut Emitter,
+    sink: &mut Sink<'_>,
+    header: &MessageHeader,
+    payload: &[u8],
+) {
     emitter.whole(sink.out, COMMAND_CSID, header, payload);
     if let Some(log) = sink.forwarded.as_deref_mut() {
         log.push(Forwarded::Whole(*header, payload.to_vec()));
@@ -329,7 +339,11 @@ fn media_piece(
         return Some(refuse(side, Refusal::violation(e.to_string()), sink));
     }
     if let Some(log) = sink.forwarded.as_deref_mut() {
-        log.push(Forwarded::Piece(piece.header, piece.offset, piece.bytes.to_vec()));
+        log.push(Forwarded::Piece(
+            piece.header,
+            piece.offset,
+            piece.bytes.to_vec(),
+        ));
     }
     None
 }
@@ -378,9 +392,8 @@ fn control_message(
                 .push(Control::User(UserEvent::PingResponse(t)));
         }
         Control::User(UserEvent::PingResponse(_)) | Control::User(UserEvent::Other(_)) => {}
-        Control::User(UserEvent::Stream { .. }) | Control::User(UserEvent::SetBufferLength { .. }) => {
-            say_on(control)
-        }
+        Control::User(UserEvent::Stream { .. })
+        | Control::User(UserEvent::SetBufferLength { .. }) => say_on(control),
     }
     None
 }

@@ -431,7 +431,10 @@ impl Relay<'_> {
             kick = sessions::kicked(kicks.clone()) => End::Kicked(kick),
         };
         if let End::Kicked(kick) = &end {
-            refusal = Some(self.rules().ended_by_operator(kick.reason, &kick.description));
+            refusal = Some(
+                self.rules()
+                    .ended_by_operator(kick.reason, &kick.description),
+            );
         }
         // The guard frames the client's leg itself, so its own reply can go
         // between any two of its writes; not if the last one was cut off.

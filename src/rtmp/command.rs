@@ -141,10 +141,16 @@ pub fn reads_as_known(name: &str) -> Option<&'static str> {
 pub enum ClientCommand<'c> {
     Connect,
     CreateStream,
-    /// Closes the flow of the message stream it is sent on.
-    CloseStream,
+    /// Closes the flow of the message stream it is sent on, and of the
+    /// stream it names, if any (GStreamer names it).
+    CloseStream {
+        name: Option<&'c str>,
+    },
+    /// Closes stream `stream_id`; GStreamer sends the stream's name
+    /// instead.
     DeleteStream {
-        stream_id: u32,
+        stream_id: Option<u32>,
+        name: Option<&'c str>,
     },
     Publish {
         name: &'c str,
@@ -215,16 +221,22 @@ pub fn classify(cmd: &Command) -> Result<ClientCommand<'_>, CommandError> {
             shape(null && args.is_empty())?;
             ClientCommand::CreateStream
         }
-        Some("closeStream") => {
-            shape(null && args.is_empty())?;
-            ClientCommand::CloseStream
-        }
+        Some("closeStream") => match args {
+            [] if null => ClientCommand::CloseStream { name: None },
+            [S(name)] if null => ClientCommand::CloseStream { name: Some(name) },
+            _ => return malformed("arguments not in the command's shape"),
+        },
         Some("deleteStream") => match args {
             [N(id)] if null && id.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(id) => {
                 ClientCommand::DeleteStream {
-                    stream_id: *id as u32,
+                    stream_id: Some(*id as u32),
+                    name: None,
                 }
             }
+            [S(name)] if null => ClientCommand::DeleteStream {
+                stream_id: None,
+                name: Some(name),
+            },
             _ => return malformed("arguments not in the command's shape"),
         },
         Some("publish") => match args {
@@ -517,5 +529,73 @@ mod tests {
         let cmd = decode(20, &bytes, 32).unwrap();
         assert!(ConnectRequest::from_command(&cmd).is_none());
         assert_eq!(cmd.arguments, vec![Amf0Value::String("cam1".into())]);
+    }
+
+    #[test]
+    fn connect_for_the_origin_keeps_everything_but_app_and_the_tc_url_path() {
+        let obj = Amf0Value::EcmaArray(vec![
+            ("app".into(), Amf0Value::String("live/?token=abc".into())),
+            (
+                "fourCcList".into(),
+                Amf0Value::StrictArray(vec![Amf0Value::String("hvc1".into())]),
+            ),
+            (
+                "tcUrl".into(),
+                Amf0Value::String("rtmp://h:1935/live/?token=abc".into()),
+            ),
+            ("flashVer".into(), Amf0Value::String("FMLE/3.0".into())),
+        ]);
+        let mut values = vec![
+            Amf0Value::String("connect".into()),
+            Amf0Value::Number(1.0),
+            obj,
+            Amf0Value::Boolean(true),
+        ];
+        let cmd = decode(20, &amf0::encode(&values).unwrap(), 32).unwrap();
+        let req = ConnectRequest::from_command(&cmd).unwrap().unwrap();
+        let out = decode(20, &req.for_origin().unwrap(), 32).unwrap();
+        let Amf0Value::EcmaArray(props) = &out.object else {
+            panic!("the object's AMF type changed");
+        };
+        let keys: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["app", "fourCcList", "tcUrl", "flashVer"]);
+        assert_eq!(
+            out.object.get("app"),
+            Some(&Amf0Value::String("live?token=abc".into()))
+        );
+        assert_eq!(
+            out.object.get("tcUrl"),
+            Some(&Amf0Value::String("rtmp://h:1935/live?token=abc".into()))
+        );
+        assert_eq!(out.arguments, vec![Amf0Value::Boolean(true)]);
+        values[2] = Amf0Value::Object(vec![
+            ("app".into(), Amf0Value::String("live".into())),
+            ("app".into(), Amf0Value::String("hidden".into())),
+        ]);
+        let cmd = decode(20, &amf0::encode(&values).unwrap(), 32).unwrap();
+        assert!(ConnectRequest::from_command(&cmd).unwrap().is_err());
+        values[2] = Amf0Value::Object(vec![("app".into(), Amf0Value::Number(1.0))]);
+        let cmd = decode(20, &amf0::encode(&values).unwrap(), 32).unwrap();
+        assert!(ConnectRequest::from_command(&cmd).unwrap().is_err());
+    }
+
+    #[test]
+    fn tc_urls_keep_scheme_host_port_and_query() {
+        assert_eq!(tc_url_for("rtmp://h/other", "live"), "rtmp://h/live");
+        assert_eq!(
+            tc_url_for("rtmps://h:443/x/y?k=v", "live"),
+            "rtmps://h:443/live?k=v"
+        );
+        assert_eq!(tc_url_for("rtmp://h", "live"), "rtmp://h/live");
+        assert_eq!(tc_url_for("not a url", "live"), "not a url");
+    }
+
+    #[test]
+    fn names_that_read_as_known_commands() {
+        assert_eq!(reads_as_known("PUBLISH"), Some("publish"));
+        assert_eq!(reads_as_known("publish\0junk"), Some("publish"));
+        assert_eq!(reads_as_known("fcpublish"), Some("FCPublish"));
+        assert_eq!(reads_as_known("publishx"), None);
+        assert_eq!(reads_as_known("getServerTime"), None);
     }
 }
