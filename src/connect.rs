@@ -222,13 +222,7 @@ mod tests {
 
     fn command(values: &[V]) -> Vec<u8> {
         let payload = encode(values).expect("encodable");
-        let header = MessageHeader {
-            csid: 3,
-            timestamp: 0,
-            type_id: types::COMMAND_AMF0,
-            stream_id: 0,
-            length: payload.len() as u32,
-        };
+        let header = MessageHeader::for_payload(3, types::COMMAND_AMF0, 0, &payload);
         let mut out = Vec::new();
         ChunkWriter::new().write(&mut out, &header, &payload);
         out

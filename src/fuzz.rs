@@ -265,13 +265,7 @@ fn relay_rules() -> crate::policy::session::SessionRules {
         ];
         let payload = amf0::encode(&values).unwrap_or_default();
         (
-            MessageHeader {
-                csid: 3,
-                timestamp: 0,
-                type_id: types::COMMAND_AMF0,
-                stream_id,
-                length: payload.len() as u32,
-            },
+            MessageHeader::for_payload(3, types::COMMAND_AMF0, stream_id, &payload),
             payload,
         )
     };
@@ -296,13 +290,7 @@ fn relay_rules() -> crate::policy::session::SessionRules {
         info,
     ];
     let payload = amf0::encode(&values).unwrap_or_default();
-    let header = MessageHeader {
-        csid: 3,
-        timestamp: 0,
-        type_id: types::COMMAND_AMF0,
-        stream_id: 1,
-        length: payload.len() as u32,
-    };
+    let header = MessageHeader::for_payload(3, types::COMMAND_AMF0, 1, &payload);
     rules.on_origin_message(&Message {
         header,
         payload: &payload,

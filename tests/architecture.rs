@@ -246,7 +246,7 @@ fn the_reader_resolves_groups_and_relative_paths() {
     );
     let g = graph();
     assert!(
-        g["session.rs"].contains("relay.rs"),
+        g["session.rs"].contains("relay/mod.rs"),
         "{:?}",
         g["session.rs"]
     );

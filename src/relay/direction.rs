@@ -117,15 +117,7 @@ impl Direction {
 
     /// Writes one of the guard's own control messages to the peer.
     pub fn own_control(&mut self, out: &mut Vec<u8>, control: Control) {
-        let (type_id, payload) = control.encode();
-        let header = MessageHeader {
-            csid: CONTROL_CSID,
-            timestamp: 0,
-            type_id,
-            stream_id: 0,
-            length: payload.len() as u32,
-        };
-        self.emitter.whole(out, CONTROL_CSID, &header, &payload);
+        say(&mut self.emitter, out, control);
     }
 
     /// Writes one of the guard's own commands to the peer.
@@ -232,6 +224,14 @@ fn apply(verdict: Verdict<AuthQuery>, sink: &mut Sink<'_>) -> Option<Stop> {
         Verdict::Refuse(refusal) if (sink.enforce)(&refusal) => Some(Stop::Refused(refusal.status)),
         Verdict::Refuse(_) => None,
     }
+}
+
+/// Writes a control message of the guard's own; returns it.
+fn say(emitter: &mut Emitter, out: &mut Vec<u8>, control: Control) -> (MessageHeader, Vec<u8>) {
+    let (type_id, payload) = control.encode();
+    let header = MessageHeader::for_payload(CONTROL_CSID, type_id, 0, &payload);
+    emitter.whole(out, CONTROL_CSID, &header, &payload);
+    (header, payload)
 }
 
 fn forward_whole(
@@ -362,15 +362,7 @@ fn control_message(
         Err(e) => return Some(refuse(side, Refusal::violation(e.to_string()), sink)),
     };
     let mut say_on = |control: Control| {
-        let (type_id, payload) = control.encode();
-        let header = MessageHeader {
-            csid: CONTROL_CSID,
-            timestamp: 0,
-            type_id,
-            stream_id: 0,
-            length: payload.len() as u32,
-        };
-        emitter.whole(sink.out, CONTROL_CSID, &header, &payload);
+        let (header, payload) = say(emitter, sink.out, control);
         if let Some(log) = sink.forwarded.as_deref_mut() {
             log.push(Forwarded::Whole(header, payload));
         }

@@ -481,20 +481,11 @@ impl Relay<'_> {
             let mut pos = 0;
             while pos < buf.len() {
                 let input = buf.get(pos..).unwrap_or_default();
-                let (fed, opened) = {
-                    let mut enforce = |r: &Refusal| self.enforce(r);
-                    let mut sink = Sink {
-                        out: &mut out,
-                        to_sender: &mut to_sender,
-                        enforce: &mut enforce,
-                        opened: false,
-                        forwarded: None,
-                    };
-                    let fed = dir.feed(input, &mut self.rules(), self.activity.now(), &mut sink);
-                    (fed, sink.opened)
-                };
+                let now = self.activity.now();
+                let fed = self.sink(&mut out, &mut to_sender, |sink| {
+                    dir.feed(input, &mut self.rules(), now, sink)
+                });
                 pos += fed.consumed;
-                self.show_streams(opened);
                 let held = match fed.stop {
                     None => continue,
                     Some(DirStop::Refused(denial)) => return PumpEnd::Refused(denial),
@@ -509,19 +500,9 @@ impl Relay<'_> {
                 }
                 let answer = self.ask(&held.query).await;
                 let verdict = self.rules().answer(&held.query, answer);
-                let (stop, opened) = {
-                    let mut enforce = |r: &Refusal| self.enforce(r);
-                    let mut sink = Sink {
-                        out: &mut out,
-                        to_sender: &mut to_sender,
-                        enforce: &mut enforce,
-                        opened: false,
-                        forwarded: None,
-                    };
-                    let stop = dir.resume(held, verdict, &mut sink);
-                    (stop, sink.opened)
-                };
-                self.show_streams(opened);
+                let stop = self.sink(&mut out, &mut to_sender, |sink| {
+                    dir.resume(held, verdict, sink)
+                });
                 if let Some(DirStop::Refused(denial)) = stop {
                     return PumpEnd::Refused(denial);
                 }
@@ -544,11 +525,27 @@ impl Relay<'_> {
         }
     }
 
-    /// Shows the operator the streams the session opened.
-    fn show_streams(&self, opened: bool) {
-        if opened {
+    /// Runs `f` with a sink that writes to `out`, reports refusals, and
+    /// shows the operator any stream the session opened.
+    fn sink<T>(
+        &self,
+        out: &mut Vec<u8>,
+        to_sender: &mut Vec<Control>,
+        f: impl FnOnce(&mut Sink<'_>) -> T,
+    ) -> T {
+        let mut enforce = |r: &Refusal| self.enforce(r);
+        let mut sink = Sink {
+            out,
+            to_sender,
+            enforce: &mut enforce,
+            opened: false,
+            forwarded: None,
+        };
+        let result = f(&mut sink);
+        if sink.opened {
             self.session.set_streams(self.rules().streams());
         }
+        result
     }
 
     /// Reports a refusal of the client; true to enforce it.
@@ -611,13 +608,12 @@ async fn refuse_stream(client: &mut TcpStream, to_client: &mut Direction, denial
     // so the person publishing sees it too.
     let description = format!("{}: {}", denial.code, denial.description);
     let payload = reply::status_payload(denial.code, &description);
-    let header = MessageHeader {
-        csid: crate::rtmp::emit::COMMAND_CSID,
-        timestamp: 0,
-        type_id: types::COMMAND_AMF0,
-        stream_id: denial.stream_id,
-        length: payload.len() as u32,
-    };
+    let header = MessageHeader::for_payload(
+        crate::rtmp::emit::COMMAND_CSID,
+        types::COMMAND_AMF0,
+        denial.stream_id,
+        &payload,
+    );
     let mut out = Vec::new();
     to_client.own_command(&mut out, &header, &payload);
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&out)).await;

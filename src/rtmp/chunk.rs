@@ -156,6 +156,20 @@ pub struct MessageHeader {
     pub length: u32,
 }
 
+impl MessageHeader {
+    /// The header of a message of `type_id` carrying `payload` on chunk
+    /// stream `csid` and message stream `stream_id`, at timestamp 0.
+    pub fn for_payload(csid: u32, type_id: u8, stream_id: u32, payload: &[u8]) -> MessageHeader {
+        MessageHeader {
+            csid,
+            timestamp: 0,
+            type_id,
+            stream_id,
+            length: payload.len() as u32,
+        }
+    }
+}
+
 /// A complete message whose payload the parser kept.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Message<'a> {

@@ -24,13 +24,7 @@ const MAX_ECHO: usize = 128;
 /// origin is involved, the client reads chunks of the default size.
 pub fn connect_error(transaction_id: f64, code: &str, description: &str) -> Vec<u8> {
     let payload = payload("_error", transaction_id, status_object(code, description));
-    let header = MessageHeader {
-        csid: 3,
-        timestamp: 0,
-        type_id: types::COMMAND_AMF0,
-        stream_id: 0,
-        length: payload.len() as u32,
-    };
+    let header = MessageHeader::for_payload(3, types::COMMAND_AMF0, 0, &payload);
     let mut bytes = Vec::new();
     let mut writer = ChunkWriter::new();
     writer.set_chunk_size(DEFAULT_CHUNK_SIZE);
