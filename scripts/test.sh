@@ -11,6 +11,6 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test (RTMP_GUARD_E2E=require)"
-RTMP_GUARD_E2E=require cargo test --all-targets
+RTMP_GUARD_E2E=require cargo test --all-targets --no-fail-fast
 # Doc tests are not in --all-targets.
 RTMP_GUARD_E2E=require cargo test --doc

@@ -383,7 +383,6 @@ impl SessionRules {
         } else {
             return Ok(());
         };
-        let shown: String = reply::sanitize(name).chars().take(64).collect();
         Err(Refusal::stream(Denial {
             reason: Reason::BadName,
             description: why.to_string(),
@@ -392,7 +391,8 @@ impl SessionRules {
                 Kind::Play => super::PLAY_FAILED,
             },
             stream_id,
-            stream: shown,
+            // The logs cut and escape it.
+            stream: name.to_string(),
         }))
     }
 
