@@ -48,8 +48,10 @@ fn valid_connect_is_reencoded_and_relayed_both_ways() {
     let connect = command::decode(20, &messages[1].1, 8).unwrap();
     let app = connect.object.get("app").and_then(Amf0Value::as_str);
     assert_eq!(app, Some("live?token=abc"), "the routed app, query kept");
+    // The client's tcUrl was rtmp://127.0.0.1/live/?token=abc: its path now
+    // names the routed app, its query is kept.
     let tc_url = connect.object.get("tcUrl").and_then(Amf0Value::as_str);
-    assert_eq!(tc_url, Some("rtmp://127.0.0.1/live"));
+    assert_eq!(tc_url, Some("rtmp://127.0.0.1/live?token=abc"));
     assert_eq!(
         (messages[4].0.stream_id, messages[4].1.clone()),
         (1, vec![0x17, 0, 0])
