@@ -46,8 +46,10 @@ use std::time::{Duration, Instant};
 use common::client::commands_in;
 use common::config::GuardConfig;
 use common::origin::TestOrigin;
-use common::procs::{listening, wait_exit, xml_value, GuardProc, Nginx, Proc};
-use common::{e2e_required, free_port, http, wait_for, which};
+use common::procs::{
+    interop_dir, wait_exit, xml_value, GuardProc, Nginx, Nms, NmsInstall, Proc, NMS_VERSION,
+};
+use common::{e2e_required, wait_for, which};
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use sha2::{Digest, Sha256};
 
@@ -56,8 +58,6 @@ const CLIP_SECONDS: u32 = 3;
 /// Pairs run at once. Each run is two or three processes that mostly wait
 /// on the clip's real-time pace, so this is more than the two cores.
 const WORKERS: usize = 4;
-/// node-media-server version the install script puts in place.
-const NMS_VERSION: &str = "4.4.3";
 /// The app every origin and the guard serve.
 const APP: &str = "interop";
 
@@ -88,9 +88,7 @@ struct Tools {
     ffmpeg9: PathBuf,
     gst_launch: PathBuf,
     rtmpdump: PathBuf,
-    node: PathBuf,
-    /// node-media-server's `bin/app.js`.
-    nms_app: PathBuf,
+    nms: NmsInstall,
     versions: Versions,
 }
 
@@ -104,12 +102,6 @@ struct Versions {
     nginx: String,
     nms: String,
     node: String,
-}
-
-fn interop_dir() -> PathBuf {
-    std::env::var_os("RTMP_GUARD_INTEROP_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop"))
 }
 
 /// Output (stdout and stderr) of a command that ran, or None.
@@ -221,7 +213,6 @@ fn find_tools() -> Result<Tools, Vec<String>> {
     let gst_launch = need("gst-launch-1.0");
     let gst_inspect = need("gst-inspect-1.0");
     let rtmpdump = need("rtmpdump");
-    let node = need("node");
     let nginx = need("nginx");
     if !Path::new(common::procs::RTMP_MODULE).exists() {
         missing.push(format!(
@@ -263,21 +254,10 @@ fn find_tools() -> Result<Tools, Vec<String>> {
         },
         Err(e) => missing.push(e),
     }
-    let nms_dir = interop_dir().join("nms/node_modules/node-media-server");
-    let nms_app = nms_dir.join("bin/app.js");
-    let nms_version = fs::read_to_string(nms_dir.join("package.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|p| p["version"].as_str().map(str::to_string));
-    if nms_version.as_deref() != Some(NMS_VERSION) || !nms_app.is_file() {
-        missing.push(format!(
-            "node-media-server {NMS_VERSION} in {} (found {nms_version:?})",
-            nms_dir.display()
-        ));
-    }
-    if !missing.is_empty() {
+    let nms = NmsInstall::locate().map_err(|e| missing.push(e)).ok();
+    let Some(nms) = nms.filter(|_| missing.is_empty()) else {
         return Err(missing);
-    }
+    };
     v.nms = NMS_VERSION.to_string();
     let first_word_after = |text: &str, prefix: &str| {
         text.lines()
@@ -307,7 +287,7 @@ fn find_tools() -> Result<Tools, Vec<String>> {
         Some(m) => format!("nginx {nginx_v}, libnginx-mod-rtmp {m}"),
         None => format!("nginx {nginx_v}"),
     };
-    v.node = output_of(&node, &["--version"])
+    v.node = output_of(&nms.node, &["--version"])
         .unwrap_or_default()
         .trim()
         .to_string();
@@ -316,8 +296,7 @@ fn find_tools() -> Result<Tools, Vec<String>> {
         ffmpeg9,
         gst_launch,
         rtmpdump,
-        node,
-        nms_app,
+        nms,
         versions: v,
     })
 }
@@ -328,15 +307,7 @@ fn tools_or_skip(test: &str) -> Option<Tools> {
     match find_tools() {
         Ok(t) => Some(t),
         Err(missing) => {
-            let msg = format!(
-                "SKIPPED: {test}: missing {} (scripts/install-test-deps.sh installs them)",
-                missing.join("; ")
-            );
-            if e2e_required() {
-                panic!("RTMP_GUARD_E2E=require but {msg}");
-            }
-            eprintln!("{msg}");
-            println!("{msg}");
+            common::skip(test, &missing.join("; "));
             None
         }
     }
@@ -606,94 +577,6 @@ fn decoded_by_ffmpeg(log: &str) -> Decoded {
 // ---------------------------------------------------------------------------
 // Origins
 
-/// node-media-server, on a temporary copy of its shipped config.json.
-struct Nms {
-    _proc: Proc,
-    rtmp: SocketAddr,
-    http: SocketAddr,
-    token: String,
-    dir: tempfile::TempDir,
-}
-
-impl Nms {
-    fn start(tools: &Tools) -> Nms {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let shipped = tools.nms_app.with_file_name("config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&shipped).expect("NMS config.json"))
-                .expect("NMS config.json is JSON");
-        // Left empty, both would be generated and written back; the
-        // password is hashed and written back in any case.
-        let seed = format!("{:?}{}", Instant::now(), std::process::id());
-        let secret = hex::encode(Sha256::digest(format!("jwt{seed}")));
-        let password = hex::encode(&Sha256::digest(format!("pw{seed}"))[..12]);
-        config["auth"]["jwt"]["secret"] = secret.into();
-        config["auth"]["jwt"]["users"][0]["password"] = password.clone().into();
-        let user = config["auth"]["jwt"]["users"][0]["username"]
-            .as_str()
-            .unwrap_or("admin")
-            .to_string();
-        // RTMPS and HTTPS would listen on fixed ports; the test needs
-        // neither.
-        if let Some(o) = config.as_object_mut() {
-            o.remove("rtmps");
-            o.remove("https");
-        }
-        let config_path = dir.path().join("config.json");
-        fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap())
-            .expect("write NMS config");
-        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = fs::File::create(dir.path().join("nms.log")).expect("NMS log");
-        let child = Command::new(&tools.node)
-            .arg(&tools.nms_app)
-            .arg("-c")
-            .arg(&config_path)
-            .args(["-b", "127.0.0.1", "--rtmp-port"])
-            .arg(rtmp.port().to_string())
-            .arg("--http-port")
-            .arg(http_addr.port().to_string())
-            .arg("--no-admin")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn node-media-server");
-        let mut nms = Nms {
-            _proc: Proc {
-                child,
-                name: "node-media-server",
-            },
-            rtmp,
-            http: http_addr,
-            token: String::new(),
-            dir,
-        };
-        wait_for(Duration::from_secs(20), || {
-            let (status, body) = http(nms.http, "GET", "/api/v1/health", None, "");
-            (status == 200 && body.contains(NMS_VERSION) && listening(nms.rtmp)).then_some(())
-        })
-        .unwrap_or_else(|| panic!("node-media-server did not start:\n{}", nms.log()));
-        let login = format!("{{\"username\":\"{user}\",\"password\":\"{password}\"}}");
-        let (status, body) = http(nms.http, "POST", "/api/v1/login", None, &login);
-        let token = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["data"]["token"].as_str().map(str::to_string));
-        nms.token = token.unwrap_or_else(|| {
-            panic!(
-                "node-media-server login failed ({status}): {body}\n{}",
-                nms.log()
-            )
-        });
-        nms
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("nms.log")).unwrap_or_default()
-    }
-}
-
 enum Origin {
     Nginx(Nginx),
     Nms(Nms),
@@ -740,15 +623,10 @@ impl Origin {
                 })
             }
             Origin::Nms(n) => {
-                let (status, body) = http(n.http, "GET", "/api/v1/streams", Some(&n.token), "");
-                if status != 200 {
-                    return None;
-                }
-                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
                 let key = format!("/{APP}/{name}");
-                let s = v["data"]["streams"]
-                    .as_array()?
-                    .iter()
+                let s = n
+                    .streams()?
+                    .into_iter()
                     .find(|s| s["key"] == key.as_str())?;
                 Some(StreamStat {
                     players: s["subscribers"].as_u64().unwrap_or(0),
@@ -1233,7 +1111,7 @@ fn interop_matrix_of_real_clients_and_origins_directly_and_through_the_guard() {
         Origin::Nginx(Nginx::start(&format!(
             "application {APP} {{ live on; record off; wait_key off; }}"
         ))),
-        Origin::Nms(Nms::start(&tools)),
+        Origin::Nms(Nms::start(&tools.nms)),
     ];
     let setup = started.elapsed().as_secs_f64();
 

@@ -1,36 +1,64 @@
 //! The hostile suite of issue 11: an attacker with no key speaks raw RTMP to
-//! the guard in front of nginx-rtmp and tries to get a publish or a play past
-//! it through every parser differential the issue names.
+//! the guard in front of an origin and tries to get a publish or a play past
+//! it through every parser differential the issue names. It runs twice, in
+//! parallel (one test each, about 22 s together): in front of nginx-rtmp and
+//! in front of node-media-server 4.4.3.
 //!
-//! Setup: nginx-rtmp with apps `live` (exposed, `publish` and `play` by key,
+//! Setup: the origin with apps `live` (exposed, `publish` and `play` by key,
 //! ffmpeg publishing `cam` with the right key), `hidden` (never exposed by the
 //! guard), `open` (exposed without keys, some names blocked, a publisher of
-//! the blocked `film-2` connected to nginx directly) and `q1`..`q3` (play by
-//! key, two viewers at most). The attacker's bytes are written here, by this
-//! file's own AMF0 encoder and chunk writer, exactly as an attacker would
-//! write them; what the guard sends back is read by this file's own chunk
-//! reader.
+//! the blocked `film-2` connected to the origin directly) and `q1`..`q3`
+//! (play by key, two viewers at most). node-media-server serves any app it
+//! is asked for, so it needs no setup. The attacker's bytes are written here,
+//! by this file's own AMF0 encoder and chunk writer, exactly as an attacker
+//! would write them; what the guard sends back is read by this file's own
+//! chunk reader.
 //!
 //! Every variant is judged from the outside:
-//! - nginx's `/stat` never shows a stream the attacker named (or nginx's cut
-//!   of that name) nor anything in `hidden`;
+//! - the origin never lists a stream the attacker named (or nginx's cut of
+//!   that name) nor anything in `hidden`: nginx's `/stat`; node-media-server's
+//!   stream list (`/api/v1/streams`, with a JWT) and every `start push` and
+//!   `start play` in its log;
 //! - the attacker's connections receive no audio, video or aggregate message;
 //! - for the viewer quota, a legitimate viewer still gets in;
-//! - for media without a publish, nginx's received byte count does not jump
-//!   by the megabytes the attacker sent.
+//! - for media without a publish, the origin's received byte count (nginx's
+//!   `/stat`, node-media-server's `/api/v1/stats`) does not jump by the
+//!   megabytes the attacker sent.
 //!
 //! The variants run in parallel; media without a publish runs alone, since
-//! it measures nginx's byte count. At the end a table says which variants got
-//! through, the guard must still serve ffmpeg, and the test fails if any
-//! variant got through. For a "no", the table gives the guard's logged
-//! refusal of that connection (matched by `client_port`).
+//! it measures the origin's byte count. At the end a table says which
+//! variants got through, the guard must still serve ffmpeg, and the test
+//! fails if any variant got through. For a "no", the table gives the guard's
+//! logged refusal of that connection (matched by `client_port`).
+//!
+//! Every variant runs against both origins, but 32 of them cannot work on
+//! node-media-server even without the guard, and its table marks them
+//! "no (n/a)" with the reason: it runs only `connect`, `createStream`,
+//! `publish`, `play` and `deleteStream`, spelled exactly (class 1: no
+//! spelling tricks, no `play2`); never a data message as a command, nor a
+//! shared-object or aggregate message (classes 2, 3, the aggregate variants
+//! of 5 and 8); and it ends a session whose app or stream name is not
+//! `[A-Za-z0-9_-]` and cuts no name, so class 6 has nothing to exploit (the
+//! guard enforces blocked names and keys, node-media-server has neither).
+//! What does apply is what node-media-server does like nginx-rtmp or worse:
+//! type 17 with any first byte runs as a command; the last of repeated
+//! `connect` keys wins (`app: hidden`); Abort is ignored and a new header in
+//! the middle of a message keeps the bytes read; fmt 3 chunks carry the
+//! extended timestamp of the message's header; a second `connect` is simply
+//! obeyed (nginx-rtmp ends the session); `closeStream`, `deleteStream` and
+//! `FCUnpublish` do not end a publish; and a player's media is passed on to
+//! the stream's other players.
 //!
 //! - `RTMP_GUARD_SMUGGLE=text` runs only the variants whose class or name
-//!   contains `text`.
+//!   contains `text`; `cargo test --test e2e_smuggle nginx` (or
+//!   `node_media`) runs one origin.
 //! - `RTMP_GUARD_SMUGGLE_TARGET=origin` is the control run: the same bytes go
-//!   to nginx directly. Every variant then gets through except the second
+//!   to the origin directly, which shows that each gadget works on the real
+//!   origin. On nginx-rtmp every variant then gets through except the second
 //!   `connect` (nginx-rtmp itself ends such a session) and the viewer quota
-//!   (nginx has none), which shows that each gadget works on the real origin.
+//!   (nginx has none). On node-media-server every variant gets through but
+//!   the viewer quota (it has none) and the 32 marked n/a, none of which
+//!   gets anything through.
 //!
 //! How nginx-rtmp 1.2.x reads what the guard forwards (arut/nginx-rtmp-module):
 //! - ngx_rtmp_receive.c `ngx_rtmp_amf_message_handler`: types 15-20 all run
@@ -71,7 +99,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::config::GuardConfig;
-use common::procs::{ffmpeg_play, ffmpeg_publish, xml_value, GuardProc, Nginx};
+use common::procs::{ffmpeg_play, ffmpeg_publish, xml_value, GuardProc, Nginx, Nms, NmsInstall};
 use common::{have_tools, wait_for};
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
@@ -79,9 +107,9 @@ use rtmp_guard::rtmp::handshake::ClientHandshake;
 const CAM_KEY: &str = "s3cret";
 /// Streams of `live` the attacker holds a key of its own for ("mine"): a
 /// paying customer of the exposed app, trying to reach further.
-const OWN: [&str; 11] = [
-    "own1h", "own4a", "own4b", "own4c", "own4d", "own7c", "own7d", "own7e", "own8a", "own8b",
-    "own8c",
+const OWN: [&str; 12] = [
+    "own1h", "own4a", "own4b", "own4c", "own4d", "own7c", "own7d", "own7e", "own7f", "own8a",
+    "own8b", "own8c",
 ];
 /// Blocked in `open`: published through the guard by nobody.
 const FILM_1: &str = "film-1";
@@ -730,6 +758,9 @@ struct Case {
     class: &'static str,
     variant: &'static str,
     attack: Attack,
+    /// Why the gadget does not work on node-media-server even without the
+    /// guard, if it does not.
+    not_on_nms: Option<&'static str>,
 }
 
 fn case(class: &'static str, variant: &'static str, attack: Attack) -> Case {
@@ -737,8 +768,33 @@ fn case(class: &'static str, variant: &'static str, attack: Attack) -> Case {
         class,
         variant,
         attack,
+        not_on_nms: None,
     }
 }
+
+impl Case {
+    fn not_on_nms(self, why: &'static str) -> Case {
+        Case {
+            not_on_nms: Some(why),
+            ..self
+        }
+    }
+}
+
+// Why a variant does not apply to node-media-server 4.4.3 (node-media-server
+// src/protocol/rtmp.js, amf.js; src/session/rtmp_session.js). It still runs
+// through the guard, which must still refuse it; the control run shows that
+// none of these gets anything past node-media-server itself.
+const NMS_SPELLED: &str = "n/a for NMS: it runs connect, createStream, publish, play and \
+                           deleteStream spelled exactly, nothing else";
+const NMS_NO_PLAY2: &str = "n/a for NMS: it has no play2";
+const NMS_DATA: &str = "n/a for NMS: it never runs a data message (15, 18) as a command";
+const NMS_SHARED: &str = "n/a for NMS: it ignores shared-object messages (16, 19)";
+const NMS_AGGREGATE: &str = "n/a for NMS: it ignores aggregate messages (22)";
+const NMS_SLASH: &str = "n/a for NMS: the last app, `hidden/`, fails its own name check";
+const NMS_NAME_CHARS: &str =
+    "n/a for NMS: it ends sessions whose app or stream name is not [A-Za-z0-9_-]";
+const NMS_NO_CUT: &str = "n/a for NMS: it does not cut names, so the name is not a blocked one";
 
 /// One line of the table.
 #[derive(Debug)]
@@ -748,6 +804,21 @@ struct Row {
     smuggled: bool,
     inconclusive: bool,
     evidence: String,
+    /// Why the variant does not apply to this origin, if it does not.
+    not_applicable: Option<&'static str>,
+}
+
+impl Row {
+    fn new(class: &'static str, variant: &'static str) -> Row {
+        Row {
+            class,
+            variant,
+            smuggled: false,
+            inconclusive: false,
+            evidence: String::new(),
+            not_applicable: None,
+        }
+    }
 }
 
 /// Connects to `app`, sends `bytes`, and forbids `(app, name)` in `/stat`.
@@ -838,7 +909,8 @@ fn cases() -> Vec<Case> {
                 &command(1, &publish_values(b"Publish", b"s1a")),
                 "s1a",
             )
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "publish spelled `PUBLISH`", |g, p| {
             publish_attack(
                 g,
@@ -847,7 +919,8 @@ fn cases() -> Vec<Case> {
                 &command(1, &publish_values(b"PUBLISH", b"s1b")),
                 "s1b",
             )
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "publish spelled `publish\\0`", |g, p| {
             publish_attack(
                 g,
@@ -856,7 +929,8 @@ fn cases() -> Vec<Case> {
                 &command(1, &publish_values(b"publish\0", b"s1c")),
                 "s1c",
             )
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "publish spelled `publish\\0x`", |g, p| {
             publish_attack(
                 g,
@@ -865,16 +939,20 @@ fn cases() -> Vec<Case> {
                 &command(1, &publish_values(b"publish\0x", b"s1d")),
                 "s1d",
             )
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "play spelled `Play`", |g, p| {
             play_attack(g, p, "live", &command(1, &play_values(b"Play", b"cam")))
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "play spelled `PLAY`", |g, p| {
             play_attack(g, p, "live", &command(1, &play_values(b"PLAY", b"cam")))
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "play spelled `play\\0`", |g, p| {
             play_attack(g, p, "live", &command(1, &play_values(b"play\0", b"cam")))
-        }),
+        })
+        .not_on_nms(NMS_SPELLED),
         case("1 spelling", "play2 {streamName: cam}", |g, p| {
             let values = [
                 s("play2"),
@@ -883,7 +961,8 @@ fn cases() -> Vec<Case> {
                 obj(&[("start", num(-2.0)), ("streamName", s("cam"))]),
             ];
             play_attack(g, p, "live", &command(1, &values))
-        }),
+        })
+        .not_on_nms(NMS_NO_PLAY2),
         case(
             "1 spelling",
             "play2 with an ECMA array {streamName: cam}",
@@ -896,7 +975,8 @@ fn cases() -> Vec<Case> {
                 ];
                 play_attack(g, p, "live", &command(1, &values))
             },
-        ),
+        )
+        .not_on_nms(NMS_NO_PLAY2),
         case(
             "1 spelling",
             "play2, own key's object in the null slot, cam's next",
@@ -909,7 +989,8 @@ fn cases() -> Vec<Case> {
                 ];
                 play_attack(g, p, "live", &command(1, &values))
             },
-        ),
+        )
+        .not_on_nms(NMS_NO_PLAY2),
         // 2. Message type.
         case(
             "2 message type",
@@ -918,7 +999,8 @@ fn cases() -> Vec<Case> {
                 let payload = amf(&publish_values(b"publish", b"s2a"));
                 publish_attack(g, p, "live", &message(4, 18, 1, &payload), "s2a")
             },
-        ),
+        )
+        .not_on_nms(NMS_DATA),
         case("2 message type", "type 18 [play, 0, null, cam]", |g, p| {
             play_attack(
                 g,
@@ -926,7 +1008,8 @@ fn cases() -> Vec<Case> {
                 "live",
                 &message(4, 18, 1, &amf(&play_values(b"play", b"cam"))),
             )
-        }),
+        })
+        .not_on_nms(NMS_DATA),
         case(
             "2 message type",
             "type 15, first byte 0, publish",
@@ -935,7 +1018,8 @@ fn cases() -> Vec<Case> {
                 payload.extend(amf(&publish_values(b"publish", b"s2c")));
                 publish_attack(g, p, "live", &message(4, 15, 1, &payload), "s2c")
             },
-        ),
+        )
+        .not_on_nms(NMS_DATA),
         case(
             "2 message type",
             "type 15, first byte 0x11, publish",
@@ -944,7 +1028,8 @@ fn cases() -> Vec<Case> {
                 payload.extend(amf(&publish_values(b"publish", b"s2d")));
                 publish_attack(g, p, "live", &message(4, 15, 1, &payload), "s2d")
             },
-        ),
+        )
+        .not_on_nms(NMS_DATA),
         case(
             "2 message type",
             "type 17, first byte 0x11, publish",
@@ -963,7 +1048,8 @@ fn cases() -> Vec<Case> {
                 payload.extend(amf(&[num(0.0), Amf::Null, s("s2f"), s("live")]));
                 publish_attack(g, p, "live", &message(4, 16, 1, &payload), "s2f")
             },
-        ),
+        )
+        .not_on_nms(NMS_SHARED),
         case(
             "2 message type",
             "type 19 (shared object) publish",
@@ -972,7 +1058,8 @@ fn cases() -> Vec<Case> {
                 payload.extend(amf(&[num(0.0), Amf::Null, s("s2g"), s("live")]));
                 publish_attack(g, p, "live", &message(4, 19, 1, &payload), "s2g")
             },
-        ),
+        )
+        .not_on_nms(NMS_SHARED),
         case(
             "2 message type",
             "type 19 (shared object) play cam",
@@ -981,7 +1068,8 @@ fn cases() -> Vec<Case> {
                 payload.extend(amf(&[num(0.0), Amf::Null, s("cam")]));
                 play_attack(g, p, "live", &message(4, 19, 1, &payload))
             },
-        ),
+        )
+        .not_on_nms(NMS_SHARED),
         // 3. Aggregates.
         case("3 aggregate", "type 22 carrying a publish", |g, p| {
             let sub = amf(&publish_values(b"publish", b"s3a"));
@@ -992,7 +1080,8 @@ fn cases() -> Vec<Case> {
                 &message(6, 22, 1, &aggregate(&[(20, 1, sub)])),
                 "s3a",
             )
-        }),
+        })
+        .not_on_nms(NMS_AGGREGATE),
         case("3 aggregate", "type 22 carrying a play of cam", |g, p| {
             let sub = amf(&play_values(b"play", b"cam"));
             play_attack(
@@ -1001,7 +1090,8 @@ fn cases() -> Vec<Case> {
                 "live",
                 &message(6, 22, 1, &aggregate(&[(20, 1, sub)])),
             )
-        }),
+        })
+        .not_on_nms(NMS_AGGREGATE),
         case(
             "3 aggregate",
             "type 22 carrying a type-18 publish",
@@ -1015,7 +1105,8 @@ fn cases() -> Vec<Case> {
                     "s3c",
                 )
             },
-        ),
+        )
+        .not_on_nms(NMS_AGGREGATE),
         case(
             "3 aggregate",
             "type 22: video, then a publish on msid 0",
@@ -1024,7 +1115,8 @@ fn cases() -> Vec<Case> {
                 let subs = [(9, 1, vec![0x12; 64]), (20, 0, sub)];
                 publish_attack(g, p, "live", &message(6, 22, 1, &aggregate(&subs)), "s3d")
             },
-        ),
+        )
+        .not_on_nms(NMS_AGGREGATE),
         // 4. Duplicate keys.
         case(
             "4 duplicate keys",
@@ -1068,7 +1160,8 @@ fn cases() -> Vec<Case> {
                     "own4c",
                 )
             },
-        ),
+        )
+        .not_on_nms(NMS_SLASH),
         case(
             "4 duplicate keys",
             "play2 {streamName: own4d?key=mine, streamName: cam}",
@@ -1084,7 +1177,8 @@ fn cases() -> Vec<Case> {
                     &command(1, &[s("play2"), num(0.0), Amf::Null, o]),
                 )
             },
-        ),
+        )
+        .not_on_nms(NMS_NO_PLAY2),
         // 5. Framing.
         case(
             "5 framing",
@@ -1140,7 +1234,8 @@ fn cases() -> Vec<Case> {
                 bytes.extend(chunk_size_gadget(&amf(&publish_values(b"publish", b"s5f"))));
                 publish_attack(g, p, "live", &bytes, "s5f")
             },
-        ),
+        )
+        .not_on_nms(NMS_AGGREGATE),
         case(
             "5 framing",
             "fmt 1 header in the middle of a command",
@@ -1165,7 +1260,8 @@ fn cases() -> Vec<Case> {
                 let bytes = command(1, &publish_values(b"publish", b"film-1\0x"));
                 publish_attack(g, p, "open", &bytes, FILM_1)
             },
-        ),
+        )
+        .not_on_nms(NMS_NAME_CHARS),
         case(
             "6 names",
             "open: play `film-2\\0x` (film-2 blocked)",
@@ -1177,7 +1273,8 @@ fn cases() -> Vec<Case> {
                     &command(1, &play_values(b"play", b"film-2\0x")),
                 )
             },
-        ),
+        )
+        .not_on_nms(NMS_NAME_CHARS),
         case(
             "6 names",
             "open: publish 256 bytes, the first 255 blocked",
@@ -1186,7 +1283,8 @@ fn cases() -> Vec<Case> {
                 let bytes = command(1, &publish_values(b"publish", name.as_bytes()));
                 publish_attack(g, p, "open", &bytes, &long_name())
             },
-        ),
+        )
+        .not_on_nms(NMS_NO_CUT),
         case(
             "6 names",
             "open: publish `ctlA\\x01x` (control character)",
@@ -1195,7 +1293,8 @@ fn cases() -> Vec<Case> {
                 // /stat shows control characters as spaces.
                 publish_attack_as(g, p, "open", &bytes, Name::Prefix("ctlA".into()))
             },
-        ),
+        )
+        .not_on_nms(NMS_NAME_CHARS),
         case(
             "6 names",
             "open: publish `ctlB\\x1b[2J\\n` (escape, newline)",
@@ -1204,10 +1303,12 @@ fn cases() -> Vec<Case> {
                 // /stat shows control characters as spaces.
                 publish_attack_as(g, p, "open", &bytes, Name::Prefix("ctlB".into()))
             },
-        ),
+        )
+        .not_on_nms(NMS_NAME_CHARS),
         case("6 names", "live: play `cam\\0x` without a key", |g, p| {
             play_attack(g, p, "live", &command(1, &play_values(b"play", b"cam\0x")))
-        }),
+        })
+        .not_on_nms(NMS_NAME_CHARS),
         // 8. A second connect.
         case(
             "8 second connect",
@@ -1238,7 +1339,8 @@ fn cases() -> Vec<Case> {
                 p.attackers.push(c);
                 Ok(())
             },
-        ),
+        )
+        .not_on_nms(NMS_DATA),
         case(
             "8 second connect",
             "connect to hidden inside an aggregate",
@@ -1253,7 +1355,8 @@ fn cases() -> Vec<Case> {
                 p.attackers.push(c);
                 Ok(())
             },
-        ),
+        )
+        .not_on_nms(NMS_AGGREGATE),
         // 9. Viewer quota.
         case(
             "9 viewer quota",
@@ -1290,7 +1393,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// A stream in one `/stat` snapshot.
+/// A stream as the origin lists it: in one `/stat` snapshot of nginx, in
+/// node-media-server's stream list or log.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct StatStream {
     app: String,
@@ -1359,13 +1463,7 @@ fn judge(
     seen: &BTreeSet<StatStream>,
     said: &HashMap<u16, String>,
 ) -> Row {
-    let mut row = Row {
-        class: case.class,
-        variant: case.variant,
-        smuggled: false,
-        inconclusive: false,
-        evidence: String::new(),
-    };
+    let mut row = Row::new(case.class, case.variant);
     let p = match probe {
         Ok(p) => p,
         Err(why) => {
@@ -1393,7 +1491,7 @@ fn judge(
         {
             let shown: String = st.name.chars().take(24).collect();
             let role = if st.publishing { "published" } else { "in use" };
-            evidence.push(format!("/stat: {app}/{shown} {role}"));
+            evidence.push(format!("origin lists {app}/{shown} {role}"));
         }
     }
     let media: u32 = p.attackers.iter().map(Conn::media).sum();
@@ -1424,12 +1522,101 @@ fn judge(
 }
 
 // ---------------------------------------------------------------------------
-// 7. Media without a publish, measured on nginx's received byte count.
+// The origin behind the guard, and what it shows.
 
-/// nginx's total received bytes.
-fn nginx_bytes_in(nginx: &Nginx) -> u64 {
-    xml_value(&nginx.stat(), "bytes_in").unwrap_or(0)
+enum Target {
+    Nginx(Nginx),
+    Nms(Nms),
 }
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Nginx(_) => "nginx-rtmp",
+            Target::Nms(_) => "node-media-server",
+        }
+    }
+
+    fn rtmp(&self) -> SocketAddr {
+        match self {
+            Target::Nginx(n) => n.rtmp,
+            Target::Nms(n) => n.rtmp,
+        }
+    }
+
+    /// Every stream the origin lists now. For node-media-server also every
+    /// publish and play its log has recorded since it started, so a
+    /// stream that came and went between two looks is not missed (a
+    /// published one stays listed, `reconnecting`, for 30 s anyway).
+    fn streams(&self) -> Vec<StatStream> {
+        match self {
+            Target::Nginx(n) => parse_stat(&n.stat()),
+            Target::Nms(n) => {
+                let mut out: Vec<StatStream> = n
+                    .streams()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|st| {
+                        let (app, name) = nms_path(st["key"].as_str().unwrap_or(""));
+                        StatStream {
+                            app,
+                            name,
+                            publishing: st["status"] != "idle",
+                        }
+                    })
+                    .collect();
+                for line in n.log().lines() {
+                    for (marker, publishing) in [(" start push ", true), (" start play ", false)] {
+                        if let Some((_, path)) = line.split_once(marker) {
+                            let (app, name) = nms_path(path.trim());
+                            out.push(StatStream {
+                                app,
+                                name,
+                                publishing,
+                            });
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn wait_publishing(&self, app: &str, name: &str) -> bool {
+        wait_for(Duration::from_secs(10), || {
+            self.streams()
+                .iter()
+                .any(|st| st.app == app && st.name == name && st.publishing)
+                .then_some(())
+        })
+        .is_some()
+    }
+
+    /// Bytes the origin has read from all its RTMP connections.
+    fn bytes_in(&self) -> u64 {
+        match self {
+            Target::Nginx(n) => xml_value(&n.stat(), "bytes_in").unwrap_or(0),
+            Target::Nms(n) => n.bytes_in().unwrap_or(0),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Target::Nginx(n) => n.error_log(),
+            Target::Nms(n) => n.log(),
+        }
+    }
+}
+
+/// `/app/name` as node-media-server names a stream.
+fn nms_path(path: &str) -> (String, String) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (app, name) = path.split_once('/').unwrap_or((path, ""));
+    (app.to_string(), name.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// 7. Media without a publish, measured on the origin's received byte count.
 
 /// About 2.3 MB of video, audio and data on `msid`, at chunk size 4096.
 fn blast(msid: u32) -> Vec<u8> {
@@ -1498,12 +1685,21 @@ fn media_cases() -> Vec<(&'static str, Setup)> {
             c.send(&set_chunk_size(4096));
             Ok((c, 1))
         }),
+        // node-media-server passes a player's media on to the other
+        // players of the stream it plays.
+        ("media on the msid of a play of own", |g| {
+            let mut c = connected(g, "live")?;
+            c.send(&play(1, "own7f?key=mine"));
+            c.wait("NetStream.Play.Start", Duration::from_secs(3));
+            c.send(&set_chunk_size(4096));
+            Ok((c, 1))
+        }),
     ]
 }
 
 fn media_without_publish(
-    target: SocketAddr,
-    nginx: &Nginx,
+    entry: SocketAddr,
+    origin: &Target,
     only: &str,
     log: &dyn Fn() -> String,
 ) -> Vec<Row> {
@@ -1515,7 +1711,7 @@ fn media_without_publish(
     let setups: Vec<_> = thread::scope(|sc| {
         let handles: Vec<_> = chosen
             .iter()
-            .map(|(_, setup)| sc.spawn(move || setup(target)))
+            .map(|(_, setup)| sc.spawn(move || setup(entry)))
             .collect();
         handles
             .into_iter()
@@ -1525,35 +1721,29 @@ fn media_without_publish(
     thread::sleep(Duration::from_millis(300));
     let mut rows = Vec::new();
     for ((variant, _), setup) in chosen.iter().zip(setups) {
-        let mut row = Row {
-            class: "7 media without publish",
-            variant,
-            smuggled: false,
-            inconclusive: false,
-            evidence: String::new(),
-        };
+        let mut row = Row::new("7 media without publish", variant);
         match setup {
             Err(why) => {
                 row.inconclusive = true;
                 row.evidence = format!("INCONCLUSIVE: {why}");
             }
             Ok((mut conn, msid)) => {
-                let before = nginx_bytes_in(nginx);
+                let before = origin.bytes_in();
                 let bytes = blast(msid);
                 let sent = bytes.len();
                 conn.send(&bytes);
                 let grew = wait_for(Duration::from_millis(1500), || {
-                    let d = nginx_bytes_in(nginx).saturating_sub(before);
+                    let d = origin.bytes_in().saturating_sub(before);
                     (d > BLAST_THRESHOLD).then_some(d)
                 });
-                let delta = grew.unwrap_or_else(|| nginx_bytes_in(nginx).saturating_sub(before));
+                let delta = grew.unwrap_or_else(|| origin.bytes_in().saturating_sub(before));
                 row.smuggled = grew.is_some();
                 thread::sleep(Duration::from_millis(100));
                 let said = guard_says(&log())
                     .get(&conn.port)
                     .map_or(String::new(), |s| format!("; {s}"));
                 row.evidence = format!(
-                    "nginx read {} KB while {} KB were sent{said}",
+                    "origin read {} KB while {} KB were sent{said}",
                     delta / 1000,
                     sent / 1000,
                 );
@@ -1567,16 +1757,16 @@ fn media_without_publish(
 // ---------------------------------------------------------------------------
 // The setup, and the suite.
 
-/// Publishes `name` in `app` straight to nginx (not through the guard):
-/// the content the operator has since blocked, still live at the origin.
+/// Publishes `name` in `app` straight to the origin (not through the
+/// guard): the content the operator has since blocked, still live there.
 fn direct_publisher(
-    nginx: SocketAddr,
+    origin: SocketAddr,
     app: &'static str,
     name: &'static str,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<Result<(), String>> {
     thread::spawn(move || {
-        let mut c = connected(nginx, app)?;
+        let mut c = connected(origin, app)?;
         c.send(&publish(name));
         if !c.wait("NetStream.Publish.Start", Duration::from_secs(5)) {
             return Err(format!("direct publish of {app}/{name} failed"));
@@ -1593,7 +1783,7 @@ fn direct_publisher(
     })
 }
 
-fn guard_config(nginx: &Nginx) -> GuardConfig {
+fn guard_config(origin: SocketAddr) -> GuardConfig {
     let mut keys = format!("cam = \"{CAM_KEY}\"");
     for own in OWN {
         keys.push_str(&format!(", {own} = \"mine\""));
@@ -1605,7 +1795,7 @@ fn guard_config(nginx: &Nginx) -> GuardConfig {
             "[limits.per_ip]\nconnections_per_second = 1000\nburst = 1000\nmax_concurrent = 1000\n\n\
              [bans]\nauto = false\n",
         )
-        .origin(nginx.rtmp)
+        .origin(origin)
         .app(
             "live",
             &format!("publish = \"key\"\nplay = \"key\"\nkeys = {{ {keys} }}"),
@@ -1634,44 +1824,46 @@ fn print_table(rows: &[Row], target: &str) -> String {
     ));
     out.push_str(&format!("{}\n", "-".repeat(130)));
     for r in rows {
-        let verdict = if r.inconclusive {
-            "??"
-        } else if r.smuggled {
-            "YES"
-        } else {
-            "no"
+        let verdict = match (r.inconclusive, r.smuggled, r.not_applicable) {
+            (true, _, _) => "??",
+            (_, true, _) => "YES",
+            (_, false, Some(_)) => "no (n/a)",
+            (_, false, None) => "no",
+        };
+        let evidence = match r.not_applicable {
+            Some(why) => format!("{why}; {}", r.evidence),
+            None => r.evidence.clone(),
         };
         out.push_str(&format!(
-            "{:<24} | {:<64} | {:<9} | {}\n",
-            r.class, r.variant, verdict, r.evidence
+            "{:<24} | {:<64} | {:<9} | {evidence}\n",
+            r.class, r.variant, verdict
         ));
     }
     let smuggled = rows.iter().filter(|r| r.smuggled).count();
+    let na = rows.iter().filter(|r| r.not_applicable.is_some()).count();
     out.push_str(&format!(
-        "{smuggled} of {} variants got through\n",
+        "{smuggled} of {} variants got through",
         rows.len()
     ));
+    if na > 0 {
+        out.push_str(&format!(
+            " ({na} of them cannot work on this origin even without the guard: n/a)"
+        ));
+    }
+    out.push('\n');
     out
 }
 
-#[test]
-fn no_publish_or_play_gets_past_the_guard() {
-    if !have_tools(
-        "no_publish_or_play_gets_past_the_guard",
-        &["nginx", "ffmpeg"],
-    ) {
-        return;
-    }
+/// Runs every variant through the guard in front of `origin` (or, for
+/// the control run, at `origin` directly), prints the table and fails if
+/// any variant got through.
+fn suite(origin: Target) {
     let started = Instant::now();
     let only = std::env::var("RTMP_GUARD_SMUGGLE").unwrap_or_default();
-    // `origin`: the control run, the same bytes sent to nginx directly.
+    // `origin`: the control run, the same bytes sent to the origin directly.
     let at_origin = std::env::var("RTMP_GUARD_SMUGGLE_TARGET").is_ok_and(|v| v == "origin");
-    let nginx = Nginx::start(
-        "application hidden { live on; }\n    application open { live on; }\n    \
-         application q1 { live on; }\n    application q2 { live on; }\n    \
-         application q3 { live on; }",
-    );
-    let mut guard = GuardProc::start(guard_config(&nginx));
+    let is_nms = matches!(origin, Target::Nms(_));
+    let mut guard = GuardProc::start(guard_config(origin.rtmp()));
     let dir = tempfile::tempdir().unwrap();
     let url = format!("rtmp://{}/live/cam", guard.rtmp);
     let _publisher = ffmpeg_publish(
@@ -1680,20 +1872,21 @@ fn no_publish_or_play_gets_past_the_guard() {
         &dir.path().join("cam.log"),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let film = direct_publisher(nginx.rtmp, "open", FILM_2, stop.clone());
+    let film = direct_publisher(origin.rtmp(), "open", FILM_2, stop.clone());
     assert!(
-        nginx.wait_publishing("cam"),
-        "the legitimate publisher did not get in: {}",
-        guard.log_text()
+        origin.wait_publishing("live", "cam"),
+        "the legitimate publisher did not get in: {}\n{}",
+        guard.log_text(),
+        origin.log()
     );
-    assert!(nginx.wait_publishing(FILM_2), "{}", nginx.error_log());
+    assert!(origin.wait_publishing("open", FILM_2), "{}", origin.log());
 
     // Every class but 7, in parallel; then watch for a while.
     let cases: Vec<Case> = cases()
         .into_iter()
         .filter(|c| selected(&only, c.class, c.variant))
         .collect();
-    let g = if at_origin { nginx.rtmp } else { guard.rtmp };
+    let g = if at_origin { origin.rtmp() } else { guard.rtmp };
     let probes: Vec<Result<Probe, String>> = thread::scope(|sc| {
         let handles: Vec<_> = cases
             .iter()
@@ -1712,15 +1905,18 @@ fn no_publish_or_play_gets_past_the_guard() {
     let mut seen = BTreeSet::new();
     let watch_end = Instant::now() + WATCH;
     while Instant::now() < watch_end {
-        seen.extend(parse_stat(&nginx.stat()));
+        seen.extend(origin.streams());
         thread::sleep(Duration::from_millis(250));
     }
-    seen.extend(parse_stat(&nginx.stat()));
+    seen.extend(origin.streams());
     let said = guard_says(&guard.log_text());
     let mut rows: Vec<Row> = cases
         .iter()
         .zip(probes)
-        .map(|(c, p)| judge(c, p, &seen, &said))
+        .map(|(c, p)| Row {
+            not_applicable: c.not_on_nms.filter(|_| is_nms),
+            ..judge(c, p, &seen, &said)
+        })
         .collect();
     // Nothing may ever be in the app the guard does not expose.
     let foreign: Vec<String> = seen
@@ -1729,18 +1925,16 @@ fn no_publish_or_play_gets_past_the_guard() {
         .map(|s| s.name.clone())
         .collect();
     rows.push(Row {
-        class: "foreign app",
-        variant: "`hidden` never holds a stream",
         smuggled: !foreign.is_empty(),
-        inconclusive: false,
         evidence: if foreign.is_empty() {
             "nothing in hidden".into()
         } else {
-            format!("/stat: hidden/{foreign:?}")
+            format!("origin lists hidden/{foreign:?}")
         },
+        ..Row::new("foreign app", "`hidden` never holds a stream")
     });
 
-    rows.extend(media_without_publish(g, &nginx, &only, &|| {
+    rows.extend(media_without_publish(g, &origin, &only, &|| {
         guard.log_text()
     }));
 
@@ -1751,13 +1945,17 @@ fn no_publish_or_play_gets_past_the_guard() {
     let alive = guard.wait_exit(Duration::ZERO).is_none();
     rows.sort_by_key(|r| r.class);
     let target = if at_origin {
-        "nginx-rtmp directly (control run)"
+        format!("{} directly (control run)", origin.name())
     } else {
-        "the guard in front of nginx-rtmp"
+        format!("the guard in front of {}", origin.name())
     };
-    let table = print_table(&rows, target);
+    let table = print_table(&rows, &target);
     println!("{table}");
-    println!("suite ran in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "suite against {} ran in {:.1} s",
+        origin.name(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(film.is_ok(), "direct publisher of film-2: {film:?}");
     assert!(alive, "the guard exited: {}", guard.log_text());
     assert!(
@@ -1772,8 +1970,43 @@ fn no_publish_or_play_gets_past_the_guard() {
         .collect();
     assert!(
         bad.is_empty(),
-        "{} variants got past the guard or could not be judged (table above):\n{}",
+        "{} variants got past the guard in front of {} or could not be judged (table \
+         above):\n{}",
         bad.len(),
+        origin.name(),
         bad.join("\n")
     );
+}
+
+#[test]
+fn no_publish_or_play_gets_past_the_guard_to_nginx_rtmp() {
+    if !have_tools(
+        "no_publish_or_play_gets_past_the_guard_to_nginx_rtmp",
+        &["nginx", "ffmpeg"],
+    ) {
+        return;
+    }
+    suite(Target::Nginx(Nginx::start(
+        "application hidden { live on; }\n    application open { live on; }\n    \
+         application q1 { live on; }\n    application q2 { live on; }\n    \
+         application q3 { live on; }",
+    )));
+}
+
+#[test]
+fn no_publish_or_play_gets_past_the_guard_to_node_media_server() {
+    const TEST: &str = "no_publish_or_play_gets_past_the_guard_to_node_media_server";
+    if !have_tools(TEST, &["ffmpeg"]) {
+        return;
+    }
+    let install = match NmsInstall::locate() {
+        Ok(install) => install,
+        Err(missing) => {
+            common::skip(TEST, &missing);
+            return;
+        }
+    };
+    // node-media-server serves any app it is asked for: `hidden`, `open`
+    // and `q1`..`q3` need no setup.
+    suite(Target::Nms(Nms::start(&install)));
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration and end-to-end tests: free ports, the
 //! guard config builder, a raw RTMP client, HTTP scraping, the hostile
-//! input set, and harnesses for the real programs (nginx-rtmp, the guard
-//! binary, ffmpeg).
+//! input set, and harnesses for the real programs (nginx-rtmp,
+//! node-media-server, the guard binary, ffmpeg).
 #![allow(dead_code)]
 
 pub mod client;
@@ -109,16 +109,20 @@ pub fn have_tools(test: &str, tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let msg = format!(
-        "SKIPPED: {test}: missing {} (scripts/install-test-deps.sh installs them)",
-        missing.join(", ")
-    );
+    skip(test, &missing.join(", "));
+    false
+}
+
+/// Prints `SKIPPED: test: missing ...`, or fails the test instead under
+/// RTMP_GUARD_E2E=require.
+pub fn skip(test: &str, missing: &str) {
+    let msg =
+        format!("SKIPPED: {test}: missing {missing} (scripts/install-test-deps.sh installs them)");
     if e2e_required() {
         panic!("RTMP_GUARD_E2E=require but {msg}");
     }
     eprintln!("{msg}");
     println!("{msg}");
-    false
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use rtmp_guard::config::Config;
 use rtmp_guard::proxy_protocol::{self, Header};
+use rtmp_guard::rtmp::amf0::{self, Amf0Value};
+use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
+use rtmp_guard::rtmp::chunk::MessageHeader;
 use rtmp_guard::rtmp::handshake::ServerHandshake;
 use rtmp_guard::verdict::{Reason, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +19,65 @@ use super::hostile;
 
 /// Window Acknowledgement Size, as an origin sends after the handshake.
 pub const ORIGIN_HELLO: [u8; 16] = [0x02, 0, 0, 0, 0, 0, 4, 5, 0, 0, 0, 0, 0, 0x26, 0x25, 0xa0];
+
+/// An origin's commands on message stream 0, chunked as an origin that
+/// never changed its chunk size (128) writes them.
+pub fn origin_commands(commands: &[Vec<Amf0Value>]) -> Vec<u8> {
+    let mut writer = ChunkWriter::new();
+    let mut out = Vec::new();
+    for values in commands {
+        let payload = amf0::encode(values).expect("encodable");
+        writer.write(
+            &mut out,
+            &MessageHeader::for_payload(3, 20, 0, &payload),
+            &payload,
+        );
+    }
+    out
+}
+
+/// The values of the `_result` with which an origin accepts a `connect`.
+pub fn connect_success() -> Vec<Amf0Value> {
+    let s = |v: &str| Amf0Value::String(v.into());
+    vec![
+        s("_result"),
+        Amf0Value::Number(1.0),
+        Amf0Value::Object(vec![
+            ("fmsVer".into(), s("FMS/3,0,1,123")),
+            ("capabilities".into(), Amf0Value::Number(31.0)),
+        ]),
+        Amf0Value::Object(vec![
+            ("level".into(), s("status")),
+            ("code".into(), s("NetConnection.Connect.Success")),
+            ("description".into(), s("Connection succeeded.")),
+        ]),
+    ]
+}
+
+/// The properties of an Enhanced RTMP reconnect request's info object
+/// that sends the client to `tc_url`.
+pub fn reconnect_info(tc_url: &str) -> Vec<(String, Amf0Value)> {
+    let s = |v: &str| Amf0Value::String(v.into());
+    vec![
+        ("level".into(), s("status")),
+        ("code".into(), s("NetConnection.Connect.ReconnectRequest")),
+        (
+            "description".into(),
+            s("The streaming server is going away."),
+        ),
+        ("tcUrl".into(), s(tc_url)),
+    ]
+}
+
+/// An `onStatus` carrying `info`, as an origin sends it on stream 0.
+pub fn on_status(info: Amf0Value) -> Vec<Amf0Value> {
+    vec![
+        Amf0Value::String("onStatus".into()),
+        Amf0Value::Number(0.0),
+        Amf0Value::Null,
+        info,
+    ]
+}
 
 /// An RTMP origin that handshakes and records what it is sent.
 pub struct TestOrigin {
@@ -28,6 +90,13 @@ pub struct TestOrigin {
 
 impl TestOrigin {
     pub async fn start() -> TestOrigin {
+        TestOrigin::replying(Vec::new()).await
+    }
+
+    /// As [`TestOrigin::start`], and on each connection, once the origin
+    /// has read a `connect`, it sends `after_connect` (chunks as an origin
+    /// writes them: [`origin_commands`]).
+    pub async fn replying(after_connect: Vec<u8>) -> TestOrigin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -44,6 +113,7 @@ impl TestOrigin {
                 };
                 let r = r.clone();
                 let h = h.clone();
+                let mut reply = Some(after_connect.clone()).filter(|b| !b.is_empty());
                 tokio::spawn(async move {
                     let mut hs = ServerHandshake::new();
                     let mut buf = vec![0u8; 65536];
@@ -62,6 +132,7 @@ impl TestOrigin {
                             h.lock().unwrap().push(header);
                             input = &input[used..];
                         }
+                        let mut hello = false;
                         if !done {
                             let Ok(step) = hs.feed(input) else { break };
                             if s.write_all(&step.response).await.is_err() {
@@ -72,12 +143,26 @@ impl TestOrigin {
                             if !done {
                                 continue;
                             }
-                            r.lock().unwrap()[slot].extend_from_slice(input);
+                            hello = true;
+                        }
+                        let connected = {
+                            let mut all = r.lock().unwrap();
+                            all[slot].extend_from_slice(input);
+                            reply.is_some()
+                                && super::client::command_names(&all[slot])
+                                    .iter()
+                                    .any(|c| c == "connect")
+                        };
+                        if hello {
                             // An origin says hello first, like nginx does.
                             let _ = s.write_all(&ORIGIN_HELLO).await;
-                            continue;
                         }
-                        r.lock().unwrap()[slot].extend_from_slice(input);
+                        if connected {
+                            let bytes = reply.take().unwrap_or_default();
+                            if s.write_all(&bytes).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 });
             }
@@ -120,12 +205,21 @@ impl Harness {
 
     /// A guard on the config `config(origin)` returns.
     pub fn with_config(config: impl FnOnce(SocketAddr) -> GuardConfig) -> Harness {
+        Harness::replying(Vec::new(), config)
+    }
+
+    /// As [`Harness::with_config`], in front of an origin that sends
+    /// `after_connect` once it has read a `connect` ([`TestOrigin::replying`]).
+    pub fn replying(
+        after_connect: Vec<u8>,
+        config: impl FnOnce(SocketAddr) -> GuardConfig,
+    ) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let origin = rt.block_on(TestOrigin::start());
+        let origin = rt.block_on(TestOrigin::replying(after_connect));
         let text = config(origin.addr).build();
         let config = Config::parse(&text, "integration.toml").unwrap();
         let guard = rt.block_on(rtmp_guard::start(config)).unwrap();

@@ -8,9 +8,21 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::config::GuardConfig;
-use super::{free_port, http_get, wait_for};
+use super::{free_port, http, http_get, wait_for};
 
 pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+
+/// The node-media-server version `scripts/install-test-deps.sh` installs.
+pub const NMS_VERSION: &str = "4.4.3";
+
+/// Where `scripts/install-test-deps.sh` puts node-media-server, the
+/// imageio-ffmpeg venv and the cached clips: `$RTMP_GUARD_INTEROP_DIR`, else
+/// `target/interop`.
+pub fn interop_dir() -> PathBuf {
+    std::env::var_os("RTMP_GUARD_INTEROP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/interop"))
+}
 
 /// Kills the child when dropped.
 pub struct Proc {
@@ -127,6 +139,159 @@ pub fn xml_value(xml: &str, tag: &str) -> Option<u64> {
     let start = xml.find(&open)? + open.len();
     let end = xml[start..].find('<')? + start;
     xml[start..end].trim().parse().ok()
+}
+
+/// node and node-media-server's `bin/app.js`, as installed under
+/// [`interop_dir`].
+#[derive(Debug, Clone)]
+pub struct NmsInstall {
+    pub node: PathBuf,
+    pub app: PathBuf,
+}
+
+impl NmsInstall {
+    /// node on the PATH and node-media-server [`NMS_VERSION`]; otherwise
+    /// what is missing.
+    pub fn locate() -> Result<NmsInstall, String> {
+        let mut missing = Vec::new();
+        let node = super::which("node");
+        if node.is_none() {
+            missing.push("node".to_string());
+        }
+        let dir = interop_dir().join("nms/node_modules/node-media-server");
+        let app = dir.join("bin/app.js");
+        let version = fs::read_to_string(dir.join("package.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|p| p["version"].as_str().map(str::to_string));
+        if version.as_deref() != Some(NMS_VERSION) || !app.is_file() {
+            missing.push(format!(
+                "node-media-server {NMS_VERSION} in {} (found {version:?})",
+                dir.display()
+            ));
+        }
+        match node {
+            Some(node) if missing.is_empty() => Ok(NmsInstall { node, app }),
+            _ => Err(missing.join("; ")),
+        }
+    }
+}
+
+/// node-media-server, on a temporary copy of its shipped config.json, logged
+/// in to its HTTP API.
+pub struct Nms {
+    _proc: Proc,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    /// The API's JWT.
+    pub token: String,
+    dir: tempfile::TempDir,
+}
+
+impl Nms {
+    pub fn start(install: &NmsInstall) -> Nms {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shipped = install.app.with_file_name("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&shipped).expect("NMS config.json"))
+                .expect("NMS config.json is JSON");
+        // Left empty, both would be generated and written back; the
+        // password is hashed and written back in any case.
+        let seed = format!("{:?}{}", std::time::Instant::now(), std::process::id());
+        let secret = hex::encode(Sha256::digest(format!("jwt{seed}")));
+        let password = hex::encode(&Sha256::digest(format!("pw{seed}"))[..12]);
+        config["auth"]["jwt"]["secret"] = secret.into();
+        config["auth"]["jwt"]["users"][0]["password"] = password.clone().into();
+        let user = config["auth"]["jwt"]["users"][0]["username"]
+            .as_str()
+            .unwrap_or("admin")
+            .to_string();
+        // RTMPS and HTTPS would listen on fixed ports; the tests need
+        // neither.
+        if let Some(o) = config.as_object_mut() {
+            o.remove("rtmps");
+            o.remove("https");
+        }
+        let config_path = dir.path().join("config.json");
+        fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap())
+            .expect("write NMS config");
+        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = fs::File::create(dir.path().join("nms.log")).expect("NMS log");
+        let child = Command::new(&install.node)
+            .arg(&install.app)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["-b", "127.0.0.1", "--rtmp-port"])
+            .arg(rtmp.port().to_string())
+            .arg("--http-port")
+            .arg(http_addr.port().to_string())
+            .arg("--no-admin")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node-media-server");
+        let mut nms = Nms {
+            _proc: Proc {
+                child,
+                name: "node-media-server",
+            },
+            rtmp,
+            http: http_addr,
+            token: String::new(),
+            dir,
+        };
+        wait_for(Duration::from_secs(20), || {
+            let (status, body) = http(nms.http, "GET", "/api/v1/health", None, "");
+            (status == 200 && body.contains(NMS_VERSION) && listening(nms.rtmp)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("node-media-server did not start:\n{}", nms.log()));
+        let login = format!("{{\"username\":\"{user}\",\"password\":\"{password}\"}}");
+        let (status, body) = http(nms.http, "POST", "/api/v1/login", None, &login);
+        let token = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["token"].as_str().map(str::to_string));
+        nms.token = token.unwrap_or_else(|| {
+            panic!(
+                "node-media-server login failed ({status}): {body}\n{}",
+                nms.log()
+            )
+        });
+        nms
+    }
+
+    /// The `data` of a GET on the API (`/api/v1/...`), or None.
+    pub fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = http(self.http, "GET", path, Some(&self.token), "");
+        if status != 200 {
+            return None;
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(v["data"].take())
+    }
+
+    /// The stream list (`/api/v1/streams`): one object per stream path,
+    /// with `key` (`/app/name`), `status` (`publishing`, `reconnecting`
+    /// for 30 s after its publisher left, `idle`), `subscribers` and
+    /// `publisher.inBytes`.
+    pub fn streams(&self) -> Option<Vec<serde_json::Value>> {
+        match self.api("/api/v1/streams")?["streams"].take() {
+            serde_json::Value::Array(streams) => Some(streams),
+            _ => None,
+        }
+    }
+
+    /// Bytes node-media-server has read from all its RTMP connections.
+    pub fn bytes_in(&self) -> Option<u64> {
+        self.api("/api/v1/stats")?["network"]["inBytes"].as_u64()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("nms.log")).unwrap_or_default()
+    }
 }
 
 /// HAProxy in TCP mode in front of `backend`, sending PROXY v2.
