@@ -395,9 +395,6 @@ fn an_origin_reconnect_request_loses_its_tc_url_under_strip() {
 /// object (ffmpeg's `handle_invoke_status` reads status codes so) finds it.
 /// None of them may carry the origin's `tcUrl` to the client.
 #[test]
-#[ignore = "guard bug, reported: these reach the client with the origin's tcUrl \
-            (policy/session.rs reconnect_request rewrites only an object or ECMA array \
-            in the fourth place)"]
 fn an_origin_reconnect_request_in_another_shape_keeps_no_tc_url_elsewhere() {
     let s = |v: &str| Amf0Value::String(v.into());
     let shapes = [

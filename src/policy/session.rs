@@ -69,6 +69,9 @@ pub enum FromOrigin {
     Violation(String),
 }
 
+/// The Enhanced RTMP status asking a client to connect again, to `tcUrl`.
+const RECONNECT_REQUEST: &str = "NetConnection.Connect.ReconnectRequest";
+
 /// Message streams closed recently, whose in-flight media is dropped.
 const RECENTLY_CLOSED: usize = 16;
 
@@ -461,6 +464,14 @@ impl SessionRules {
         if cmd.name != "onStatus" {
             return FromOrigin::Pass;
         }
+        // A client may read the status from any object in the command, so
+        // a reconnect request anywhere in it is one.
+        let reconnect = std::iter::once(&cmd.object)
+            .chain(&cmd.arguments)
+            .any(|v| v.get("code").and_then(Amf0Value::as_str) == Some(RECONNECT_REQUEST));
+        if reconnect {
+            return self.reconnect_request(cmd);
+        }
         let info = cmd.arguments.first();
         let code = info.and_then(|i| i.get("code")).and_then(Amf0Value::as_str);
         match code {
@@ -485,13 +496,30 @@ impl SessionRules {
                     )),
                 }
             }
-            Some("NetConnection.Connect.ReconnectRequest") => self.reconnect_request(cmd),
             _ => FromOrigin::Pass,
         }
     }
 
-    /// The reconnect request with its `tcUrl` pointing back at the guard.
+    /// The reconnect request with every `tcUrl` in it, in any object,
+    /// pointing back at the guard (or removed).
     fn reconnect_request(&self, cmd: &Command) -> FromOrigin {
+        let mut values = vec![
+            Amf0Value::String(cmd.name.clone()),
+            Amf0Value::Number(cmd.transaction_id),
+        ];
+        values.extend(
+            std::iter::once(&cmd.object)
+                .chain(&cmd.arguments)
+                .map(|v| self.redirect_tc_url(v)),
+        );
+        match amf0::encode(&values) {
+            Ok(payload) => FromOrigin::Rewrite(payload),
+            Err(e) => FromOrigin::Violation(format!("reconnect request: {e}")),
+        }
+    }
+
+    /// `value` with the `tcUrl` of an object in it rewritten or removed.
+    fn redirect_tc_url(&self, value: &Amf0Value) -> Amf0Value {
         let rewrite = |props: &[(String, Amf0Value)]| -> Vec<(String, Amf0Value)> {
             props
                 .iter()
@@ -504,21 +532,14 @@ impl SessionRules {
                 })
                 .collect()
         };
-        let info = match cmd.arguments.first() {
-            Some(Amf0Value::Object(p)) => Amf0Value::Object(rewrite(p)),
-            Some(Amf0Value::EcmaArray(p)) => Amf0Value::EcmaArray(rewrite(p)),
-            _ => return FromOrigin::Pass,
-        };
-        let mut values = vec![
-            Amf0Value::String(cmd.name.clone()),
-            Amf0Value::Number(cmd.transaction_id),
-            cmd.object.clone(),
-            info,
-        ];
-        values.extend(cmd.arguments.iter().skip(1).cloned());
-        match amf0::encode(&values) {
-            Ok(payload) => FromOrigin::Rewrite(payload),
-            Err(e) => FromOrigin::Violation(format!("reconnect request: {e}")),
+        match value {
+            Amf0Value::Object(p) => Amf0Value::Object(rewrite(p)),
+            Amf0Value::EcmaArray(p) => Amf0Value::EcmaArray(rewrite(p)),
+            Amf0Value::TypedObject { class, properties } => Amf0Value::TypedObject {
+                class: class.clone(),
+                properties: rewrite(properties),
+            },
+            other => other.clone(),
         }
     }
 
