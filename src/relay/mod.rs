@@ -281,9 +281,19 @@ struct Outbox {
     wake: Notify,
 }
 
+/// Control messages an outbox holds at most. A peer that sends pings and
+/// never reads could otherwise grow it without limit; past the bound its
+/// pongs and acknowledgements are dropped (a later acknowledgement covers
+/// an earlier one).
+const OUTBOX_LIMIT: usize = 256;
+
 impl Outbox {
     fn push(&self, control: Control) {
-        lock(&self.messages).push(control);
+        let mut messages = lock(&self.messages);
+        if messages.len() < OUTBOX_LIMIT {
+            messages.push(control);
+        }
+        drop(messages);
         self.wake.notify_one();
     }
 
