@@ -230,7 +230,7 @@ fn fuzz_limits() -> ChunkLimits {
 
 /// A session of app `live` (publish and play open to all) with a publish
 /// allowed on stream 1 and a play the origin started on stream 1.
-fn relay_rules() -> crate::policy::session::SessionRules {
+pub fn relay_rules() -> crate::policy::session::SessionRules {
     use crate::config::{Config, ReconnectTcUrl};
     use crate::policy::session::{Now, SessionRules};
     use crate::policy::{Registry, StreamPolicy};

@@ -440,7 +440,10 @@ impl SessionRules {
     /// origin.
     pub fn on_origin_media(&self, header: &MessageHeader) -> FromOrigin {
         match header.type_id {
-            types::AUDIO | types::VIDEO | types::AGGREGATE => self.origin_flow(header),
+            // Data too: an aggregate's parts are judged here.
+            types::AUDIO | types::VIDEO | types::DATA_AMF0 | types::AGGREGATE => {
+                self.origin_flow(header)
+            }
             other => FromOrigin::Violation(format!("message type {other} from the origin")),
         }
     }

@@ -18,7 +18,8 @@
 
 use crate::policy::session::{FromOrigin, Now, SessionRules};
 use crate::policy::AuthQuery;
-use crate::rtmp::chunk::{ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
+use crate::rtmp::aggregate::{sub_messages, MAX_AGGREGATE};
+use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
 use crate::rtmp::command;
 use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
 use crate::rtmp::emit::{Emitter, COMMAND_CSID, CONTROL_CSID};
@@ -85,10 +86,12 @@ pub struct Sink<'a> {
 }
 
 /// What a direction does with the media message in progress on a csid.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct MediaRoute {
     csid: u32,
     pass: bool,
+    /// An origin's aggregate, held whole until its parts are checked.
+    aggregate: Option<Vec<u8>>,
 }
 
 /// One direction's state.
@@ -327,13 +330,32 @@ fn media_piece(
                 FromOrigin::Violation(why) => return Some(Stop::Violation(why)),
             },
         };
+        let aggregate =
+            (side == Side::Origin && piece.header.type_id == types::AGGREGATE).then(Vec::new);
+        if aggregate.is_some() && piece.header.length > MAX_AGGREGATE {
+            let why = format!("an aggregate of {} bytes", piece.header.length);
+            return Some(Stop::Violation(why));
+        }
+        let route = MediaRoute {
+            csid,
+            pass,
+            aggregate,
+        };
         match media.iter_mut().find(|r| r.csid == csid) {
-            Some(route) => route.pass = pass,
-            None => media.push(MediaRoute { csid, pass }),
+            Some(r) => *r = route,
+            None => media.push(route),
         }
     }
-    if !media.iter().any(|r| r.csid == csid && r.pass) {
+    let Some(route) = media.iter_mut().find(|r| r.csid == csid && r.pass) else {
         return None;
+    };
+    if let Some(held) = route.aggregate.as_mut() {
+        held.extend_from_slice(piece.bytes);
+        if !piece.is_last() {
+            return None;
+        }
+        let payload = std::mem::take(held);
+        return aggregate(emitter, &piece.header, &payload, rules, sink);
     }
     if let Err(e) = emitter.media(sink.out, piece) {
         return Some(refuse(side, Refusal::violation(e.to_string()), sink));
@@ -344,6 +366,44 @@ fn media_piece(
             piece.offset,
             piece.bytes.to_vec(),
         ));
+    }
+    None
+}
+
+/// An origin's whole aggregate: forwarded only if every part is audio,
+/// video or data on a stream a play is open on; dropped if a part is for a
+/// stream the client just closed.
+fn aggregate(
+    emitter: &mut Emitter,
+    header: &MessageHeader,
+    payload: &[u8],
+    rules: &SessionRules,
+    sink: &mut Sink<'_>,
+) -> Option<Stop> {
+    let parts = match sub_messages(payload) {
+        Ok(parts) => parts,
+        Err(e) => return Some(Stop::Violation(e.to_string())),
+    };
+    let mut pass = true;
+    for part in parts {
+        if !matches!(part.type_id, types::AUDIO | types::VIDEO | types::DATA_AMF0) {
+            let why = format!("message type {} inside an aggregate", part.type_id);
+            return Some(Stop::Violation(why));
+        }
+        let part_header = MessageHeader {
+            type_id: part.type_id,
+            stream_id: part.stream_id,
+            length: part.length,
+            ..*header
+        };
+        match rules.on_origin_media(&part_header) {
+            FromOrigin::Pass | FromOrigin::Rewrite(_) => {}
+            FromOrigin::Drop => pass = false,
+            FromOrigin::Violation(why) => return Some(Stop::Violation(why)),
+        }
+    }
+    if pass {
+        forward_whole(emitter, sink, header, payload);
     }
     None
 }
@@ -388,4 +448,63 @@ fn control_message(
         | Control::User(UserEvent::SetBufferLength { .. }) => say_on(control),
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtmp::chunk::writer::ChunkWriter;
+
+    fn part(type_id: u8, stream_id: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![type_id];
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&stream_id.to_be_bytes()[1..]);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&((11 + data.len()) as u32).to_be_bytes());
+        out
+    }
+
+    /// Feeds an origin's aggregate on stream 1 (where a play is open) and
+    /// returns what was forwarded, or the violation.
+    fn origin_aggregate(payload: &[u8]) -> Result<Vec<Forwarded>, String> {
+        let mut input = Vec::new();
+        let h = MessageHeader::for_payload(6, types::AGGREGATE, 1, payload);
+        ChunkWriter::new().write(&mut input, &h, payload);
+        let mut data = vec![1u8];
+        data.extend(input);
+        // The fuzz harness's session: a play open on stream 1.
+        crate::fuzz::relay_check(&data)?;
+        let mut rules = crate::fuzz::relay_rules();
+        let limits = crate::config::Limits::default().chunk_limits();
+        let mut dir = Direction::new(Side::Origin, ChunkParser::new(limits), 4096);
+        let (mut out, mut to_sender, mut log) = (Vec::new(), Vec::new(), Vec::new());
+        let mut enforce = |_: &Refusal| true;
+        let mut sink = Sink {
+            out: &mut out,
+            to_sender: &mut to_sender,
+            enforce: &mut enforce,
+            opened: false,
+            forwarded: Some(&mut log),
+        };
+        let fed = dir.feed(&data[1..], &mut rules, Now::default(), &mut sink);
+        match fed.stop {
+            Some(Stop::Violation(why)) => Err(why),
+            _ => Ok(log),
+        }
+    }
+
+    #[test]
+    fn an_origins_aggregate_passes_only_with_every_part_on_an_open_play() {
+        let mut good = part(types::VIDEO, 1, &[0x17, 1]);
+        good.extend(part(types::AUDIO, 1, &[0xaf]));
+        assert_eq!(origin_aggregate(&good).unwrap().len(), 1);
+        let mut foreign = part(types::VIDEO, 1, &[0x17, 1]);
+        foreign.extend(part(types::VIDEO, 7, &[0x17, 1]));
+        assert!(origin_aggregate(&foreign).is_err(), "a part for stream 7");
+        let command = part(types::COMMAND_AMF0, 1, &[2, 0, 1, b'x']);
+        assert!(origin_aggregate(&command).is_err(), "a command inside");
+        let torn = part(types::VIDEO, 1, &[1, 2, 3]);
+        assert!(origin_aggregate(&torn[..torn.len() - 2]).is_err());
+    }
 }

@@ -3,6 +3,7 @@
 //! knows about sockets or clocks, so all of it is unit-, property- and
 //! fuzz-tested directly.
 
+pub mod aggregate;
 pub mod amf0;
 pub mod chunk;
 pub mod command;
