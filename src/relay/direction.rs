@@ -346,9 +346,7 @@ fn media_piece(
             None => media.push(route),
         }
     }
-    let Some(route) = media.iter_mut().find(|r| r.csid == csid && r.pass) else {
-        return None;
-    };
+    let route = media.iter_mut().find(|r| r.csid == csid && r.pass)?;
     if let Some(held) = route.aggregate.as_mut() {
         held.extend_from_slice(piece.bytes);
         if !piece.is_last() {
