@@ -141,6 +141,9 @@ pub struct SessionRules {
     /// origin's reconnect request.
     tc_url: Option<String>,
     reconnect: ReconnectTcUrl,
+    /// The session runs in dry run: a publish or play refused for a reason
+    /// dry run lets through still opens its flow, as it reaches the origin.
+    dry_run: bool,
 }
 
 impl SessionRules {
@@ -169,7 +172,14 @@ impl SessionRules {
             pending: None,
             tc_url,
             reconnect,
+            dry_run: false,
         }
+    }
+
+    /// Rules for a session in dry run (see the `dry_run` field).
+    pub fn in_dry_run(mut self, dry_run: bool) -> SessionRules {
+        self.dry_run = dry_run;
+        self
     }
 
     /// Judges one whole command or data message from the client, as the
@@ -319,13 +329,22 @@ impl SessionRules {
             opens,
         };
         match self.policy.decide(kind, name, stream_id, claim, now.unix) {
-            Err(denial) => Err(denial.into()),
+            Err(denial) => Err(self.refused(pending, denial)),
             Ok(Some(query)) => {
                 self.pending = Some(pending);
                 Ok(Verdict::Ask(query))
             }
             Ok(None) => Ok(self.open(pending)),
         }
+    }
+
+    /// A refused publish or play. In dry run, a refusal dry run lets
+    /// through still opens the flow: the message reaches the origin.
+    fn refused(&mut self, pending: Pending, denial: Denial) -> Refusal {
+        if self.dry_run && denial.reason.dry_run_passes() {
+            self.open(pending);
+        }
+        denial.into()
     }
 
     /// Opens the flow of an allowed publish or play.
@@ -402,20 +421,25 @@ impl SessionRules {
     /// Applies the auth service's answer to a held publish or play.
     pub fn answer(&mut self, query: &AuthQuery, answer: Answer) -> Verdict<AuthQuery> {
         let pending = self.pending.take();
-        let refuse = |reason, description: &str| {
-            Verdict::Refuse(StreamPolicy::refuse(query, reason, description).into())
-        };
-        match answer {
-            Answer::Deny => refuse(Reason::Unauthorized, "not authorized"),
-            Answer::Unavailable => refuse(Reason::AuthUnavailable, "authorization unavailable"),
+        let denial = match answer {
+            Answer::Deny => StreamPolicy::refuse(query, Reason::Unauthorized, "not authorized"),
+            Answer::Unavailable => {
+                StreamPolicy::refuse(query, Reason::AuthUnavailable, "authorization unavailable")
+            }
             Answer::Allow => match self.policy.complete(query) {
-                Err(denial) => Verdict::Refuse(denial.into()),
-                Ok(()) => match pending {
-                    Some(p) => self.open(p),
-                    None => Verdict::Pass,
-                },
+                Err(denial) => denial,
+                Ok(()) => {
+                    return match pending {
+                        Some(p) => self.open(p),
+                        None => Verdict::Pass,
+                    }
+                }
             },
-        }
+        };
+        Verdict::Refuse(match pending {
+            Some(p) => self.refused(p, denial),
+            None => denial.into(),
+        })
     }
 
     /// Judges one whole command or data message from the origin.
@@ -745,6 +769,24 @@ mod tests {
         judge(&mut r, &cmd("publish", &[s("cam")]), 1, 2000);
         judge(&mut r, &cmd("deleteStream", &[V::Number(1.0)]), 0, 3000);
         assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+    }
+
+    #[test]
+    fn in_dry_run_a_publish_refused_for_a_passable_reason_still_flows() {
+        let mut r = rules("publish_allow = [\"10.0.0.0/8\"]").in_dry_run(true);
+        assert_eq!(
+            reason(judge(&mut r, &cmd("publish", &[s("cam")]), 1, 0)),
+            Some(Reason::ForbiddenIp)
+        );
+        assert!(r.on_media(&header(types::VIDEO, 1, 10)).is_ok());
+        // Enforced: no flow.
+        let mut r = rules("publish_allow = [\"10.0.0.0/8\"]");
+        judge(&mut r, &cmd("publish", &[s("cam")]), 1, 0);
+        assert!(r.on_media(&header(types::VIDEO, 1, 10)).is_err());
+        // A bad name is refused even in dry run, and opens nothing.
+        let mut r = rules("").in_dry_run(true);
+        judge(&mut r, &cmd("publish", &[s("cam\0x")]), 1, 0);
+        assert!(r.on_media(&header(types::VIDEO, 1, 10)).is_err());
     }
 
     #[test]

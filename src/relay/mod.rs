@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::Callbacks;
-use crate::config::{App, HttpAuth, OnError};
+use crate::config::{App, HttpAuth, Mode, OnError};
 use crate::connect::{Connect, Route};
 use crate::connection::Connection;
 use crate::context::{Ctx, Stop};
@@ -88,12 +88,16 @@ pub async fn run(
     } = connect;
     let request = &request;
     let policy = StreamPolicy::new(app, guard.streams.clone(), ctx.client.ip(), request);
-    let rules = Mutex::new(SessionRules::new(
-        limits,
-        policy,
-        request.tc_url.clone(),
-        ctx.config.server.reconnect_tcurl,
-    ));
+    let dry_run = ctx.config.server.mode == Mode::DryRun;
+    let rules = Mutex::new(
+        SessionRules::new(
+            limits,
+            policy,
+            request.tc_url.clone(),
+            ctx.config.server.reconnect_tcurl,
+        )
+        .in_dry_run(dry_run),
+    );
     let relay = Relay {
         ctx,
         app,
