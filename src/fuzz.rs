@@ -97,11 +97,26 @@ pub fn relay(data: &[u8]) {
 
 /// [`relay`], returning what went wrong instead of panicking.
 pub fn relay_check(data: &[u8]) -> Result<(), String> {
+    relay_outcome(data).map(|_| ())
+}
+
+/// How a [`relay`] run on some input ended, when its output was exact.
+#[derive(Debug, Default)]
+pub struct RelayOutcome {
+    /// Messages forwarded whole or completed.
+    pub forwarded: usize,
+    /// Why the direction stopped early: a refusal or an origin violation.
+    pub ended: Option<String>,
+}
+
+/// Runs [`relay`]'s check; `Err` if the output was not exactly what was
+/// forwarded.
+pub fn relay_outcome(data: &[u8]) -> Result<RelayOutcome, String> {
     use crate::policy::session::{Answer, Now};
     use crate::relay::direction::{Direction, Side, Sink, Stop};
 
     let Some((&mode, data)) = data.split_first() else {
-        return Ok(());
+        return Ok(RelayOutcome::default());
     };
     let side = if mode & 1 == 0 {
         Side::Client
@@ -116,6 +131,7 @@ pub fn relay_check(data: &[u8]) -> Result<(), String> {
     let mut to_sender = Vec::new();
     let mut log = Vec::new();
     let mut enforce = |_: &crate::verdict::Refusal| true;
+    let mut ended = None;
     'input: for piece in data.chunks(step) {
         let mut pos = 0;
         while pos < piece.len() {
@@ -133,11 +149,15 @@ pub fn relay_check(data: &[u8]) -> Result<(), String> {
                 None => {}
                 Some(Stop::Held(held)) => {
                     let verdict = rules.answer(&held.query, Answer::Allow);
-                    if dir.resume(held, verdict, &mut sink).is_some() {
+                    if let Some(stop) = dir.resume(held, verdict, &mut sink) {
+                        ended = Some(format!("{stop:?}"));
                         break 'input;
                     }
                 }
-                Some(_) => break 'input,
+                Some(stop) => {
+                    ended = Some(format!("{stop:?}"));
+                    break 'input;
+                }
             }
         }
     }
@@ -156,7 +176,10 @@ pub fn relay_check(data: &[u8]) -> Result<(), String> {
             decided.len()
         ));
     }
-    Ok(())
+    Ok(RelayOutcome {
+        forwarded: decided.len(),
+        ended,
+    })
 }
 
 type Seen = (u8, u32, u32, Vec<u8>);
@@ -166,20 +189,18 @@ type Seen = (u8, u32, u32, Vec<u8>);
 fn complete_messages(log: &[crate::relay::direction::Forwarded]) -> Vec<Seen> {
     use crate::relay::direction::Forwarded;
     let mut done = Vec::new();
-    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut media = crate::rtmp::chunk::Reassembler::default();
     for f in log {
         match f {
             Forwarded::Whole(h, p) => done.push((h.type_id, h.stream_id, h.timestamp, p.clone())),
-            Forwarded::Piece(h, offset, bytes) => {
-                if *offset == 0 {
-                    partial.retain(|(c, _)| *c != h.csid);
-                    partial.push((h.csid, Vec::new()));
-                }
-                if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == h.csid) {
-                    payload.extend_from_slice(bytes);
-                    if payload.len() == h.length as usize {
-                        done.push((h.type_id, h.stream_id, h.timestamp, std::mem::take(payload)));
-                    }
+            Forwarded::Piece(header, offset, bytes) => {
+                let piece = crate::rtmp::chunk::MediaPiece {
+                    header: *header,
+                    offset: *offset,
+                    bytes,
+                };
+                if let Some((h, p)) = media.push(&piece) {
+                    done.push((h.type_id, h.stream_id, h.timestamp, p));
                 }
             }
         }
@@ -191,7 +212,7 @@ fn complete_messages(log: &[crate::relay::direction::Forwarded]) -> Vec<Seen> {
 fn read_messages(bytes: &[u8], limits: ChunkLimits) -> Result<Vec<Seen>, String> {
     let mut parser = ChunkParser::new(limits);
     let mut out = Vec::new();
-    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut media = crate::rtmp::chunk::Reassembler::default();
     let mut pos = 0;
     while pos < bytes.len() {
         let p = parser
@@ -202,18 +223,8 @@ fn read_messages(bytes: &[u8], limits: ChunkLimits) -> Result<Vec<Seen>, String>
             let h = m.header;
             out.push((h.type_id, h.stream_id, h.timestamp, m.payload.to_vec()));
         }
-        if let Some(piece) = p.media {
-            let h = piece.header;
-            if piece.is_first() {
-                partial.retain(|(c, _)| *c != h.csid);
-                partial.push((h.csid, Vec::new()));
-            }
-            if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == h.csid) {
-                payload.extend_from_slice(piece.bytes);
-                if piece.is_last() {
-                    out.push((h.type_id, h.stream_id, h.timestamp, std::mem::take(payload)));
-                }
-            }
+        if let Some((h, payload)) = p.media.and_then(|piece| media.push(&piece)) {
+            out.push((h.type_id, h.stream_id, h.timestamp, payload));
         }
     }
     Ok(out)

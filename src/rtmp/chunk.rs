@@ -198,6 +198,29 @@ impl MediaPiece<'_> {
     }
 }
 
+/// Gathers media pieces into whole messages, for readers that want them
+/// whole (tests, the fuzz harness); the guard itself never does.
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    partial: Vec<(u32, Vec<u8>)>,
+}
+
+impl Reassembler {
+    /// Adds a piece; the whole message once its last piece is in.
+    pub fn push(&mut self, piece: &MediaPiece<'_>) -> Option<(MessageHeader, Vec<u8>)> {
+        let csid = piece.header.csid;
+        if piece.is_first() {
+            self.partial.retain(|(c, _)| *c != csid);
+            self.partial.push((csid, Vec::new()));
+        }
+        let (_, payload) = self.partial.iter_mut().find(|(c, _)| *c == csid)?;
+        payload.extend_from_slice(piece.bytes);
+        piece
+            .is_last()
+            .then(|| (piece.header, std::mem::take(payload)))
+    }
+}
+
 /// What one call to [`ChunkParser::advance`] did.
 #[derive(Debug)]
 pub struct Progress<'a> {

@@ -233,7 +233,7 @@ mod tests {
         let mut input = set;
         input.extend_from_slice(bytes);
         let mut out = Vec::new();
-        let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut media = crate::rtmp::chunk::Reassembler::default();
         let mut pos = 0;
         while pos < input.len() {
             let p = parser.advance(&input[pos..]).unwrap();
@@ -243,20 +243,7 @@ mod tests {
                     out.push((m.header, m.payload.to_vec()));
                 }
             }
-            if let Some(piece) = p.media {
-                if piece.is_first() {
-                    partial.retain(|(c, _)| *c != piece.header.csid);
-                    partial.push((piece.header.csid, Vec::new()));
-                }
-                let entry = partial
-                    .iter_mut()
-                    .find(|(c, _)| *c == piece.header.csid)
-                    .unwrap();
-                entry.1.extend_from_slice(piece.bytes);
-                if piece.is_last() {
-                    out.push((piece.header, std::mem::take(&mut entry.1)));
-                }
-            }
+            out.extend(p.media.and_then(|piece| media.push(&piece)));
         }
         out
     }

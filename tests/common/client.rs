@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
-use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader};
+use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader, Reassembler};
 use rtmp_guard::rtmp::command;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
@@ -212,7 +212,7 @@ pub fn create_stream(txn: f64) -> Vec<u8> {
 pub fn messages_in(bytes: &[u8]) -> Vec<(MessageHeader, Vec<u8>)> {
     let mut parser = ChunkParser::new(super::config::chunk_limits());
     let mut out = Vec::new();
-    let mut partial: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut media = Reassembler::default();
     let mut pos = 0;
     while pos < bytes.len() {
         let Ok(p) = parser.advance(&bytes[pos..]) else {
@@ -222,19 +222,7 @@ pub fn messages_in(bytes: &[u8]) -> Vec<(MessageHeader, Vec<u8>)> {
         if let Some(m) = p.message {
             out.push((m.header, m.payload.to_vec()));
         }
-        if let Some(piece) = p.media {
-            let csid = piece.header.csid;
-            if piece.is_first() {
-                partial.retain(|(c, _)| *c != csid);
-                partial.push((csid, Vec::new()));
-            }
-            if let Some((_, payload)) = partial.iter_mut().find(|(c, _)| *c == csid) {
-                payload.extend_from_slice(piece.bytes);
-                if piece.is_last() {
-                    out.push((piece.header, std::mem::take(payload)));
-                }
-            }
-        }
+        out.extend(p.media.and_then(|piece| media.push(&piece)));
     }
     out
 }
