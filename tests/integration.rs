@@ -347,12 +347,7 @@ fn an_origin_reconnect_request_sends_the_client_back_to_the_guard() {
                 object,
                 "the info's AMF type is kept: {info:?}"
             );
-            let keys: Vec<&str> = info
-                .properties()
-                .unwrap()
-                .iter()
-                .map(|(k, _)| k.as_str())
-                .collect();
+            let keys = keys_of(info);
             assert_eq!(keys, ["level", "code", "description", "tcUrl"]);
             assert_eq!(
                 info.get("tcUrl").and_then(Amf0Value::as_str),
@@ -376,12 +371,7 @@ fn an_origin_reconnect_request_loses_its_tc_url_under_strip() {
     assert_eq!(requests.len(), 2, "{requests:#?}");
     for r in &requests {
         let info = &r.arguments[0];
-        let keys: Vec<&str> = info
-            .properties()
-            .unwrap()
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect();
+        let keys = keys_of(info);
         assert_eq!(keys, ["level", "code", "description"], "{info:?}");
     }
     assert!(!mentions(&got, "evil.example"));
@@ -459,4 +449,14 @@ fn an_origin_reconnect_request_in_another_shape_keeps_no_tc_url_elsewhere() {
         leaked.is_empty(),
         "the origin's tcUrl reached the client: {leaked:?}"
     );
+}
+
+/// The keys of an object or ECMA array, in order.
+fn keys_of(value: &Amf0Value) -> Vec<&str> {
+    value
+        .properties()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect()
 }

@@ -234,21 +234,11 @@ pub fn command_names(bytes: &[u8]) -> Vec<String> {
 
 /// Decodes the commands in bytes the guard sent (its replies).
 pub fn commands_in(bytes: &[u8]) -> Vec<command::Command> {
-    let mut parser = ChunkParser::new(super::config::chunk_limits());
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let Ok(p) = parser.advance(&bytes[pos..]) else {
-            break;
-        };
-        pos += p.consumed;
-        if let Some(m) = p.message {
-            if let Ok(c) = command::decode(m.header.type_id, m.payload, 64) {
-                out.push(c);
-            }
-        }
-    }
-    out
+    messages_in(bytes)
+        .iter()
+        .filter(|(h, _)| matches!(h.type_id, 17 | 20))
+        .filter_map(|(h, payload)| command::decode(h.type_id, payload, 64).ok())
+        .collect()
 }
 
 /// The `code` of the status object in a reply command.
