@@ -79,9 +79,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.buffer.split_to(n.min(self.buffer.len())).to_vec()
     }
 
-    /// Takes every buffered byte.
+    /// Takes every buffered byte, and the buffer with them: the relay
+    /// that calls this reads with pooled buffers from then on.
     pub fn take_buffered(&mut self) -> Vec<u8> {
-        self.buffer.split().to_vec()
+        Vec::from(std::mem::take(&mut self.buffer))
     }
 
     /// Reads more, so that at most `limit` bytes are buffered. Capacity is

@@ -18,6 +18,7 @@ use crate::control::sessions::Sessions;
 use crate::control::Remedies;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
+use crate::relay::buffers::BufferPool;
 
 /// State shared by every connection.
 pub struct Guard {
@@ -45,6 +46,8 @@ pub struct Guard {
     pub remedies_write: tokio::sync::Mutex<()>,
     /// Sessions relaying now.
     pub sessions: Sessions,
+    /// Relay buffers, lent while data is in flight.
+    pub buffers: BufferPool,
     pub audit: Audit,
     /// False once draining: `/readyz` fails and nothing new is accepted.
     pub ready: AtomicBool,
@@ -68,6 +71,7 @@ impl Guard {
             remedies: ArcSwap::default(),
             remedies_write: tokio::sync::Mutex::new(()),
             sessions: Sessions::default(),
+            buffers: BufferPool::default(),
             audit,
             ready: AtomicBool::new(false),
             config: ArcSwap::from_pointee(config),

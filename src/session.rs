@@ -75,7 +75,9 @@ async fn stages(ctx: &mut Ctx, conn: &mut Connection<TcpStream>, start: Start) -
         .metrics
         .handshake_duration
         .observe(ctx.accepted.elapsed().as_secs_f64());
-    let connect = connect::read(ctx, conn).await?;
+    // Boxed: the session's future keeps room for what it holds across an
+    // await for the session's whole life.
+    let connect = Box::new(connect::read(ctx, conn).await?);
     let route = connect::route(ctx, conn, &connect.request).await?;
     ticket.connected();
     let origin = upstream::open(ctx, conn, &route, connect.request.transaction_id).await?;

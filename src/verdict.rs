@@ -93,10 +93,13 @@ pub enum Reason {
     /// An app or stream name with NUL, control characters or invalid
     /// UTF-8, or a stream name over `max_name_length`.
     BadName,
+    /// A client that took no byte for `write_timeout` while the guard had
+    /// data for it.
+    SlowConsumer,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -123,6 +126,7 @@ impl Reason {
         Reason::Kicked,
         Reason::UnauthorizedFlow,
         Reason::BadName,
+        Reason::SlowConsumer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +157,7 @@ impl Reason {
             Reason::Kicked => "kicked",
             Reason::UnauthorizedFlow => "unauthorized_flow",
             Reason::BadName => "bad_name",
+            Reason::SlowConsumer => "slow_consumer",
         }
     }
 
@@ -219,6 +224,9 @@ impl Reason {
             | Reason::AuthUnavailable
             | Reason::AppSuspended
             | Reason::Kicked => 0,
+            // A viewer on a bad network is not an attacker; its session
+            // ends, its address keeps its standing.
+            Reason::SlowConsumer => 0,
         }
     }
 }
@@ -397,6 +405,10 @@ mod tests {
         // as quota_exceeded. Scoring either would ban honest users.
         assert_eq!(Reason::QuotaExceeded.default_ban_score(), 0);
         assert_eq!(Reason::StreamBusy.default_ban_score(), 0);
+        // A viewer on a poor network: cut, never scored, and cut in dry
+        // run too (nothing can be relayed to a peer that takes nothing).
+        assert_eq!(Reason::SlowConsumer.default_ban_score(), 0);
+        assert!(!Reason::SlowConsumer.dry_run_passes());
     }
 
     #[test]

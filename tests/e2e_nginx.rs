@@ -9,8 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::client::{Closed, RawClient};
 use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
-use common::{blocked_sample, have_tools, hostile};
+use common::{blocked_sample, have_tools, hostile, wait_for};
 
 fn guard_for(nginx: &Nginx) -> GuardProc {
     GuardProc::start(
@@ -102,6 +103,80 @@ fn unknown_app_never_reaches_nginx() {
         "nginx accepted a connection for an unknown app"
     );
     assert_eq!(guard.metric(&blocked_sample("connect", "unknown_app")), 1.0);
+}
+
+/// A player that stops reading is closed as `slow_consumer` once it has
+/// taken no byte for `write_timeout`, while another player of the same
+/// stream, and the publisher, go on: back-pressure held back only the slow
+/// player's own upstream connection.
+#[test]
+fn a_player_that_stops_reading_is_closed_and_others_play_on() {
+    if !have_tools("slow_consumer", &["nginx", "ffmpeg"]) {
+        return;
+    }
+    let nginx = Nginx::start("");
+    let guard = GuardProc::start(
+        hostile::guard_config()
+            .server("write_timeout = \"1s\"")
+            .origin(nginx.rtmp)
+            .origin_connect_timeout("3s")
+            .live(),
+    );
+    let url = format!("rtmp://{}/live/slow", guard.rtmp);
+    // About 12 Mbit/s: the stream fills a stuck player's buffers fast.
+    let publisher = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25"])
+        .args(["-t", "40", "-c:v", "flv1", "-q:v", "1", "-f", "flv", &url])
+        .spawn()
+        .expect("spawn ffmpeg publisher");
+    let _publisher = common::procs::Proc {
+        child: publisher,
+        name: "ffmpeg-publish",
+    };
+    assert!(nginx.wait_publishing("slow"), "{}", guard.log_text());
+
+    // It reads nothing after the handshake: at this bitrate its receive
+    // buffer, and the guard's send buffer behind it, fill in seconds.
+    let mut stuck = RawClient::handshaken(guard.rtmp);
+    stuck.open_stream("live", "play", "slow");
+    let healthy = std::thread::spawn({
+        let url = url.clone();
+        move || ffmpeg_play(&url, 8)
+    });
+    let sample = blocked_sample("session", "slow_consumer");
+    let cut = wait_for(Duration::from_secs(30), || {
+        (guard.metric(&sample) == 1.0).then_some(())
+    });
+    assert!(cut.is_some(), "never cut:\n{}", guard.log_text());
+    // Behind what the kernel still holds for it, the guard closed it.
+    assert!(
+        matches!(
+            stuck.wait_closed(Duration::from_secs(10)),
+            Closed::Within(..)
+        ),
+        "the slow player's connection stayed open"
+    );
+    let (frames, out) = healthy.join().unwrap();
+    assert!(
+        frames >= 100,
+        "the healthy player decoded {frames} frames:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(nginx.publishing("slow"), "the publisher was cut too");
+    let log = guard.log_text();
+    let events: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"blocked\"") && l.contains("\"reason\":\"slow_consumer\"")
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "one log event for the refusal:\n{log}");
+    assert!(events[0].contains("\"stream\":\"slow\""), "{}", events[0]);
+    assert!(
+        log.contains("\"end\":\"slow_consumer\""),
+        "the session's end says why:\n{log}"
+    );
 }
 
 /// The whole hostile set against a live guard while ffmpeg publishes

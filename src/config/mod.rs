@@ -339,6 +339,7 @@ fn check_server(s: &Server) -> Result<(), Invalid> {
         ("handshake_timeout", s.handshake_timeout),
         ("connect_timeout", s.connect_timeout),
         ("idle_timeout", s.idle_timeout),
+        ("write_timeout", s.write_timeout),
         ("drain_timeout", s.drain_timeout),
     ] {
         not_zero(d, &["server", key])?;

@@ -85,6 +85,10 @@ pub struct Server {
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// A client that takes no byte for this long while data waits for it
+    /// is closed (`slow_consumer`).
+    #[serde(deserialize_with = "duration")]
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub mode: Mode,
     /// On SIGTERM: how long live sessions may go on before they are closed.
@@ -114,6 +118,7 @@ impl Default for Server {
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             mode: Mode::Enforce,
             drain_timeout: Duration::from_secs(30),

@@ -14,16 +14,22 @@
 //! acknowledgements on that leg and are said again, by the guard, on the
 //! other. User control events that name a stream travel on.
 //!
+//! Buffers are lent from a shared pool only while data is in flight
+//! ([`buffers`]): a session waiting for bytes holds none. Each direction
+//! writes what one read produced before it reads again, so a peer that
+//! reads slowly holds back only its own upstream connection, and the guard
+//! holds at most one buffer of output for it.
+//!
 //! The session ends when either side closes, a peer breaks the rules, the
-//! operator kicks it, or nothing moves in either direction for
-//! `idle_timeout`.
+//! operator kicks it, a peer takes no byte for `write_timeout` while data
+//! waits for it, or nothing moves in either direction for `idle_timeout`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
@@ -39,19 +45,36 @@ use crate::policy::session::{Answer, Now, SessionRules};
 use crate::policy::{AuthQuery, StreamPolicy};
 use crate::report::{self, Closed};
 use crate::rtmp::chunk::{types, ChunkParser, MessageHeader};
-use crate::rtmp::command::ConnectRequest;
 use crate::rtmp::control::Control;
 use crate::rtmp::reply;
 use crate::upstream::Origin;
 use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
 
+pub mod buffers;
 pub mod direction;
 
+use buffers::WriteError;
 use direction::{Direction, Side, Sink, Stop as DirStop};
 
-/// Read buffer per direction. Pages are touched only as data arrives, so an
-/// idle session costs little of it.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+/// A stream the relay can read and write at once, from its two
+/// directions.
+pub trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
+    type Read<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Write<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+impl Halves for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+}
 
 /// The chunk size the guard writes to both peers.
 pub const OUT_CHUNK_SIZE: u32 = 4096;
@@ -60,12 +83,16 @@ pub const OUT_CHUNK_SIZE: u32 = 4096;
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Relays a routed, connected session to its end, and logs how it ended.
-pub async fn run(
+///
+/// This future lives as long as the session, with room for everything it
+/// holds across an await: so `connect` comes boxed, and the request is
+/// read (in [`prepare`]) before the first await, so that it is not kept.
+pub async fn run<C: Halves>(
     ctx: &Ctx,
-    client: &mut Connection<TcpStream>,
+    client: &mut Connection<C>,
     origin: Origin,
     route: &Route<'_>,
-    connect: Connect,
+    connect: Box<Connect>,
 ) -> Result<(), Stop> {
     let guard = &ctx.guard;
     let app = route.app;
@@ -81,30 +108,18 @@ pub async fn run(
         .with_label_values(&[&app.name])
         .inc();
     let registration = guard.sessions.register(ctx.client.socket(), &app.name);
-    let Connect {
-        request,
-        header,
+    let Prepared {
+        rules,
+        connect,
         parser,
-    } = connect;
-    let request = &request;
-    let policy = StreamPolicy::new(app, guard.streams.clone(), ctx.client.ip(), request);
-    let dry_run = ctx.config.server.mode == Mode::DryRun;
-    let rules = Mutex::new(
-        SessionRules::new(
-            limits,
-            policy,
-            request.tc_url.clone(),
-            ctx.config.server.reconnect_tcurl,
-        )
-        .in_dry_run(dry_run),
-    );
+    } = prepare(ctx, app, connect);
     let relay = Relay {
         ctx,
         app,
         session: &registration.session,
         http: app.http_auth().map(|h| (&guard.callbacks, h)),
         activity: Activity::new(),
-        rules,
+        rules: Mutex::new(rules),
         to_client: Outbox::default(),
         to_origin: Outbox::default(),
     };
@@ -120,16 +135,10 @@ pub async fn run(
         down_pending: origin.leftover,
     };
     let started = Instant::now();
-    let end = match relay
-        .start(
-            &mut client.stream,
-            &mut origin_stream,
-            &mut legs,
-            request,
-            header,
-        )
-        .await
-    {
+    let begun = relay
+        .start(&mut client.stream, &mut origin_stream, &mut legs, connect)
+        .await;
+    let end = match begun {
         Err(end) => end,
         Ok(()) => {
             relay
@@ -168,6 +177,19 @@ pub async fn run(
                     .by_operator(),
             ))
         }
+        End::SlowConsumer => Err(Stop::Blocked(
+            Block::new(
+                Stage::Session,
+                Reason::SlowConsumer,
+                format!(
+                    "took no byte for {:?} while data waited for it",
+                    ctx.config.server.write_timeout
+                ),
+            )
+            .with_app(&app.name)
+            .with_stream(rules.streams().first().map(|(_, n)| n.as_str()))
+            .always(),
+        )),
         End::UpstreamViolation(why) => {
             guard
                 .metrics
@@ -176,6 +198,46 @@ pub async fn run(
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// What a session's relay starts from.
+struct Prepared {
+    rules: SessionRules,
+    /// The client's `connect`, re-encoded for the origin, and its header.
+    connect: Result<(MessageHeader, Vec<u8>), End>,
+    /// The client's parser, as the connect stage left it.
+    parser: ChunkParser,
+}
+
+/// Reads what the session needs from the client's `connect`.
+fn prepare(ctx: &Ctx, app: &Arc<App>, connect: Box<Connect>) -> Prepared {
+    let Connect {
+        request,
+        header,
+        parser,
+    } = *connect;
+    let policy = StreamPolicy::new(app, ctx.guard.streams.clone(), ctx.client.ip(), &request);
+    let server = &ctx.config.server;
+    let rules = SessionRules::new(
+        &ctx.config.limits,
+        policy,
+        request.tc_url.clone(),
+        server.reconnect_tcurl,
+    )
+    .in_dry_run(server.mode == Mode::DryRun);
+    let header = MessageHeader {
+        type_id: types::COMMAND_AMF0,
+        ..header
+    };
+    let connect = request
+        .for_origin()
+        .map(|payload| (header, payload))
+        .map_err(|e| End::UpstreamViolation(format!("cannot re-encode connect: {e}")));
+    Prepared {
+        rules,
+        connect,
+        parser,
     }
 }
 
@@ -203,6 +265,10 @@ enum End {
     UpstreamViolation(String),
     /// The operator ended the session (not yet reported).
     Kicked(Kick),
+    /// The client took no byte for `write_timeout` (not yet reported).
+    SlowConsumer,
+    /// The origin took no byte for `write_timeout`.
+    UpstreamStalled,
 }
 
 impl End {
@@ -216,6 +282,8 @@ impl End {
             End::ClientRefused => "client_refused",
             End::UpstreamViolation(_) => "upstream_protocol_violation",
             End::Kicked(_) => "kicked",
+            End::SlowConsumer => "slow_consumer",
+            End::UpstreamStalled => "upstream_write_timeout",
         }
     }
 }
@@ -225,6 +293,8 @@ enum PumpEnd {
     Eof,
     Read,
     Write,
+    /// The peer written to took no byte for `write_timeout`.
+    Stalled,
     /// The client was refused: its `onStatus`, if a publish or play.
     Refused(Option<Denial>),
     /// The origin broke the protocol or the flows.
@@ -346,29 +416,25 @@ impl Relay<'_> {
 
     /// Tells both peers the guard's chunk size, and sends the origin the
     /// client's `connect`, re-encoded.
-    async fn start(
+    async fn start<C: AsyncWrite + Unpin>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         origin: &mut TcpStream,
         legs: &mut Legs,
-        request: &ConnectRequest,
-        header: MessageHeader,
+        connect: Result<(MessageHeader, Vec<u8>), End>,
     ) -> Result<(), End> {
-        let payload = request
-            .for_origin()
-            .map_err(|e| End::UpstreamViolation(format!("cannot re-encode connect: {e}")))?;
+        let (header, payload) = connect?;
         let mut out = Vec::with_capacity(payload.len() + 64);
         legs.up
             .own_control(&mut out, Control::SetChunkSize(OUT_CHUNK_SIZE));
-        let header = MessageHeader {
-            type_id: types::COMMAND_AMF0,
-            ..header
-        };
         legs.up.own_command(&mut out, &header, &payload);
-        origin
-            .write_all(&out)
+        let stall = self.ctx.config.server.write_timeout;
+        buffers::write_all(origin, &out, stall)
             .await
-            .map_err(|_| End::UpstreamError)?;
+            .map_err(|e| match e {
+                WriteError::Failed => End::UpstreamError,
+                WriteError::Stalled => End::UpstreamStalled,
+            })?;
         self.count(
             &self.session.client_to_upstream,
             &self.ctx.guard.metrics.bytes_client_to_upstream,
@@ -377,7 +443,18 @@ impl Relay<'_> {
         out.clear();
         legs.down
             .own_control(&mut out, Control::SetChunkSize(OUT_CHUNK_SIZE));
-        client.write_all(&out).await.map_err(|_| End::ClientError)?;
+        buffers::write_all(client, &out, stall)
+            .await
+            .map_err(|e| match e {
+                WriteError::Failed => End::ClientError,
+                WriteError::Stalled => End::SlowConsumer,
+            })?;
+        // Every byte written to a peer is counted, the guard's own too.
+        self.count(
+            &self.session.upstream_to_client,
+            &self.ctx.guard.metrics.bytes_upstream_to_client,
+            out.len(),
+        );
         Ok(())
     }
 
@@ -388,9 +465,9 @@ impl Relay<'_> {
 
     /// Runs both directions until one ends, the session idles or is
     /// kicked; then tells a refused or kicked client why, if it can.
-    async fn pump_both(
+    async fn pump_both<C: Halves>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         origin: &mut TcpStream,
         legs: &mut Legs,
         kicks: &tokio::sync::watch::Receiver<Option<Kick>>,
@@ -398,7 +475,7 @@ impl Relay<'_> {
         let metrics = &self.ctx.guard.metrics;
         let to_client_writing = AtomicBool::new(false);
         let to_origin_writing = AtomicBool::new(false);
-        let (client_read, client_write) = client.split();
+        let (client_read, client_write) = client.halves();
         let (origin_read, origin_write) = origin.split();
         let up = Flow {
             from: Side::Client,
@@ -428,6 +505,7 @@ impl Relay<'_> {
                 PumpEnd::Eof => End::ClientClosed,
                 PumpEnd::Read => End::ClientError,
                 PumpEnd::Write => End::UpstreamError,
+                PumpEnd::Stalled => End::UpstreamStalled,
                 PumpEnd::Refused(denial) => {
                     refusal = denial;
                     End::ClientRefused
@@ -438,6 +516,7 @@ impl Relay<'_> {
                 PumpEnd::Eof => End::UpstreamClosed,
                 PumpEnd::Read => End::UpstreamError,
                 PumpEnd::Write => End::ClientError,
+                PumpEnd::Stalled => End::SlowConsumer,
                 PumpEnd::Refused(_) => End::ClientRefused,
                 PumpEnd::Violation(why) => End::UpstreamViolation(why),
             },
@@ -459,83 +538,133 @@ impl Relay<'_> {
         end
     }
 
-    /// Copies one direction, judging everything it forwards.
+    /// Copies one direction, judging everything it forwards. Buffers come
+    /// from the pool for one read and its write, and go back once the write
+    /// has drained; while waiting for bytes the direction holds none.
     async fn pump<R, W>(
         &self,
         mut reader: R,
         mut writer: W,
         dir: &mut Direction,
-        mut buf: Vec<u8>,
+        first: Vec<u8>,
         flow: &Flow<'_>,
     ) -> PumpEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        buf.reserve(BUFFER_SIZE.saturating_sub(buf.len()));
-        let mut out = Vec::with_capacity(BUFFER_SIZE + BUFFER_SIZE / 8);
-        let mut to_sender = Vec::new();
+        let pool = &self.ctx.guard.buffers;
+        // What was read before the relay began; an empty one may still
+        // hold the handshake's buffer, which an idle session must not keep.
+        let mut input = first;
+        if input.is_empty() {
+            input = Vec::new();
+        }
         loop {
-            if buf.is_empty() {
+            if input.is_empty() {
                 tokio::select! {
-                    read = reader.read_buf(&mut buf) => match read {
-                        Ok(0) => return PumpEnd::Eof,
-                        Ok(_) => self.activity.touch(),
+                    read = pool.read(&mut reader) => match read {
+                        Ok(buf) if buf.is_empty() => {
+                            pool.give(buf);
+                            return PumpEnd::Eof;
+                        }
+                        Ok(buf) => {
+                            input = buf;
+                            self.activity.touch();
+                        }
                         Err(_) => return PumpEnd::Read,
                     },
                     _ = flow.outbox.wake.notified() => {}
                 }
             }
-            for control in flow.outbox.take() {
-                dir.own_control(&mut out, control);
+            let mut out = pool.take();
+            let mut ended = self.judge(&mut writer, dir, &input, &mut out, flow).await;
+            pool.give(std::mem::take(&mut input));
+            if ended.is_none() {
+                ended = self.write(&mut writer, &out, flow).await.err();
             }
-            if let Some(ack) = dir.received(buf.len()) {
-                flow.reply_to_sender.push(ack);
+            pool.give(out);
+            if let Some(end) = ended {
+                return end;
             }
-            let mut pos = 0;
-            while pos < buf.len() {
-                let input = buf.get(pos..).unwrap_or_default();
-                let now = self.activity.now();
-                let fed = self.sink(&mut out, &mut to_sender, |sink| {
-                    dir.feed(input, &mut self.rules(), now, sink)
-                });
-                pos += fed.consumed;
-                let held = match fed.stop {
-                    None => continue,
-                    Some(DirStop::Refused(denial)) => return PumpEnd::Refused(denial),
-                    Some(DirStop::Violation(why)) => return PumpEnd::Violation(why),
-                    Some(DirStop::Held(held)) => held,
-                };
-                // A held publish or play, and everything after it, waits
-                // for the auth service's answer; the origin sees it only if
-                // the answer allows it.
-                if self.write(&mut writer, &mut out, flow).await.is_err() {
-                    return PumpEnd::Write;
+        }
+    }
+
+    /// Parses and judges one read's bytes into `out`, with what the guard
+    /// owes the peer written to. A held publish or play, and everything
+    /// after it, waits for the auth service's answer; the origin sees it
+    /// only if the answer allows it.
+    async fn judge<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        dir: &mut Direction,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        flow: &Flow<'_>,
+    ) -> Option<PumpEnd> {
+        for control in flow.outbox.take() {
+            dir.own_control(out, control);
+        }
+        if let Some(ack) = dir.received(input.len()) {
+            flow.reply_to_sender.push(ack);
+        }
+        let mut to_sender = Vec::new();
+        let mut pos = 0;
+        while let Some(rest) = input.get(pos..).filter(|r| !r.is_empty()) {
+            let now = self.activity.now();
+            let fed = self.sink(out, &mut to_sender, |sink| {
+                dir.feed(rest, &mut self.rules(), now, sink)
+            });
+            pos += fed.consumed;
+            let held = match fed.stop {
+                None => continue,
+                Some(DirStop::Refused(denial)) => return Some(PumpEnd::Refused(denial)),
+                Some(DirStop::Violation(why)) => return Some(PumpEnd::Violation(why)),
+                Some(DirStop::Held(held)) => held,
+            };
+            // Boxed: rare, and a session's future would otherwise carry
+            // room for the auth call all its life.
+            let waited = Box::pin(self.hold(writer, dir, held, out, &mut to_sender, flow));
+            if let Some(end) = waited.await {
+                return Some(end);
+            }
+        }
+        for control in to_sender {
+            flow.reply_to_sender.push(control);
+        }
+        if flow.from == Side::Client {
+            let verdict = self
+                .rules()
+                .on_bytes(input.len() as u64, self.activity.now());
+            if let Err(refusal) = verdict {
+                if self.enforce(&refusal) {
+                    return Some(PumpEnd::Refused(refusal.status));
                 }
-                let answer = self.ask(&held.query).await;
-                let verdict = self.rules().answer(&held.query, answer);
-                let stop = self.sink(&mut out, &mut to_sender, |sink| {
-                    dir.resume(held, verdict, sink)
-                });
-                if let Some(DirStop::Refused(denial)) = stop {
-                    return PumpEnd::Refused(denial);
-                }
             }
-            for control in to_sender.drain(..) {
-                flow.reply_to_sender.push(control);
-            }
-            if flow.from == Side::Client {
-                let verdict = self.rules().on_bytes(buf.len() as u64, self.activity.now());
-                if let Err(refusal) = verdict {
-                    if self.enforce(&refusal) {
-                        return PumpEnd::Refused(refusal.status);
-                    }
-                }
-            }
-            buf.clear();
-            if self.write(&mut writer, &mut out, flow).await.is_err() {
-                return PumpEnd::Write;
-            }
+        }
+        None
+    }
+
+    /// Writes what came before a held publish or play, asks the auth
+    /// service, and forwards it if the answer allows it.
+    async fn hold<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        dir: &mut Direction,
+        held: direction::Held,
+        out: &mut Vec<u8>,
+        to_sender: &mut Vec<Control>,
+        flow: &Flow<'_>,
+    ) -> Option<PumpEnd> {
+        if let Err(end) = self.write(writer, out, flow).await {
+            return Some(end);
+        }
+        out.clear();
+        let answer = self.ask(&held.query).await;
+        let verdict = self.rules().answer(&held.query, answer);
+        match self.sink(out, to_sender, |sink| dir.resume(held, verdict, sink)) {
+            Some(DirStop::Refused(denial)) => Some(PumpEnd::Refused(denial)),
+            _ => None,
         }
     }
 
@@ -575,18 +704,23 @@ impl Relay<'_> {
     async fn write<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
-        out: &mut Vec<u8>,
+        out: &[u8],
         flow: &Flow<'_>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), PumpEnd> {
         if out.is_empty() {
             return Ok(());
         }
         flow.writing.store(true, Ordering::Relaxed);
-        writer.write_all(out).await?;
+        let stall = self.ctx.config.server.write_timeout;
+        buffers::write_all(writer, out, stall)
+            .await
+            .map_err(|e| match e {
+                WriteError::Failed => PumpEnd::Write,
+                WriteError::Stalled => PumpEnd::Stalled,
+            })?;
         flow.writing.store(false, Ordering::Relaxed);
         self.count(flow.moved, flow.counter, out.len());
         self.activity.touch();
-        out.clear();
         Ok(())
     }
 
@@ -613,7 +747,11 @@ impl Relay<'_> {
 /// Sends a refused publish or play its `onStatus` error, in the guard's
 /// framing of the client's leg. A failed key or token waits 0.5-1 s first,
 /// so guessing is slow.
-async fn refuse_stream(client: &mut TcpStream, to_client: &mut Direction, denial: &Denial) {
+async fn refuse_stream<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    to_client: &mut Direction,
+    denial: &Denial,
+) {
     if denial.reason == Reason::Unauthorized {
         let wait = rand::random_range(500..1000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -630,5 +768,5 @@ async fn refuse_stream(client: &mut TcpStream, to_client: &mut Direction, denial
     );
     let mut out = Vec::new();
     to_client.own_command(&mut out, &header, &payload);
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.write_all(&out)).await;
+    let _ = buffers::write_all(client, &out, REFUSAL_WRITE_TIMEOUT).await;
 }

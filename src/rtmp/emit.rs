@@ -133,15 +133,12 @@ impl Emitter {
             chunk_header(out, if m.sent == 0 { 0 } else { 3 }, &m.header);
             out.extend_from_slice(&m.staged);
             out.extend_from_slice(now);
-            m.staged.clear();
+            // A staged chunk start is rare (a read ended inside a chunk);
+            // an idle session keeps no memory for it.
+            m.staged = Vec::new();
             m.sent += chunk as u32;
             bytes = rest;
             if m.sent == m.header.length {
-                // Done: keep the entry for the csid's next message, but not
-                // a large staging buffer.
-                if m.staged.capacity() > 2 * size as usize {
-                    m.staged = Vec::new();
-                }
                 return Ok(());
             }
         }

@@ -1,0 +1,210 @@
+//! Relay buffers, lent to a session only while data is in flight, as
+//! HAProxy's buffer pool: a direction waits for readiness holding nothing,
+//! reads into a buffer from the shared pool, writes what it judged from a
+//! second one, and gives both back once the write has drained. An idle or
+//! merely connected session holds no relay buffer at all; a slow peer
+//! holds one output buffer (bounded by what one read can produce) until
+//! its socket takes it or `write_timeout` ends the session.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+
+/// Bytes one read takes at most.
+pub const READ_SIZE: usize = 64 * 1024;
+
+/// The capacity of a pooled buffer: a read, or what one read's worth of
+/// input usually becomes in the guard's framing.
+const CAPACITY: usize = READ_SIZE + READ_SIZE / 8;
+
+/// Free buffers the pool keeps; more are given back to the allocator. At
+/// any moment only the sessions being polled, and those waiting on a slow
+/// peer, hold one, so a few dozen cover a busy guard.
+const KEEP: usize = 64;
+
+/// The shared pool.
+#[derive(Default)]
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// An empty buffer of at least [`READ_SIZE`] capacity.
+    pub fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(CAPACITY))
+    }
+
+    /// Takes back a buffer. One that grew far past the usual size (a burst
+    /// of tiny messages re-framed) or was never the pool's is dropped.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if !(READ_SIZE..=2 * CAPACITY).contains(&buf.capacity()) {
+            return;
+        }
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < KEEP {
+            free.push(buf);
+        }
+    }
+
+    /// Free buffers held now.
+    pub fn free(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until `reader` has bytes, then reads them into a pooled
+    /// buffer. The buffer is taken only for the read attempt itself and
+    /// given back if there was nothing to read. An empty result is the
+    /// end of the stream.
+    pub async fn read<R: AsyncRead + Unpin>(&self, reader: &mut R) -> std::io::Result<Vec<u8>> {
+        poll_fn(|cx| {
+            let mut buf = self.take();
+            let polled = tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, &mut buf);
+            match polled {
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(buf)),
+                Poll::Ready(Err(e)) => {
+                    self.give(buf);
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => {
+                    self.give(buf);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Why a write did not complete.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// The socket failed or closed.
+    Failed,
+    /// The peer took no byte for the whole stall limit.
+    Stalled,
+}
+
+/// Writes all of `bytes`, failing if the peer takes no byte for `stall`.
+/// The timer starts only when the socket is full: a write the socket
+/// takes at once costs no timer.
+pub async fn write_all<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    stall: Duration,
+) -> Result<(), WriteError> {
+    let mut pos = 0;
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    poll_fn(|cx| {
+        while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut *writer).poll_write(cx, rest) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(WriteError::Failed))
+                }
+                Poll::Ready(Ok(n)) => {
+                    pos += n;
+                    deadline = None;
+                }
+                Poll::Pending => {
+                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(WriteError::Stalled));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn the_pool_keeps_a_bounded_number_of_usual_sized_buffers() {
+        let pool = BufferPool::default();
+        let bufs: Vec<_> = (0..KEEP + 10).map(|_| pool.take()).collect();
+        for b in bufs {
+            pool.give(b);
+        }
+        assert_eq!(pool.free(), KEEP);
+        pool.give(Vec::with_capacity(10));
+        pool.give(Vec::with_capacity(4 * CAPACITY));
+        assert_eq!(pool.free(), KEEP);
+        let mut b = pool.take();
+        b.extend_from_slice(b"left over");
+        pool.give(b);
+        assert!(pool.take().is_empty(), "given back buffers come back empty");
+    }
+
+    #[tokio::test]
+    async fn a_read_with_nothing_to_read_holds_no_buffer() {
+        let pool = BufferPool::default();
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        let pending = tokio::time::timeout(Duration::from_millis(50), pool.read(&mut near)).await;
+        assert!(pending.is_err());
+        assert_eq!(pool.free(), 1, "the buffer went back while waiting");
+        far.write_all(b"abc").await.unwrap();
+        let got = pool.read(&mut near).await.unwrap();
+        assert_eq!(got, b"abc");
+        assert_eq!(pool.free(), 0);
+        drop(far);
+        assert!(
+            pool.read(&mut near).await.unwrap().is_empty(),
+            "end of stream"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_nothing_stalls_the_write_after_the_limit() {
+        let (mut near, _far) = tokio::io::duplex(16);
+        let started = tokio::time::Instant::now();
+        let result = write_all(&mut near, &[7; 64], Duration::from_secs(10)).await;
+        assert_eq!(result, Err(WriteError::Stalled));
+        assert!(started.elapsed() >= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_peer_that_keeps_taking_bytes_is_not_stalled() {
+        let (mut near, mut far) = tokio::io::duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 8];
+            while got.len() < 256 {
+                // Slower in total than the stall limit, never for one gap.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let n = tokio::io::AsyncReadExt::read(&mut far, &mut buf)
+                    .await
+                    .unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        let data: Vec<u8> = (0..=255).collect();
+        write_all(&mut near, &data, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_fails_the_write() {
+        let (mut near, far) = tokio::io::duplex(16);
+        drop(far);
+        assert_eq!(
+            write_all(&mut near, b"x", Duration::from_secs(1)).await,
+            Err(WriteError::Failed)
+        );
+        near.shutdown().await.ok();
+    }
+}
