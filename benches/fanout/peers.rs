@@ -1,0 +1,317 @@
+//! The peers a run starts, each on free ports of 127.0.0.1 and killed when
+//! dropped: nginx-rtmp, HAProxy `mode tcp`, the release guard; and what the
+//! bench reads from them.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common;
+use crate::common::config::GuardConfig;
+use crate::common::procs::{listening, GuardProc, Proc};
+use crate::{PathKind, APP, FD_RESERVE, STREAM};
+use rtmp_guard::config::Config;
+
+/// Clock ticks per second in /proc/PID/stat.
+const CLK_TCK: f64 = 100.0;
+pub const UPSTREAM_TO_CLIENT: &str = "rtmp_guard_bytes_total{direction=\"upstream_to_client\"}";
+pub const SESSIONS_ACTIVE: &str = "rtmp_guard_sessions_active{app=\"live\"}";
+const BLOCKED: &str = "rtmp_guard_blocked_sessions_total{";
+
+/// nginx-rtmp sized for `viewers` players, with `/stat`.
+pub struct Origin {
+    _proc: Proc,
+    pub rtmp: SocketAddr,
+    http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Origin {
+    pub fn start(viewers: usize) -> Origin {
+        let dir = tempfile::tempdir().expect("temp dir for nginx");
+        let rtmp = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("nginx tmp dir");
+        let connections = viewers + 100;
+        // With master_process off, worker_rlimit_nofile is not applied:
+        // nginx runs on the limit it inherits from this process.
+        let conf = format!(
+            "load_module {module};\ndaemon off;\nmaster_process off;\nworker_processes 1;\n\
+             worker_rlimit_nofile {nofile};\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections {connections}; }}\n\
+             rtmp {{\n  server {{\n    listen {rtmp};\n    chunk_size 4096;\n\
+             application {APP} {{ live on; record off; }}\n  }}\n}}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+             fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+             server {{\n    listen {http};\n    location /stat {{ rtmp_stat all; }}\n  }}\n}}\n",
+            module = common::procs::RTMP_MODULE,
+            nofile = connections + 100,
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new(common::which("nginx").unwrap_or_else(|| "nginx".into()))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx (scripts/install-test-deps.sh installs it)");
+        let pid = u64::from(child.id());
+        let origin = Origin {
+            _proc: Proc {
+                child,
+                name: "nginx",
+            },
+            rtmp,
+            http,
+            dir,
+        };
+        common::wait_for(Duration::from_secs(10), || {
+            let stat = origin.stat()?;
+            (common::procs::xml_value(&stat, "pid") == Some(pid)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("nginx did not start: {}", origin.error_log()));
+        origin
+    }
+
+    fn stat(&self) -> Option<String> {
+        common::http_get(self.http, "/stat")
+    }
+
+    /// Messages nginx dropped, summed over the clients `/stat` lists now.
+    pub fn dropped(&self) -> u64 {
+        self.stat()
+            .map(|xml| sum_tags(&xml, "dropped"))
+            .unwrap_or(0)
+    }
+
+    pub fn publishing(&self) -> bool {
+        self.stat().is_some_and(|s| {
+            s.split("<stream>").skip(1).any(|s| {
+                s.contains(&format!("<name>{STREAM}</name>")) && s.contains("<publishing/>")
+            })
+        })
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// The sum of every `<tag>N</tag>` in `xml`.
+fn sum_tags(xml: &str, tag: &str) -> u64 {
+    let open = format!("<{tag}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split('<').next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// HAProxy `mode tcp` in front of nginx, sized for `viewers`.
+pub struct Haproxy {
+    proc: Proc,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// `maxconn` is `viewers` + 100, or less if that does not fit in
+    /// `fds`: HAProxy refuses to start when 2 × maxconn + its own sockets
+    /// exceed the fd limit it can get.
+    fn start(origin: SocketAddr, viewers: usize, fds: u64) -> Haproxy {
+        let dir = tempfile::tempdir().expect("temp dir for haproxy");
+        let addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let fit = (fds.saturating_sub(FD_RESERVE) / 2) as usize;
+        let maxconn = (viewers + 100).min(fit);
+        if maxconn < viewers + 100 {
+            println!(
+                "  note: HAProxy maxconn {maxconn} (not {}): 2 × maxconn must fit in RLIMIT_NOFILE {fds}",
+                viewers + 100
+            );
+        }
+        let conf = format!(
+            "global\n    maxconn {maxconn}\ndefaults\n    mode tcp\n    timeout connect 5s\n\
+             timeout client 10m\n    timeout server 10m\nfrontend rtmp\n    bind {addr}\n\
+             maxconn {maxconn}\n    default_backend origin\nbackend origin\n    server nginx {origin}\n"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, conf).expect("write haproxy.cfg");
+        let child = Command::new(common::which("haproxy").unwrap_or_else(|| "haproxy".into()))
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).expect("haproxy log"))
+            .spawn()
+            .expect("spawn haproxy (scripts/install-test-deps.sh haproxy installs it)");
+        let h = Haproxy {
+            proc: Proc {
+                child,
+                name: "haproxy",
+            },
+            addr,
+            dir,
+        };
+        common::wait_for(Duration::from_secs(10), || listening(addr).then_some(())).unwrap_or_else(
+            || {
+                let log = std::fs::read_to_string(h.dir.path().join("haproxy.log"));
+                panic!(
+                    "haproxy did not start listening: {}",
+                    log.unwrap_or_default()
+                )
+            },
+        );
+        h
+    }
+}
+
+/// The guard's config for `viewers` players from one address: per-address
+/// limits lifted, capacity raised, nothing else changed.
+fn guard_config(origin: SocketAddr, viewers: usize) -> GuardConfig {
+    let shipped = Config::embedded_default().expect("the shipped config parses");
+    let shipped_viewers = shipped.app(APP).map_or(0, |a| a.max_viewers as usize);
+    let room = viewers + 100;
+    let per_ip = format!(
+        "[limits.per_ip]\nconnections_per_second = {fast}\nburst = {fast}\nmax_concurrent = {c}\n\
+         [limits.global]\nmax_pending = {p}\n",
+        fast = 1_000_000,
+        c = room.max(shipped.limits.per_ip.max_concurrent as usize),
+        p = room.max(shipped.limits.global.max_pending),
+    );
+    GuardConfig::new()
+        .server(&format!(
+            "max_connections = {}",
+            room.max(shipped.server.max_connections)
+        ))
+        .tables(&per_ip)
+        .origin(origin)
+        .app(APP, &format!("max_viewers = {}", room.max(shipped_viewers)))
+}
+
+/// Fails unless the guard would admit `viewers` players from one address.
+fn check_guard_config(config: &GuardConfig, viewers: usize) -> Result<(), String> {
+    let parsed = Config::parse(&config.build(), "fanout bench config")
+        .map_err(|e| format!("the bench's guard config does not parse: {e}"))?;
+    let per_ip = &parsed.limits.per_ip;
+    let app = parsed.app(APP).ok_or("no app in the bench config")?;
+    let short = [
+        ("server.max_connections", parsed.server.max_connections),
+        (
+            "limits.per_ip.max_concurrent",
+            per_ip.max_concurrent as usize,
+        ),
+        ("limits.per_ip.burst", per_ip.burst as usize),
+        (
+            "limits.global.max_pending",
+            parsed.limits.global.max_pending,
+        ),
+        ("app.max_viewers", app.max_viewers as usize),
+    ]
+    .into_iter()
+    .filter(|(_, v)| *v < viewers)
+    .map(|(k, v)| format!("{k} = {v}"))
+    .collect::<Vec<_>>();
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "guard config below {viewers} viewers: {}",
+            short.join(", ")
+        ))
+    }
+}
+
+/// A path under test, its proxy running.
+pub enum Peer {
+    Direct,
+    Haproxy(Haproxy),
+    Guard(GuardProc),
+}
+
+impl Peer {
+    pub fn start(
+        path: PathKind,
+        origin: &Origin,
+        viewers: usize,
+        fds: u64,
+    ) -> Result<Peer, String> {
+        Ok(match path {
+            PathKind::Direct => Peer::Direct,
+            PathKind::Haproxy => Peer::Haproxy(Haproxy::start(origin.rtmp, viewers, fds)),
+            PathKind::Guard => {
+                let config = guard_config(origin.rtmp, viewers);
+                check_guard_config(&config, viewers)?;
+                Peer::Guard(GuardProc::start(config))
+            }
+        })
+    }
+
+    pub fn addr(&self, origin: &Origin) -> SocketAddr {
+        match self {
+            Peer::Direct => origin.rtmp,
+            Peer::Haproxy(h) => h.addr,
+            Peer::Guard(g) => g.rtmp,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Peer::Direct => None,
+            Peer::Haproxy(h) => Some(h.proc.child.id()),
+            Peer::Guard(g) => Some(g.pid()),
+        }
+    }
+
+    pub fn guard(&self) -> Option<&GuardProc> {
+        match self {
+            Peer::Guard(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / CLK_TCK
+}
+
+/// Sum of every sample whose name starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Connections the guard refused so far, all stages and reasons.
+pub fn guard_blocked(guard: &GuardProc) -> f64 {
+    metric_sum(&guard.metrics_text().unwrap_or_default(), BLOCKED)
+}
+
+/// Nonzero refusal counters, for a failure report.
+pub fn guard_refusals(guard: &GuardProc) -> String {
+    let text = guard.metrics_text().unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(BLOCKED) && !l.ends_with(" 0"))
+        .collect();
+    if lines.is_empty() {
+        "the guard counted no refusal".into()
+    } else {
+        format!("the guard refused: {}", lines.join("; "))
+    }
+}
