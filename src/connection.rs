@@ -64,6 +64,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// A stream with `buffered` already read from it and not consumed.
+    pub fn with_buffered(stream: S, buffered: Vec<u8>) -> Connection<S> {
+        Connection {
+            stream,
+            buffer: BytesMut::from(&buffered[..]),
+        }
+    }
+
     /// Bytes read and not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         &self.buffer

@@ -50,6 +50,8 @@ pub mod report;
 pub mod rtmp;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod verdict;
 

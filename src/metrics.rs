@@ -32,6 +32,15 @@ pub mod upstream_kind {
     ];
 }
 
+/// Outcomes of a client's TLS handshake: the `result` label.
+pub mod tls_result {
+    pub const SUCCESS: &str = "success";
+    /// rustls refused it, or the client closed during it.
+    pub const FAILURE: &str = "failure";
+    pub const TIMEOUT: &str = "timeout";
+    pub const ALL: [&str; 3] = [SUCCESS, FAILURE, TIMEOUT];
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections_total: IntCounter,
@@ -56,6 +65,7 @@ pub struct Metrics {
     pub state_file_quarantined_total: IntCounter,
     pub state_file_write_errors_total: IntCounter,
     admin_actions_total: IntCounterVec,
+    tls_handshakes_total: IntCounterVec,
 }
 
 /// Values of the `action` label of `rtmp_guard_admin_actions_total`.
@@ -175,6 +185,13 @@ impl Metrics {
             ),
             &["action"],
         )?;
+        let tls_handshakes_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_tls_handshakes_total",
+                "TLS handshakes on the RTMPS listeners, by result.",
+            ),
+            &["result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rtmp_guard_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -203,6 +220,10 @@ impl Metrics {
         registry.register(Box::new(state_file_quarantined_total.clone()))?;
         registry.register(Box::new(state_file_write_errors_total.clone()))?;
         registry.register(Box::new(admin_actions_total.clone()))?;
+        registry.register(Box::new(tls_handshakes_total.clone()))?;
+        for result in tls_result::ALL {
+            tls_handshakes_total.with_label_values(&[result]);
+        }
         registry.register(Box::new(ReadAtScrape::new(
             "rtmp_guard_log_lines_dropped_total",
             "Main log lines dropped because the log writer fell behind (the audit log never drops).",
@@ -255,6 +276,7 @@ impl Metrics {
             state_file_quarantined_total,
             state_file_write_errors_total,
             admin_actions_total,
+            tls_handshakes_total,
         })
     }
 
@@ -284,6 +306,11 @@ impl Metrics {
     pub fn ensure_app(&self, app: &str) {
         self.sessions_active.with_label_values(&[app]);
         self.sessions_total.with_label_values(&[app]);
+    }
+
+    /// `result` must be one of [`tls_result::ALL`].
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes_total.with_label_values(&[result]).inc();
     }
 
     pub fn blocked(&self, stage: Stage, reason: Reason) {

@@ -21,6 +21,7 @@ use crate::config::{Config, Mode};
 use crate::connection::ClientAddr;
 use crate::guard::Guard;
 use crate::logging::{self, cut};
+use crate::transport;
 use crate::verdict::{Block, Kind, Reason};
 
 /// Reports a refusal: counts it, logs one event, audits it, adds its score
@@ -128,9 +129,24 @@ pub struct Closed<'a> {
     pub streams: &'a [(Kind, String)],
 }
 
+tokio::task_local! {
+    /// The transport of the session a task runs, for its closing line.
+    static TRANSPORT: transport::Kind;
+}
+
+/// Runs a session's stages with its transport known to
+/// [`session_closed`].
+// TODO(merge): with the relay reworked, pass `ctx.transport` in `Closed`
+// instead, and drop this task-local.
+pub async fn with_transport<F: std::future::Future>(kind: transport::Kind, stages: F) -> F::Output {
+    TRANSPORT.scope(kind, stages).await
+}
+
 /// Logs the end of a session that reached the relay, with the streams it
-/// published or played (names only: keys and tokens travel in the query).
+/// published or played (names only: keys and tokens travel in the query)
+/// and its transport (`rtmp` or `rtmps`).
 pub fn session_closed(client: ClientAddr, closed: &Closed<'_>) {
+    let transport = TRANSPORT.try_with(|k| *k).unwrap_or(transport::Kind::Rtmp);
     let streams: Vec<String> = closed
         .streams
         .iter()
@@ -141,6 +157,7 @@ pub fn session_closed(client: ClientAddr, closed: &Closed<'_>) {
         client = %client.ip(),
         client_port = client.port(),
         app = closed.app,
+        transport = transport.as_str(),
         end = closed.end,
         duration_seconds = closed.duration.as_secs_f64(),
         bytes_client_to_upstream = closed.bytes_client_to_upstream,

@@ -23,10 +23,11 @@ use crate::metrics::{upstream_kind, Metrics};
 use crate::report;
 use crate::rtmp::handshake::ClientHandshake;
 use crate::rtmp::{proxy_protocol, reply};
+use crate::transport::{Rewind, Transport};
 
 /// A connected, handshaken origin.
-pub struct Origin {
-    pub stream: TcpStream,
+pub struct Origin<S = TcpStream> {
+    pub stream: S,
     /// Bytes the server sent after S2: the start of its chunk stream.
     pub leftover: Vec<u8>,
 }
@@ -39,7 +40,7 @@ pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<S>,
     route: &Route<'_>,
     transaction_id: f64,
-) -> Result<Origin, Stop> {
+) -> Result<Origin<Transport>, Stop> {
     let up = route.upstream;
     let client = ctx.client.socket();
     let header = match up.proxy_protocol {
@@ -77,7 +78,7 @@ pub async fn connect(
     rr: &RoundRobin,
     proxy_header: &[u8],
     metrics: &Metrics,
-) -> Result<Origin, Unreachable> {
+) -> Result<Origin<Transport>, Unreachable> {
     let mut last = Unreachable {
         kind: upstream_kind::CONNECT_REFUSED,
         detail: "no servers".into(),
@@ -87,7 +88,7 @@ pub async fn connect(
             continue;
         };
         let started = Instant::now();
-        let failure = match timeout(up.connect_timeout, attempt(server, proxy_header)).await {
+        let failure = match timeout(up.connect_timeout, attempt(up, server, proxy_header)).await {
             Ok(Ok((stream, leftover))) => {
                 metrics
                     .upstream_connect_duration
@@ -106,24 +107,54 @@ pub async fn connect(
     Err(last)
 }
 
-/// One server: TCP connect, then the RTMP handshake as a client.
-async fn attempt(server: &str, proxy_header: &[u8]) -> Result<(TcpStream, Vec<u8>), Unreachable> {
-    let mut stream = TcpStream::connect(server).await.map_err(|e| Unreachable {
+/// One server: TCP connect, TLS if the upstream speaks it, then the RTMP
+/// handshake as a client. The PROXY header goes first, in the clear, as
+/// HAProxy's `send-proxy` sends it.
+async fn attempt(
+    up: &config::Upstream,
+    server: &str,
+    proxy_header: &[u8],
+) -> Result<(Transport, Vec<u8>), Unreachable> {
+    let mut tcp = TcpStream::connect(server).await.map_err(|e| Unreachable {
         kind: upstream_kind::CONNECT_REFUSED,
         detail: format!("{server}: {e}"),
     })?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let failed = |detail: String| Unreachable {
         kind: upstream_kind::HANDSHAKE_FAILED,
         detail: format!("{server}: {detail}"),
     };
     let (mut hs, c0c1) = ClientHandshake::start().map_err(|e| failed(e.to_string()))?;
-    let mut first = proxy_header.to_vec();
+    let mut stream = match &up.tls {
+        None => Transport::Plain(tcp),
+        Some(tls) => {
+            if !proxy_header.is_empty() {
+                tcp.write_all(proxy_header)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+            let name = tls
+                .name_for(server)
+                .ok_or_else(|| failed("no TLS server name for this address".into()))?;
+            let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+            let stream = connector
+                .connect(name, Rewind::new(Vec::new(), tcp))
+                .await
+                .map_err(|e| failed(format!("TLS: {e}")))?;
+            Transport::Tls(Box::new(stream.into()))
+        }
+    };
+    let mut first = if up.tls.is_none() {
+        proxy_header.to_vec()
+    } else {
+        Vec::new()
+    };
     first.extend_from_slice(&c0c1);
     stream
         .write_all(&first)
         .await
         .map_err(|e| failed(e.to_string()))?;
+    stream.flush().await.map_err(|e| failed(e.to_string()))?;
     let mut buf = Vec::with_capacity(4096);
     loop {
         buf.clear();
@@ -140,6 +171,7 @@ async fn attempt(server: &str, proxy_header: &[u8]) -> Result<(TcpStream, Vec<u8
                 .write_all(&step.response)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
+            stream.flush().await.map_err(|e| failed(e.to_string()))?;
             let leftover = buf.split_off(step.consumed.min(buf.len()));
             return Ok((stream, leftover));
         }

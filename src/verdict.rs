@@ -93,10 +93,15 @@ pub enum Reason {
     /// An app or stream name with NUL, control characters or invalid
     /// UTF-8, or a stream name over `max_name_length`.
     BadName,
+    /// Plain RTMP, or anything but a TLS handshake record, on an RTMPS
+    /// port.
+    NotTls,
+    /// A TLS handshake on an RTMPS port that failed.
+    TlsFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 28] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -123,6 +128,8 @@ impl Reason {
         Reason::Kicked,
         Reason::UnauthorizedFlow,
         Reason::BadName,
+        Reason::NotTls,
+        Reason::TlsFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +160,8 @@ impl Reason {
             Reason::Kicked => "kicked",
             Reason::UnauthorizedFlow => "unauthorized_flow",
             Reason::BadName => "bad_name",
+            Reason::NotTls => "not_tls",
+            Reason::TlsFailed => "tls_failed",
         }
     }
 
@@ -190,6 +199,10 @@ impl Reason {
     pub fn default_ban_score(self) -> u32 {
         match self {
             Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
+            // Plain RTMP or a scanner on the RTMPS port.
+            Reason::NotTls => 5,
+            // Old encoders with outdated TLS stacks retry: it takes ten.
+            Reason::TlsFailed => 1,
             Reason::UnauthorizedFlow => 5,
             Reason::BadName => 3,
             Reason::ForgedProxyHeader | Reason::CommandFlood => 5,

@@ -131,6 +131,13 @@ impl GuardConfig {
         self
     }
 
+    /// More lines for the upstream `origin`, verbatim (its TLS keys, its
+    /// balance and health checks).
+    pub fn origin_tls(mut self, text: &str) -> Self {
+        self.origin.push_str(&lines(text));
+        self
+    }
+
     /// An app `name` on the upstream `origin`, with `text` (its other
     /// lines, e.g. `publish = "key"`).
     pub fn app(mut self, name: &str, text: &str) -> Self {

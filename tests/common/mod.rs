@@ -10,6 +10,7 @@ pub mod flood;
 pub mod hostile;
 pub mod origin;
 pub mod procs;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
