@@ -60,6 +60,9 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     for app in &new.apps {
         guard.metrics.ensure_app(&app.name);
     }
+    guard
+        .pools
+        .sync(&new, &guard.remedies.load().drained_pairs(), &guard.metrics);
     guard.config.store(Arc::new(new));
     guard.metrics.reloaded(true);
     tracing::info!(event = "config_reloaded", "config reloaded");

@@ -180,6 +180,20 @@ pub fn upstream_unreachable(client: ClientAddr, app: &str, upstream: &str, detai
     );
 }
 
+/// Logs a session refused because no server of its upstream was up (or
+/// all were drained). Not a client block: never counted as one, never
+/// scored.
+pub fn upstream_unavailable(client: ClientAddr, app: &str, upstream: &str) {
+    tracing::warn!(
+        event = "upstream_unavailable",
+        client = %client.ip(),
+        client_port = client.port(),
+        app,
+        upstream,
+        "no upstream server is up"
+    );
+}
+
 /// Logs an origin that broke the protocol. It is counted as an upstream
 /// error, never scored against the client.
 pub fn upstream_violation(client: ClientAddr, upstream: &str, detail: &str) {

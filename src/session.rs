@@ -119,6 +119,7 @@ async fn relay_over_tcp(
     let origin = Origin {
         stream: origin_stream,
         leftover: origin.leftover,
+        lease: origin.lease,
     };
     let mut client = Connection::with_buffered(client, buffered);
     let result = relay::run(ctx, &mut client, origin, route, connect).await;

@@ -13,6 +13,10 @@
 //!
 //! The text is `[server]`, `[metrics]`, the other tables in the order they
 //! were added, the upstream `origin`, then the apps, all routed to `origin`.
+//!
+//! The upstream's active health checks are off unless a test sets
+//! `health_check_interval` ([`GuardConfig::origin_tls`]): tests count the
+//! connections their origins accept, and a check is one.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -164,8 +168,13 @@ impl GuardConfig {
                 .iter()
                 .map(|s| format!("\"{s}\""))
                 .collect();
+            let checks = if self.origin.contains("health_check_interval") {
+                ""
+            } else {
+                "health_check_interval = \"0s\"\n"
+            };
             text.push_str(&format!(
-                "[[upstream]]\nname = \"origin\"\nservers = [{}]\n{}",
+                "[[upstream]]\nname = \"origin\"\nservers = [{}]\n{checks}{}",
                 servers.join(", "),
                 self.origin
             ));
