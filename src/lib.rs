@@ -8,6 +8,11 @@
 //! accept.rs  admit/    handshake.rs  connect.rs  upstream.rs  relay.rs  report.rs
 //! ```
 //!
+//! On an RTMPS listener, [`tls`] terminates TLS between admit and the
+//! handshake; [`transport`] is what the stages read either way. The
+//! upstream stage picks a server from its [`pool`], which [`health`]
+//! checks.
+//!
 //! [`session`] runs them in order for one connection, handing on a
 //! [`connection::Connection`] (the socket and its unread bytes) and a
 //! [`context::Ctx`] (the guard, the config the session began with, the
