@@ -1,5 +1,8 @@
 //! The accept stage: one loop per listening address.
 //!
+//! The RTMP and the RTMPS listeners share it: admission comes first on
+//! both, so a refused address costs no TLS handshake.
+//!
 //! Admission starts here, before a byte is read: `max_connections` (all
 //! listeners together), then the admit stage's address rules, bans and
 //! per-prefix limits.
@@ -30,15 +33,17 @@ use crate::connection::ClientAddr;
 use crate::guard::Guard;
 use crate::report;
 use crate::session::{self, Start};
+use crate::transport::Kind;
 use crate::verdict::{Block, Reason, Stage};
 
 /// Pending-connection queue requested from the kernel (capped by
 /// net.core.somaxconn).
 const BACKLOG: i32 = 4096;
 
-/// A bound, listening, non-blocking socket.
+/// A bound, listening, non-blocking socket, and what its clients speak.
 pub struct Listener {
     inner: StdListener,
+    kind: Kind,
 }
 
 impl Listener {
@@ -47,18 +52,19 @@ impl Listener {
     }
 }
 
-/// Binds every `[server] listen` address.
-pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<Listener>> {
+/// Binds every address of `[server] listen` (`Kind::Rtmp`) or `[tls]
+/// listen` (`Kind::Rtmps`).
+pub fn bind(addrs: &[SocketAddr], kind: Kind) -> std::io::Result<Vec<Listener>> {
     addrs
         .iter()
         .map(|addr| {
-            bind_one(*addr)
+            bind_one(*addr, kind)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
         })
         .collect()
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<Listener> {
+fn bind_one(addr: SocketAddr, kind: Kind) -> std::io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -70,11 +76,13 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<Listener> {
     socket.set_nonblocking(true)?;
     Ok(Listener {
         inner: socket.into(),
+        kind,
     })
 }
 
 /// Accepts connections forever.
 pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
+    let kind = listener.kind;
     // SAFETY: the AsyncFd takes ownership of the std listener, so its fd
     // stays open and unchanged until the AsyncFd is dropped, and
     // `as_raw_fd` always returns that same fd.
@@ -97,7 +105,7 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
         // Drain the accept queue, then wait for readiness again.
         loop {
             match ready.get_inner().accept() {
-                Ok((stream, peer)) => on_accept(&guard, stream, peer).await,
+                Ok((stream, peer)) => on_accept(&guard, stream, peer, kind).await,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
@@ -116,7 +124,7 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
 
 /// Admits or refuses one accepted connection. Waits only when a refusal
 /// finds the audit queue full.
-async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
+async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind: Kind) {
     guard.metrics.connections_total.inc();
     let client = ClientAddr::new(peer);
     // The config this connection is judged by, from accept to close.
@@ -167,7 +175,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr) {
     let config = arc_swap::Guard::into_inner(config);
     let guard = guard.clone();
     let task = async move {
-        session::run(guard, config, stream, client, start).await;
+        session::run(guard, config, stream, client, start, kind).await;
         drop(permit);
     };
     tracing::trace!(bytes = std::mem::size_of_val(&task), "session task size");

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub client: ClientAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
+    /// The listener it came in on: plain RTMP or RTMPS.
+    pub transport: crate::transport::Kind,
     pub accepted: Instant,
     /// Audit lines of this session's refusals that found the audit queue
     /// full; [`Ctx::write_audit`] awaits room for them before the socket

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use dashmap::DashMap;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::admit::admission::Admission;
@@ -18,6 +17,7 @@ use crate::control::sessions::Sessions;
 use crate::control::Remedies;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
+use crate::pool::Pools;
 use crate::relay::buffers::BufferPool;
 
 /// State shared by every connection.
@@ -28,8 +28,8 @@ pub struct Guard {
     /// The file the config came from; `None`: the embedded default.
     pub config_path: Option<PathBuf>,
     pub metrics: Arc<Metrics>,
-    /// Round-robin position per upstream name.
-    round_robin: DashMap<String, Arc<RoundRobin>>,
+    /// Each upstream's servers: up or down, drained, sessions.
+    pub pools: Pools,
     /// Permits for `server.max_connections`.
     pub connections: Arc<Semaphore>,
     /// Connections open now, which a drain waits on.
@@ -60,8 +60,10 @@ impl Guard {
         metrics: Arc<Metrics>,
         audit: Audit,
     ) -> Guard {
+        let pools = Pools::default();
+        pools.sync(&config, &[], &metrics);
         Guard {
-            round_robin: DashMap::new(),
+            pools,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             open: OpenConnections::default(),
             admission: Admission::new(&config),
@@ -84,16 +86,13 @@ impl Guard {
         self.config.load_full()
     }
 
-    /// The round-robin state of upstream `name`.
-    pub fn round_robin(&self, name: &str) -> Arc<RoundRobin> {
-        // Look up first: the common case allocates no key.
-        if let Some(rr) = self.round_robin.get(name) {
-            return rr.clone();
+    /// Marks exactly the `drained` (upstream, server) pairs drained.
+    pub fn set_drained(&self, drained: &[(String, String)]) {
+        for (name, pool) in self.pools.all() {
+            for server in &pool.servers {
+                server.set_drained(drained.contains(&(name.clone(), server.addr.clone())));
+            }
         }
-        self.round_robin
-            .entry(name.to_string())
-            .or_default()
-            .clone()
     }
 
     /// Copies table sizes into their gauges.
@@ -148,31 +147,5 @@ impl Drop for OpenHold<'_> {
         self.0.metrics.connections_active.dec();
         self.0.open.count.fetch_sub(1, Ordering::SeqCst);
         self.0.open.changed.notify_waiters();
-    }
-}
-
-/// Round-robin position, one per configured upstream.
-#[derive(Debug, Default)]
-pub struct RoundRobin(AtomicUsize);
-
-impl RoundRobin {
-    /// The order in which to try `n` servers this time.
-    pub fn order(&self, n: usize) -> impl Iterator<Item = usize> {
-        let start = self.0.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(move |i| start.wrapping_add(i) % n.max(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin_visits_every_server_starting_from_the_next() {
-        let rr = RoundRobin::default();
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![1, 2, 0]);
-        assert_eq!(rr.order(3).collect::<Vec<_>>(), vec![2, 0, 1]);
-        assert_eq!(rr.order(0).count(), 0);
     }
 }

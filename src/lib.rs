@@ -8,6 +8,11 @@
 //! accept.rs  admit/    handshake.rs  connect.rs  upstream.rs  relay.rs  report.rs
 //! ```
 //!
+//! On an RTMPS listener, [`tls`] terminates TLS between admit and the
+//! handshake; [`transport`] is what the stages read either way. The
+//! upstream stage picks a server from its [`pool`], which [`health`]
+//! checks.
+//!
 //! [`session`] runs them in order for one connection, handing on a
 //! [`connection::Connection`] (the socket and its unread bytes) and a
 //! [`context::Ctx`] (the guard, the config the session began with, the
@@ -40,16 +45,20 @@ pub mod control;
 pub mod fuzz;
 pub mod guard;
 pub mod handshake;
+pub mod health;
 pub mod lifecycle;
 pub mod line_writer;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod relay;
 pub mod report;
 pub mod rtmp;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod verdict;
 

@@ -1,5 +1,10 @@
 //! Reloading the config while the guard runs: validate the whole file,
 //! then swap it in for new connections.
+//!
+//! The RTMPS certificate and key are part of the config: a reload re-reads
+//! them, new TLS handshakes use the new ones, and established sessions keep
+//! theirs. A certificate that does not load fails the reload like any
+//! invalid value.
 
 use std::sync::Arc;
 
@@ -9,8 +14,8 @@ use crate::guard::Guard;
 /// Reads and validates the whole config file, then swaps it in. New
 /// connections use it at once; live sessions keep the one they began with.
 /// An invalid file changes nothing, and neither does one that would move,
-/// add or remove the admin listener or remove (or add) its token: those are
-/// fixed at start. The token file's contents may change: the API then
+/// add or remove the admin listener or remove (or add) its token, or
+/// remove `[tls]`: those are fixed at start. The token file's contents may change: the API then
 /// takes the new token and refuses the old.
 pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     let loaded = match &guard.config_path {
@@ -18,17 +23,19 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
         None => Config::embedded_default(),
     };
     let old = guard.config();
-    let new = match loaded.and_then(|new| match admin_change(&old, &new) {
-        None => Ok(new),
-        Some((key, why)) => Err(ConfigError {
-            source: guard
-                .config_path
-                .as_ref()
-                .map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string()),
-            line: None,
-            key: Some(key.to_string()),
-            why,
-        }),
+    let new = match loaded.and_then(|new| {
+        match admin_change(&old, &new).or_else(|| tls_change(&old, &new)) {
+            None => Ok(new),
+            Some((key, why)) => Err(ConfigError {
+                source: guard
+                    .config_path
+                    .as_ref()
+                    .map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string()),
+                line: None,
+                key: Some(key.to_string()),
+                why,
+            }),
+        }
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -53,6 +60,9 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
     for app in &new.apps {
         guard.metrics.ensure_app(&app.name);
     }
+    guard
+        .pools
+        .sync(&new, &guard.remedies.load().drained_pairs(), &guard.metrics);
     guard.config.store(Arc::new(new));
     guard.metrics.reloaded(true);
     tracing::info!(event = "config_reloaded", "config reloaded");
@@ -93,11 +103,29 @@ fn admin_change(old: &Config, new: &Config) -> Option<(&'static str, String)> {
     Some((key, format!("{what}; {FIXED}")))
 }
 
+/// Why `new` cannot replace `old` for the RTMPS listeners: they serve with
+/// the certificate of the config current at accept, so a reload may change
+/// the certificate and key but not remove `[tls]` while they run.
+fn tls_change(old: &Config, new: &Config) -> Option<(&'static str, String)> {
+    match (&old.tls, &new.tls) {
+        (Some(_), None) => Some((
+            "tls",
+            "a reload cannot remove [tls] while its listeners run: restart rtmp-guard \
+             to stop serving RTMPS; the old config stays in force"
+                .to_string(),
+        )),
+        _ => None,
+    }
+}
+
 /// Settings a running guard cannot change: its sockets and files.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.server.listen != new.server.listen {
         changed.push("server.listen");
+    }
+    if old.tls.as_ref().map(|t| &t.listen) != new.tls.as_ref().map(|t| &t.listen) {
+        changed.push("tls.listen");
     }
     if old.metrics.listen != new.metrics.listen {
         changed.push("metrics.listen");

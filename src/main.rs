@@ -199,13 +199,20 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
             }
         };
         let listen: Vec<String> = running.rtmp_addrs.iter().map(|a| a.to_string()).collect();
+        let tls: Vec<String> = running.rtmps_addrs.iter().map(|a| a.to_string()).collect();
+        let rtmps = if tls.is_empty() {
+            String::new()
+        } else {
+            format!(", RTMPS on {}", tls.join(", "))
+        };
         tracing::info!(
             event = "started",
             version = env!("CARGO_PKG_VERSION"),
             config = %source,
             listen = %listen.join(","),
+            tls_listen = %tls.join(","),
             metrics = %format!("http://{}/metrics", running.metrics_addr),
-            "rtmp-guard running config {source}, RTMP on {}, metrics on http://{}/metrics",
+            "rtmp-guard running config {source}, RTMP on {}{rtmps}, metrics on http://{}/metrics",
             listen.join(", "),
             running.metrics_addr
         );

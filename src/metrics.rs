@@ -23,13 +23,25 @@ pub mod upstream_kind {
     pub const HANDSHAKE_FAILED: &str = "handshake_failed";
     pub const PROTOCOL_VIOLATION: &str = "protocol_violation";
     pub const IO_ERROR: &str = "io_error";
-    pub const ALL: [&str; 5] = [
+    /// No server of the upstream was up (and not drained).
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const ALL: [&str; 6] = [
         CONNECT_REFUSED,
         CONNECT_TIMEOUT,
         HANDSHAKE_FAILED,
         PROTOCOL_VIOLATION,
         IO_ERROR,
+        UNAVAILABLE,
     ];
+}
+
+/// Outcomes of a client's TLS handshake: the `result` label.
+pub mod tls_result {
+    pub const SUCCESS: &str = "success";
+    /// rustls refused it, or the client closed during it.
+    pub const FAILURE: &str = "failure";
+    pub const TIMEOUT: &str = "timeout";
+    pub const ALL: [&str; 3] = [SUCCESS, FAILURE, TIMEOUT];
 }
 
 pub struct Metrics {
@@ -56,11 +68,15 @@ pub struct Metrics {
     pub state_file_quarantined_total: IntCounter,
     pub state_file_write_errors_total: IntCounter,
     admin_actions_total: IntCounterVec,
+    tls_handshakes_total: IntCounterVec,
+    upstream_server_up: IntGaugeVec,
+    upstream_sessions: IntGaugeVec,
 }
 
 /// Values of the `action` label of `rtmp_guard_admin_actions_total`.
-pub const ADMIN_ACTIONS: [&str; 9] = [
-    "kick", "ban", "unban", "block", "unblock", "suspend", "resume", "reload", "denied",
+pub const ADMIN_ACTIONS: [&str; 11] = [
+    "kick", "ban", "unban", "block", "unblock", "suspend", "resume", "reload", "drain", "undrain",
+    "denied",
 ];
 
 impl Metrics {
@@ -175,6 +191,27 @@ impl Metrics {
             ),
             &["action"],
         )?;
+        let tls_handshakes_total = IntCounterVec::new(
+            Opts::new(
+                "rtmp_guard_tls_handshakes_total",
+                "TLS handshakes on the RTMPS listeners, by result.",
+            ),
+            &["result"],
+        )?;
+        let upstream_server_up = IntGaugeVec::new(
+            Opts::new(
+                "rtmp_guard_upstream_server_up",
+                "1 while an upstream server is up (by its health checks), 0 while down.",
+            ),
+            &["upstream", "server"],
+        )?;
+        let upstream_sessions = IntGaugeVec::new(
+            Opts::new(
+                "rtmp_guard_upstream_sessions",
+                "Sessions relaying to each upstream server now.",
+            ),
+            &["upstream", "server"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("rtmp_guard_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -203,6 +240,12 @@ impl Metrics {
         registry.register(Box::new(state_file_quarantined_total.clone()))?;
         registry.register(Box::new(state_file_write_errors_total.clone()))?;
         registry.register(Box::new(admin_actions_total.clone()))?;
+        registry.register(Box::new(tls_handshakes_total.clone()))?;
+        registry.register(Box::new(upstream_server_up.clone()))?;
+        registry.register(Box::new(upstream_sessions.clone()))?;
+        for result in tls_result::ALL {
+            tls_handshakes_total.with_label_values(&[result]);
+        }
         registry.register(Box::new(ReadAtScrape::new(
             "rtmp_guard_log_lines_dropped_total",
             "Main log lines dropped because the log writer fell behind (the audit log never drops).",
@@ -255,6 +298,9 @@ impl Metrics {
             state_file_quarantined_total,
             state_file_write_errors_total,
             admin_actions_total,
+            tls_handshakes_total,
+            upstream_server_up,
+            upstream_sessions,
         })
     }
 
@@ -284,6 +330,31 @@ impl Metrics {
     pub fn ensure_app(&self, app: &str) {
         self.sessions_active.with_label_values(&[app]);
         self.sessions_total.with_label_values(&[app]);
+    }
+
+    /// The up and sessions gauges of one configured server.
+    pub fn upstream_server(&self, upstream: &str, server: &str) -> (IntGauge, IntGauge) {
+        (
+            self.upstream_server_up
+                .with_label_values(&[upstream, server]),
+            self.upstream_sessions
+                .with_label_values(&[upstream, server]),
+        )
+    }
+
+    /// Drops the series of a server a reload removed.
+    pub fn forget_upstream_server(&self, upstream: &str, server: &str) {
+        let _ = self
+            .upstream_server_up
+            .remove_label_values(&[upstream, server]);
+        let _ = self
+            .upstream_sessions
+            .remove_label_values(&[upstream, server]);
+    }
+
+    /// `result` must be one of [`tls_result::ALL`].
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes_total.with_label_values(&[result]).inc();
     }
 
     pub fn blocked(&self, stage: Stage, reason: Reason) {

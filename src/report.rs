@@ -21,6 +21,7 @@ use crate::config::{Config, Mode};
 use crate::connection::ClientAddr;
 use crate::guard::Guard;
 use crate::logging::{self, cut};
+use crate::transport;
 use crate::verdict::{Block, Kind, Reason};
 
 /// Reports a refusal: counts it, logs one event, audits it, adds its score
@@ -120,6 +121,7 @@ pub fn block_score(config: &Config, block: &Block) -> u32 {
 /// What a session that reached the relay did, for its closing log line.
 pub struct Closed<'a> {
     pub app: &'a str,
+    pub transport: transport::Kind,
     pub end: &'a str,
     pub duration: Duration,
     pub bytes_client_to_upstream: u64,
@@ -129,7 +131,8 @@ pub struct Closed<'a> {
 }
 
 /// Logs the end of a session that reached the relay, with the streams it
-/// published or played (names only: keys and tokens travel in the query).
+/// published or played (names only: keys and tokens travel in the query)
+/// and its transport (`rtmp` or `rtmps`).
 pub fn session_closed(client: ClientAddr, closed: &Closed<'_>) {
     let streams: Vec<String> = closed
         .streams
@@ -141,6 +144,7 @@ pub fn session_closed(client: ClientAddr, closed: &Closed<'_>) {
         client = %client.ip(),
         client_port = client.port(),
         app = closed.app,
+        transport = closed.transport.as_str(),
         end = closed.end,
         duration_seconds = closed.duration.as_secs_f64(),
         bytes_client_to_upstream = closed.bytes_client_to_upstream,
@@ -160,6 +164,20 @@ pub fn upstream_unreachable(client: ClientAddr, app: &str, upstream: &str, detai
         upstream,
         detail,
         "no upstream server reachable"
+    );
+}
+
+/// Logs a session refused because no server of its upstream was up (or
+/// all were drained). Not a client block: never counted as one, never
+/// scored.
+pub fn upstream_unavailable(client: ClientAddr, app: &str, upstream: &str) {
+    tracing::warn!(
+        event = "upstream_unavailable",
+        client = %client.ip(),
+        client_port = client.port(),
+        app,
+        upstream,
+        "no upstream server is up"
     );
 }
 

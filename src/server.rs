@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
-use crate::{accept, admin, audit, control, metrics};
+use crate::transport::Kind;
+use crate::{accept, admin, audit, control, health, metrics};
 
 /// How often stale address state and expired bans are dropped.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -32,6 +33,8 @@ async fn housekeeping(guard: Arc<Guard>) {
 pub struct Running {
     pub guard: Arc<Guard>,
     pub rtmp_addrs: Vec<SocketAddr>,
+    /// The `[tls] listen` addresses, bound.
+    pub rtmps_addrs: Vec<SocketAddr>,
     pub metrics_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     /// The RTMP accept loops, stopped first when draining.
@@ -121,7 +124,15 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
     let metrics = Arc::new(metrics);
     metrics.loaded();
 
-    let listeners = accept::bind(&config.server.listen)?;
+    let mut listeners = accept::bind(&config.server.listen, Kind::Rtmp)?;
+    let tls_listeners = match &config.tls {
+        Some(tls) => accept::bind(&tls.listen, Kind::Rtmps)?,
+        None => Vec::new(),
+    };
+    let rtmps_addrs = tls_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics_listener = metrics::bind(config.metrics.listen)
         .await
         .map_err(cannot(format!(
@@ -145,6 +156,7 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         .iter()
         .map(|l| l.local_addr())
         .collect::<Result<Vec<_>, _>>()?;
+    listeners.extend(tls_listeners);
     let metrics_addr = metrics_listener.local_addr()?;
     let admin_addr = admin_listener
         .as_ref()
@@ -158,6 +170,7 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
     let mut tasks = vec![
         tokio::spawn(metrics::serve(metrics_listener, metrics)),
         tokio::spawn(housekeeping(guard.clone())),
+        tokio::spawn(health::run(guard.clone())),
     ];
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(
@@ -174,6 +187,7 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
     Ok(Running {
         guard,
         rtmp_addrs,
+        rtmps_addrs,
         metrics_addr,
         admin_addr,
         listeners: std::sync::Mutex::new(listeners),

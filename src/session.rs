@@ -1,7 +1,8 @@
 //! One client connection, from accept to close: the driver that runs the
 //! stages in order.
 //!
-//! admit → handshake → connect → upstream → relay → report
+//! admit → tls (RTMPS listeners) → handshake → connect → upstream → relay
+//! → report
 //!
 //! Each stage either hands a typed result to the next or stops the
 //! connection ([`Stop`]). No upstream connection exists until the client
@@ -19,7 +20,8 @@ use crate::config::Config;
 use crate::connection::{ClientAddr, Connection};
 use crate::context::{Ctx, Stop};
 use crate::guard::Guard;
-use crate::{connect, handshake, relay, upstream};
+use crate::transport::{Kind, Transport};
+use crate::{connect, handshake, relay, tls, upstream};
 
 /// How a connection starts its session.
 pub enum Start {
@@ -31,14 +33,15 @@ pub enum Start {
 }
 
 /// Runs one connection to its end under `config`, the config it was
-/// accepted with. Never panics on client input; a panic elsewhere would
-/// end only this task.
+/// accepted with, from a listener of `kind`. Never panics on client input;
+/// a panic elsewhere would end only this task.
 pub async fn run(
     guard: Arc<Guard>,
     config: Arc<Config>,
     socket: TcpStream,
     peer: ClientAddr,
     start: Start,
+    kind: Kind,
 ) {
     let _open = guard.hold_open();
     let _ = socket.set_nodelay(true);
@@ -48,10 +51,11 @@ pub async fn run(
         config,
         client: peer,
         local,
+        transport: kind,
         accepted: Instant::now(),
         unwritten: Default::default(),
     };
-    let mut conn = Connection::new(socket);
+    let mut conn = Connection::new(Transport::Plain(socket));
     if let Err(Stop::Blocked(block)) = stages(&mut ctx, &mut conn, start).await {
         ctx.refuse(&block);
     }
@@ -64,12 +68,15 @@ pub async fn run(
 }
 
 /// The pipeline. The admission ticket is held until the session ends.
-async fn stages(ctx: &mut Ctx, conn: &mut Connection<TcpStream>, start: Start) -> Result<(), Stop> {
+async fn stages(ctx: &mut Ctx, conn: &mut Connection<Transport>, start: Start) -> Result<(), Stop> {
     let mut ticket = match start {
         Start::Admitted(ticket) => ticket,
         Start::ProxyHeader(slot) => admit::behind_proxy(ctx, conn, slot).await?,
     };
     let ctx = &*ctx;
+    if ctx.transport == Kind::Rtmps {
+        tls::accept(ctx, conn).await?;
+    }
     handshake::run(ctx, conn).await?;
     ctx.guard
         .metrics

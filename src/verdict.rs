@@ -96,10 +96,15 @@ pub enum Reason {
     /// A client that took no byte for `write_timeout` while the guard had
     /// data for it.
     SlowConsumer,
+    /// Plain RTMP, or anything but a TLS handshake record, on an RTMPS
+    /// port.
+    NotTls,
+    /// A TLS handshake on an RTMPS port that failed.
+    TlsFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 29] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -127,6 +132,8 @@ impl Reason {
         Reason::UnauthorizedFlow,
         Reason::BadName,
         Reason::SlowConsumer,
+        Reason::NotTls,
+        Reason::TlsFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,6 +165,8 @@ impl Reason {
             Reason::UnauthorizedFlow => "unauthorized_flow",
             Reason::BadName => "bad_name",
             Reason::SlowConsumer => "slow_consumer",
+            Reason::NotTls => "not_tls",
+            Reason::TlsFailed => "tls_failed",
         }
     }
 
@@ -195,6 +204,10 @@ impl Reason {
     pub fn default_ban_score(self) -> u32 {
         match self {
             Reason::NotRtmp | Reason::BadVersion | Reason::ProtocolViolation => 5,
+            // Plain RTMP or a scanner on the RTMPS port.
+            Reason::NotTls => 5,
+            // Old encoders with outdated TLS stacks retry: it takes ten.
+            Reason::TlsFailed => 1,
             Reason::UnauthorizedFlow => 5,
             Reason::BadName => 3,
             Reason::ForgedProxyHeader | Reason::CommandFlood => 5,

@@ -16,6 +16,9 @@
 //! GET    /api/v1/apps
 //! POST   /api/v1/apps/{app}/suspend   {"reason", "terminate": true}
 //! POST   /api/v1/apps/{app}/resume
+//! GET    /api/v1/upstreams
+//! POST   /api/v1/upstreams/{name}/servers/{addr}/drain
+//! POST   /api/v1/upstreams/{name}/servers/{addr}/undrain
 //! POST   /api/v1/reload
 //! ```
 //!
@@ -99,6 +102,9 @@ pub fn router(guard: Arc<Guard>, access: Access) -> Router {
         .route("/apps", get(apps))
         .route("/apps/:app/suspend", post(suspend))
         .route("/apps/:app/resume", post(resume))
+        .route("/upstreams", get(upstreams))
+        .route("/upstreams/:name/servers/:addr/drain", post(drain))
+        .route("/upstreams/:name/servers/:addr/undrain", post(undrain))
         .route("/reload", post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn(json_only))
@@ -563,6 +569,80 @@ async fn resume(State(guard): Shared, Path(app): Path<String>) -> Result<Respons
             result.map(|_| json!({ "resumed": app })),
         )
         .await),
+    }
+}
+
+async fn upstreams(State(guard): Shared) -> Response {
+    let config = guard.config();
+    let list: Vec<Value> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let pool = guard.pools.get(&u.name).unwrap_or_default();
+            let servers: Vec<Value> = pool
+                .servers
+                .iter()
+                .map(|s| {
+                    let state = match (s.is_drained(), s.is_up()) {
+                        (true, _) => "drained",
+                        (false, true) => "up",
+                        (false, false) => "down",
+                    };
+                    json!({
+                        "server": s.addr,
+                        "state": state,
+                        "up": s.is_up(),
+                        "drained": s.is_drained(),
+                        "sessions": s.sessions(),
+                        "last_error": s.last_error(),
+                    })
+                })
+                .collect();
+            let balance = match u.balance {
+                crate::config::Balance::RoundRobin => "round_robin",
+                crate::config::Balance::LeastConnections => "least_connections",
+            };
+            json!({ "name": u.name, "balance": balance, "servers": servers })
+        })
+        .collect();
+    Json(json!({ "upstreams": list })).into_response()
+}
+
+async fn drain(
+    State(guard): Shared,
+    Path((name, addr)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_drained(&guard, &name, &addr, true).await
+}
+
+async fn undrain(
+    State(guard): Shared,
+    Path((name, addr)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    set_drained(&guard, &name, &addr, false).await
+}
+
+/// Drains or undrains one configured server; the change is in the state
+/// file (with `[state]`) before the answer.
+async fn set_drained(
+    guard: &Guard,
+    name: &str,
+    addr: &str,
+    drain: bool,
+) -> Result<Response, ApiError> {
+    let action = if drain { "drain" } else { "undrain" };
+    let target = format!("{name}/{addr}");
+    match remedies::drain(guard, name, addr, drain).await {
+        Ok(None) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("upstream {name:?} has no server {addr:?}"),
+        )),
+        result => {
+            let result = result.map(|changed| {
+                json!({ "upstream": name, "server": addr, "drained": drain, "changed": changed == Some(true) })
+            });
+            Ok(done(guard, action, &target, "", result).await)
+        }
     }
 }
 

@@ -17,23 +17,26 @@
 mod locate;
 pub mod raw;
 mod secret;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
 use locate::{seg, Invalid, PathSeg};
 
 pub use raw::{
-    parse_bitrate, parse_cidr, parse_duration, Access, Audit, Bans, Global, HttpAuth, Limits,
-    Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, ReconnectTcUrl, Server,
-    SessionLimits, State, Upstream,
+    parse_bitrate, parse_cidr, parse_duration, Access, Audit, Balance, Bans, Global, HttpAuth,
+    Limits, Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, ReconnectTcUrl,
+    Server, SessionLimits, State,
 };
 pub use secret::{parse_keys_file, Secret};
+pub use tls::{server_config, Tls, UpstreamTls};
 
 /// The default configuration, shipped as `config/rtmp-guard.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/rtmp-guard.toml");
@@ -66,6 +69,28 @@ pub struct Config {
     pub state: Option<State>,
     /// Its path resolved against the config file's directory.
     pub audit: Option<Audit>,
+    /// RTMPS listeners, with the certificate read when the config was.
+    pub tls: Option<Tls>,
+}
+
+/// An `[[upstream]]`: its servers, how one is chosen and checked, and how
+/// the guard speaks to them.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// "host:port" each.
+    pub servers: Vec<String>,
+    /// TCP connect, TLS and RTMP handshake with one server.
+    pub connect_timeout: Duration,
+    pub proxy_protocol: ProxyProtocolOut,
+    /// Present when `tls = true`.
+    pub tls: Option<UpstreamTls>,
+    pub balance: Balance,
+    /// Zero: active checks off.
+    pub health_check_interval: Duration,
+    pub health_check_timeout: Duration,
+    pub fail_threshold: u32,
+    pub rise_threshold: u32,
 }
 
 /// `[admin]`: the admin API. Off when the table is absent.
@@ -209,6 +234,14 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
     check_bans(&raw.bans)?;
     check_upstreams(&raw.upstreams)?;
     check_apps(&raw.apps, &raw.upstreams)?;
+    if let Some(t) = &raw.tls {
+        check(
+            !t.listen.is_empty(),
+            &["tls", "listen"],
+            "at least one address is needed",
+        )?;
+        not_zero(t.handshake_timeout, &["tls", "handshake_timeout"])?;
+    }
     let apps = raw
         .apps
         .into_iter()
@@ -222,6 +255,13 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
         path: resolve(base, &a.path),
     });
     let admin = raw.admin.map(|a| build_admin(a, base)).transpose()?;
+    let tls = raw.tls.map(|t| tls::build_tls(t, base)).transpose()?;
+    let upstreams = raw
+        .upstreams
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| build_upstream(i, u, base))
+        .collect::<Result<_, _>>()?;
     Ok(Config {
         server: raw.server,
         limits: raw.limits,
@@ -229,11 +269,39 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
         access: raw.access,
         bans: raw.bans,
         proxy_protocol: raw.proxy_protocol,
-        upstreams: raw.upstreams,
+        upstreams,
         apps,
         admin,
         state,
         audit,
+        tls,
+    })
+}
+
+/// Builds an upstream's TLS client config when it speaks TLS.
+fn build_upstream(i: usize, u: raw::Upstream, base: Option<&Path>) -> Result<Upstream, Invalid> {
+    let at = |key: &str| vec![seg("upstream"), PathSeg::Index(i), seg(key)];
+    let tls = if u.tls {
+        Some(tls::build_upstream_tls(
+            u.ca_file.as_deref(),
+            u.tls_server_name.as_deref(),
+            base,
+            at,
+        )?)
+    } else {
+        None
+    };
+    Ok(Upstream {
+        name: u.name,
+        servers: u.servers,
+        connect_timeout: u.connect_timeout,
+        proxy_protocol: u.proxy_protocol,
+        tls,
+        balance: u.balance,
+        health_check_interval: u.health_check_interval,
+        health_check_timeout: u.health_check_timeout,
+        fail_threshold: u.fail_threshold,
+        rise_threshold: u.rise_threshold,
     })
 }
 
@@ -425,7 +493,7 @@ fn check_bans(b: &Bans) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_upstreams(upstreams: &[Upstream]) -> Result<(), Invalid> {
+fn check_upstreams(upstreams: &[raw::Upstream]) -> Result<(), Invalid> {
     for (i, u) in upstreams.iter().enumerate() {
         let at = |key: &str| vec![seg("upstream"), PathSeg::Index(i), seg(key)];
         check_at(!u.name.is_empty(), at("name"), "must not be empty")?;
@@ -451,12 +519,33 @@ fn check_upstreams(upstreams: &[Upstream]) -> Result<(), Invalid> {
             at("connect_timeout"),
             "must be greater than zero",
         )?;
+        check_at(
+            !u.health_check_timeout.is_zero(),
+            at("health_check_timeout"),
+            "must be greater than zero",
+        )?;
+        check_at(
+            u.fail_threshold >= 1,
+            at("fail_threshold"),
+            "must be at least 1",
+        )?;
+        check_at(
+            u.rise_threshold >= 1,
+            at("rise_threshold"),
+            "must be at least 1",
+        )?;
+        for (key, set) in [
+            ("tls_server_name", u.tls_server_name.is_some()),
+            ("ca_file", u.ca_file.is_some()),
+        ] {
+            check_at(u.tls || !set, at(key), "only used with tls = true")?;
+        }
     }
     Ok(())
 }
 
 /// What can be checked of the apps before their secret files are read.
-fn check_apps(apps: &[raw::App], upstreams: &[Upstream]) -> Result<(), Invalid> {
+fn check_apps(apps: &[raw::App], upstreams: &[raw::Upstream]) -> Result<(), Invalid> {
     for (i, a) in apps.iter().enumerate() {
         let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
         check_at(
@@ -591,6 +680,17 @@ mod tests {
             format!("{:?}", minimal.limits)
         );
         assert_eq!(shipped.metrics.listen, minimal.metrics.listen);
+        // The shipped upstream spells out every default of its keys.
+        let bare = Config::parse(
+            "[[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:1936\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", shipped.upstreams[0]),
+            format!("{:?}", bare.upstreams[0])
+        );
+        assert!(shipped.tls.is_none() && minimal.tls.is_none());
     }
 
     #[test]
@@ -738,6 +838,41 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         let e = err("[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n[[app]]\nname = \"live\"\nupstream = \"o\"\nplay = \"token\"\n");
         assert!(e.why.contains("token_secret_file"), "{e}");
+    }
+
+    #[test]
+    fn a_tls_file_that_does_not_load_names_its_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("cert.pem"), "not a certificate").unwrap();
+        let text = "[metrics]\nlisten = \"127.0.0.1:1\"\n\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+                    cert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n";
+        let e = Config::parse(text, &d.join("t.toml").display().to_string()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tls.cert_file"), "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.why.contains("cert.pem"), "{e}");
+        let e = err("[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = \"c\"\n");
+        assert!(e.why.contains("key_file"), "{e}");
+    }
+
+    #[test]
+    fn upstream_tls_settings_need_tls_and_thresholds_need_one() {
+        let up = "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n";
+        let e = err(&format!("{up}tls_server_name = \"origin\"\n"));
+        assert_eq!(e.key.as_deref(), Some("upstream[0].tls_server_name"), "{e}");
+        let e = err(&format!("{up}fail_threshold = 0\n"));
+        assert_eq!(e.key.as_deref(), Some("upstream[0].fail_threshold"), "{e}");
+        let e = err(&format!("{up}balance = \"random\"\n"));
+        assert_eq!(e.line, Some(4), "{e}");
+        let c = Config::parse(
+            &format!("{up}tls = true\nbalance = \"least_connections\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let u = &c.upstreams[0];
+        assert!(u.tls.is_some() && u.balance == Balance::LeastConnections);
+        let name = u.tls.as_ref().unwrap().name_for("[::1]:1935");
+        assert_eq!(name.map(|n| n.to_str().into_owned()), Some("::1".into()));
     }
 
     #[test]

@@ -45,6 +45,33 @@ pub struct Config {
     pub state: Option<State>,
     #[serde(default)]
     pub audit: Option<Audit>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+/// `[tls]`: RTMPS listeners, whose TLS the guard terminates. Off when the
+/// table is absent. Validated, the certificate and key are read and the
+/// paths resolved against the config file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(deserialize_with = "socket_addrs")]
+    pub listen: Vec<SocketAddr>,
+    /// PEM: the server certificate first, then its chain.
+    pub cert_file: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The TLS handshake, from its first byte; always within
+    /// `[server] handshake_timeout` of accept.
+    #[serde(
+        default = "default_tls_handshake_timeout",
+        deserialize_with = "duration"
+    )]
+    pub handshake_timeout: Duration,
+}
+
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[admin]`: the admin API. Off when the table is absent.
@@ -321,10 +348,65 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocolOut,
+    /// Speak RTMPS to the servers.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the servers' certificates must carry; default: the host
+    /// of each server address.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// PEM CA certificates the servers' certificates must chain to;
+    /// default: the Mozilla root set (webpki-roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How new sessions are spread over the servers that are up.
+    #[serde(default)]
+    pub balance: Balance,
+    /// How often each server is checked; "0s": never (active checks off).
+    #[serde(
+        default = "default_health_check_interval",
+        deserialize_with = "duration"
+    )]
+    pub health_check_interval: Duration,
+    /// TCP connect and RTMP handshake (S0+S1) within this, or the check fails.
+    #[serde(
+        default = "default_health_check_timeout",
+        deserialize_with = "duration"
+    )]
+    pub health_check_timeout: Duration,
+    /// Consecutive failed checks or connects before a server is down.
+    #[serde(default = "default_threshold")]
+    pub fail_threshold: u32,
+    /// Consecutive good checks before a down server is up again.
+    #[serde(default = "default_threshold")]
+    pub rise_threshold: u32,
+}
+
+/// How an upstream picks a server for a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each server in turn.
+    #[default]
+    RoundRobin,
+    /// The server relaying the fewest sessions through this guard.
+    LeastConnections,
 }
 
 fn default_upstream_connect_timeout() -> Duration {
     Duration::from_secs(3)
+}
+
+fn default_health_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_health_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_threshold() -> u32 {
+    2
 }
 
 /// `[[app]]`, as written: the auth modes by name, with the keys, secret and

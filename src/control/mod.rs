@@ -37,6 +37,18 @@ pub struct Remedies {
     pub blocks: Vec<ContentBlock>,
     #[serde(default)]
     pub suspensions: Vec<Suspension>,
+    /// Upstream servers taken out of rotation for maintenance.
+    #[serde(default)]
+    pub drained: Vec<Drained>,
+}
+
+/// An upstream server that takes no new sessions; live ones stay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drained {
+    pub upstream: String,
+    pub server: String,
+    pub created: u64,
 }
 
 /// A prefix the operator banned.
@@ -89,6 +101,40 @@ impl ContentBlock {
 }
 
 impl Remedies {
+    /// The drained servers as (upstream, server) pairs.
+    pub fn drained_pairs(&self) -> Vec<(String, String)> {
+        self.drained
+            .iter()
+            .map(|d| (d.upstream.clone(), d.server.clone()))
+            .collect()
+    }
+
+    /// Drains `server` of `upstream`; false if it already was.
+    pub fn drain(&mut self, upstream: &str, server: &str, now: u64) -> bool {
+        if self
+            .drained
+            .iter()
+            .any(|d| d.upstream == upstream && d.server == server)
+        {
+            return false;
+        }
+        self.drained.push(Drained {
+            upstream: upstream.to_string(),
+            server: server.to_string(),
+            created: now,
+        });
+        true
+    }
+
+    /// Puts `server` of `upstream` back in rotation; false if it was not
+    /// drained.
+    pub fn undrain(&mut self, upstream: &str, server: &str) -> bool {
+        let before = self.drained.len();
+        self.drained
+            .retain(|d| !(d.upstream == upstream && d.server == server));
+        self.drained.len() != before
+    }
+
     pub fn suspension(&self, app: &str) -> Option<&Suspension> {
         self.suspensions.iter().find(|s| s.app == app)
     }

@@ -29,6 +29,7 @@ pub enum RemedyError {
 pub fn install(guard: &Guard, remedies: Remedies) {
     guard.admission.set_manual_bans(remedies.bans.clone());
     guard.streams.set_blocks(remedies.blocks.clone());
+    guard.set_drained(&remedies.drained_pairs());
     guard.remedies.store(Arc::new(remedies));
     guard.publish_gauges();
 }
@@ -129,6 +130,34 @@ pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, RemedyError> {
     let automatic = guard.admission.unban(&cidr);
     let manual = change(guard, |r| r.remove_ban(&cidr)).await?;
     Ok(automatic || manual)
+}
+
+/// Takes `server` of `upstream` out of rotation (`drain` true) or puts
+/// it back. Live sessions stay. `Ok(None)`: no such configured server;
+/// `Ok(Some(changed))` otherwise.
+pub async fn drain(
+    guard: &Guard,
+    upstream: &str,
+    server: &str,
+    drain: bool,
+) -> Result<Option<bool>, RemedyError> {
+    let known = guard
+        .config()
+        .upstream(upstream)
+        .is_some_and(|u| u.servers.iter().any(|s| s == server));
+    if !known {
+        return Ok(None);
+    }
+    let now = unix_now();
+    change(guard, |r| {
+        if drain {
+            r.drain(upstream, server, now)
+        } else {
+            r.undrain(upstream, server)
+        }
+    })
+    .await
+    .map(Some)
 }
 
 /// Blocks streams matching `stream` in `app`, ending the live sessions

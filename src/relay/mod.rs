@@ -30,7 +30,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
@@ -47,6 +46,7 @@ use crate::report::{self, Closed};
 use crate::rtmp::chunk::{types, ChunkParser, MessageHeader};
 use crate::rtmp::control::Control;
 use crate::rtmp::reply;
+use crate::transport::Halves;
 use crate::upstream::Origin;
 use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
 
@@ -55,26 +55,6 @@ pub mod direction;
 
 use buffers::WriteError;
 use direction::{Direction, Side, Sink, Stop as DirStop};
-
-/// A stream the relay can read and write at once, from its two
-/// directions.
-pub trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
-    type Read<'a>: AsyncRead + Unpin + Send
-    where
-        Self: 'a;
-    type Write<'a>: AsyncWrite + Unpin + Send
-    where
-        Self: 'a;
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
-}
-
-impl Halves for TcpStream {
-    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
-    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        self.split()
-    }
-}
 
 /// The chunk size the guard writes to both peers.
 pub const OUT_CHUNK_SIZE: u32 = 4096;
@@ -87,10 +67,10 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// This future lives as long as the session, with room for everything it
 /// holds across an await: so `connect` comes boxed, and the request is
 /// read (in [`prepare`]) before the first await, so that it is not kept.
-pub async fn run<C: Halves>(
+pub async fn run<C: Halves, O: Halves>(
     ctx: &Ctx,
     client: &mut Connection<C>,
-    origin: Origin,
+    origin: Origin<O>,
     route: &Route<'_>,
     connect: Box<Connect>,
 ) -> Result<(), Stop> {
@@ -123,7 +103,12 @@ pub async fn run<C: Halves>(
         to_client: Outbox::default(),
         to_origin: Outbox::default(),
     };
-    let mut origin_stream = origin.stream;
+    let Origin {
+        stream: mut origin_stream,
+        leftover,
+        // The session's count on its server, until the session ends.
+        lease: _lease,
+    } = origin;
     let mut legs = Legs {
         up: Direction::new(Side::Client, parser, OUT_CHUNK_SIZE),
         up_pending: client.take_buffered(),
@@ -132,7 +117,7 @@ pub async fn run<C: Halves>(
             ChunkParser::new(limits.chunk_limits()),
             OUT_CHUNK_SIZE,
         ),
-        down_pending: origin.leftover,
+        down_pending: leftover,
     };
     let started = Instant::now();
     let begun = relay
@@ -158,6 +143,7 @@ pub async fn run<C: Halves>(
         ctx.client,
         &Closed {
             app: &app.name,
+            transport: ctx.transport,
             end: end.as_str(),
             duration: started.elapsed(),
             bytes_client_to_upstream: up,
@@ -416,10 +402,10 @@ impl Relay<'_> {
 
     /// Tells both peers the guard's chunk size, and sends the origin the
     /// client's `connect`, re-encoded.
-    async fn start<C: AsyncWrite + Unpin>(
+    async fn start<C: AsyncWrite + Unpin, O: AsyncWrite + Unpin>(
         &self,
         client: &mut C,
-        origin: &mut TcpStream,
+        origin: &mut O,
         legs: &mut Legs,
         connect: Result<(MessageHeader, Vec<u8>), End>,
     ) -> Result<(), End> {
@@ -465,10 +451,10 @@ impl Relay<'_> {
 
     /// Runs both directions until one ends, the session idles or is
     /// kicked; then tells a refused or kicked client why, if it can.
-    async fn pump_both<C: Halves>(
+    async fn pump_both<C: Halves, O: Halves>(
         &self,
         client: &mut C,
-        origin: &mut TcpStream,
+        origin: &mut O,
         legs: &mut Legs,
         kicks: &tokio::sync::watch::Receiver<Option<Kick>>,
     ) -> End {
@@ -476,7 +462,7 @@ impl Relay<'_> {
         let to_client_writing = AtomicBool::new(false);
         let to_origin_writing = AtomicBool::new(false);
         let (client_read, client_write) = client.halves();
-        let (origin_read, origin_write) = origin.split();
+        let (origin_read, origin_write) = origin.halves();
         let up = Flow {
             from: Side::Client,
             moved: &self.session.client_to_upstream,

@@ -191,6 +191,21 @@ pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A v1 header for a connection the proxy makes itself (a health check):
+/// `PROXY UNKNOWN`, which the origin reads as "use the socket's address".
+pub fn encode_v1_unknown() -> Vec<u8> {
+    b"PROXY UNKNOWN\r\n".to_vec()
+}
+
+/// A v2 `LOCAL` header: a connection the proxy makes itself.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = V2_SIGNATURE.to_vec();
+    out.push(0x20); // version 2, LOCAL
+    out.push(0x00); // unspecified family
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out
+}
+
 /// A v2 header for a proxied connection.
 pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     let (source, destination) = same_family(source, destination);
@@ -279,6 +294,11 @@ mod tests {
 
     #[test]
     fn partial_headers_ask_for_more() {
+        assert_eq!(
+            parse(&encode_v2_local()).unwrap(),
+            Some((Header::Local, 16))
+        );
+        assert!(matches!(parse(&encode_v1_unknown()), Ok(Some((_, 15)))));
         let v1 = encode_v1(addr("192.0.2.7:1"), addr("127.0.0.1:2"));
         let v2 = encode_v2(addr("192.0.2.7:1"), addr("127.0.0.1:2"));
         for full in [v1, v2] {

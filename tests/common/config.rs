@@ -13,6 +13,10 @@
 //!
 //! The text is `[server]`, `[metrics]`, the other tables in the order they
 //! were added, the upstream `origin`, then the apps, all routed to `origin`.
+//!
+//! The upstream's active health checks are off unless a test sets
+//! `health_check_interval` ([`GuardConfig::origin_tls`]): tests count the
+//! connections their origins accept, and a check is one.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -131,6 +135,13 @@ impl GuardConfig {
         self
     }
 
+    /// More lines for the upstream `origin`, verbatim (its TLS keys, its
+    /// balance and health checks).
+    pub fn origin_tls(mut self, text: &str) -> Self {
+        self.origin.push_str(&lines(text));
+        self
+    }
+
     /// An app `name` on the upstream `origin`, with `text` (its other
     /// lines, e.g. `publish = "key"`).
     pub fn app(mut self, name: &str, text: &str) -> Self {
@@ -157,8 +168,13 @@ impl GuardConfig {
                 .iter()
                 .map(|s| format!("\"{s}\""))
                 .collect();
+            let checks = if self.origin.contains("health_check_interval") {
+                ""
+            } else {
+                "health_check_interval = \"0s\"\n"
+            };
             text.push_str(&format!(
-                "[[upstream]]\nname = \"origin\"\nservers = [{}]\n{}",
+                "[[upstream]]\nname = \"origin\"\nservers = [{}]\n{checks}{}",
                 servers.join(", "),
                 self.origin
             ));

@@ -10,6 +10,7 @@ pub mod flood;
 pub mod hostile;
 pub mod origin;
 pub mod procs;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +45,11 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+}
+
+/// 127.0.0.1:`port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// GET over HTTP/1.0; returns the body, or None if the server is not up.

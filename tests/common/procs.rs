@@ -57,8 +57,13 @@ impl Nginx {
     /// As `start`, with `listen_options` on the RTMP listen line (for
     /// example " proxy_protocol").
     pub fn start_with(extra_app: &str, listen_options: &str) -> Nginx {
+        Nginx::start_on(free_port(), extra_app, listen_options)
+    }
+
+    /// As `start_with`, with RTMP on `rtmp_port` (to start an origin again
+    /// where it was).
+    pub fn start_on(rtmp_port: u16, extra_app: &str, listen_options: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir");
-        let rtmp_port = free_port();
         let http_port = free_port();
         let d = dir.path().display();
         fs::create_dir_all(dir.path().join("tmp")).expect("tmp dir");
