@@ -1,10 +1,12 @@
 //! The generator's RTMP clients, on tokio: the publisher (straight to
 //! nginx, stamped video messages at a fixed rate) and the viewers (through
-//! the path under test, parsed with the crate's chunk parser).
+//! the path under test, in TLS for `guard-tls`, parsed with the crate's
+//! chunk parser).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,9 +18,13 @@ use rtmp_guard::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageHe
 use rtmp_guard::rtmp::command;
 use rtmp_guard::rtmp::control::Control;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ClientConnection;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use crate::common;
 use crate::common::client::{command_bytes, command_on, connect_values};
@@ -44,21 +50,29 @@ const QUIET: Duration = Duration::from_secs(1);
 /// How long a drained viewer waits to be closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// TCP connect, handshake, then `after` (with C2). Returns the stream and
-/// any bytes that followed S0S1S2.
-async fn open(addr: SocketAddr, after: &[u8]) -> Result<(TcpStream, Vec<u8>), Failure> {
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+/// A TCP connection to `addr`, Nagle off.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| Failure::Connect("timed out".into()))?
         .map_err(|e| Failure::Connect(e.to_string()))?;
     stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
+/// RTMP handshake on `stream` (plain, or TLS already established), then
+/// `after` (with C2). Returns the stream and any bytes that followed
+/// S0S1S2.
+async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    after: &[u8],
+) -> Result<(S, Vec<u8>), Failure> {
     let (mut hs, c0c1) = ClientHandshake::start().map_err(|e| Failure::Handshake(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut buf = vec![0u8; 4096];
-    stream
-        .write_all(&c0c1)
-        .await
-        .map_err(|e| Failure::Handshake(e.to_string()))?;
+    let write = |e: std::io::Error| Failure::Handshake(e.to_string());
+    stream.write_all(&c0c1).await.map_err(write)?;
+    stream.flush().await.map_err(write)?;
     loop {
         let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
             .await
@@ -73,10 +87,8 @@ async fn open(addr: SocketAddr, after: &[u8]) -> Result<(TcpStream, Vec<u8>), Fa
         if step.done {
             let mut out = step.response;
             out.extend_from_slice(after);
-            stream
-                .write_all(&out)
-                .await
-                .map_err(|e| Failure::Handshake(e.to_string()))?;
+            stream.write_all(&out).await.map_err(write)?;
+            stream.flush().await.map_err(write)?;
             return Ok((stream, buf[step.consumed..n].to_vec()));
         }
     }
@@ -133,7 +145,10 @@ pub async fn publish(
         Amf0Value::String(APP.into()),
     ];
     write_command(&mut writer, &mut hello, 1, &publish);
-    let (mut stream, rest) = open(origin, &hello)
+    let tcp = connect(origin)
+        .await
+        .map_err(|f| format!("publisher: {f}"))?;
+    let (mut stream, rest) = open(tcp, &hello)
         .await
         .map_err(|f| format!("publisher: {f}"))?;
     wait_publish_start(&mut stream, rest).await?;
@@ -241,6 +256,7 @@ async fn wait_publish_start(stream: &mut TcpStream, mut input: Vec<u8>) -> Resul
 pub enum Failure {
     Connect(String),
     Handshake(String),
+    Tls(String),
     Refused(String),
     Protocol(String),
     Read(String),
@@ -255,6 +271,7 @@ impl Failure {
         match self {
             Failure::Connect(_) => "connect failed",
             Failure::Handshake(_) => "handshake failed",
+            Failure::Tls(_) => "TLS failed",
             Failure::Refused(_) => "refused",
             Failure::Protocol(_) => "unparsable stream",
             Failure::Read(_) => "read error",
@@ -271,6 +288,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Connect(d)
             | Failure::Handshake(d)
+            | Failure::Tls(d)
             | Failure::Refused(d)
             | Failure::Protocol(d)
             | Failure::Read(d)
@@ -341,13 +359,77 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
 }
 
-/// play `live/bench` through `addr` until told to close.
+/// Where the viewers of a path connect.
+pub struct Target {
+    pub addr: SocketAddr,
+    /// RTMPS: the client config (trusting the bench's own certificate) and
+    /// the name that certificate was issued for.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A viewer's connection: plain RTMP, or RTMP inside TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Connect, TLS handshake if RTMPS, RTMP handshake, then `after`.
+    async fn open(target: &Target, after: &[u8]) -> Result<(Conn, Vec<u8>), Failure> {
+        let tcp = connect(target.addr).await?;
+        match &target.tls {
+            None => {
+                let (s, rest) = open(tcp, after).await?;
+                Ok((Conn::Plain(s), rest))
+            }
+            Some((connector, name)) => {
+                let tls =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| Failure::Tls("handshake timed out".into()))?
+                        .map_err(|e| Failure::Tls(format!("handshake: {e}")))?;
+                let (s, rest) = open(tls, after).await?;
+                Ok((Conn::Tls(Box::new(s)), rest))
+            }
+        }
+    }
+
+    /// A TLS client's close_notify, as far as the socket takes it now.
+    fn close(&mut self) {
+        if let Conn::Tls(s) = self {
+            let (tcp, tls) = s.get_mut();
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut TryWrite(tcp));
+        }
+    }
+}
+
+/// A tokio socket as a non-blocking `std::io::Write`, for rustls.
+struct TryWrite<'a>(&'a TcpStream);
+
+impl std::io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// play `live/bench` through `target` until told to close.
 pub async fn view(
-    addr: SocketAddr,
+    target: Arc<Target>,
     state: Arc<PathState>,
     mut phase: watch::Receiver<Phase>,
 ) -> Result<ViewerEnd, Failure> {
-    let result = view_inner(addr, &state, &mut phase).await;
+    let result = view_inner(&target, &state, &mut phase).await;
     if result.is_err() {
         state.failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -355,11 +437,11 @@ pub async fn view(
 }
 
 async fn view_inner(
-    addr: SocketAddr,
+    target: &Target,
     state: &Arc<PathState>,
     phase: &mut watch::Receiver<Phase>,
 ) -> Result<ViewerEnd, Failure> {
-    let (stream, rest) = open(addr, &play_request()).await?;
+    let (mut conn, rest) = Conn::open(target, &play_request()).await?;
     let mut v = Viewer {
         parser: ChunkParser::new(common::config::chunk_limits()),
         tally: Tally {
@@ -372,6 +454,10 @@ async fn view_inner(
         },
     };
     v.feed(&rest)?;
+    if let Conn::Tls(s) = &mut conn {
+        // Decrypted during the handshake, beyond what it read.
+        v.take_plaintext(s.get_mut().1)?;
+    }
     let mut drained = false;
     loop {
         let now = *phase.borrow_and_update();
@@ -382,7 +468,7 @@ async fn view_inner(
             Phase::Close => break,
         };
         tokio::select! {
-            ready = tokio::time::timeout(wait, stream.readable()) => match ready {
+            ready = tokio::time::timeout(wait, conn.tcp().readable()) => match ready {
                 Err(_) if now == Phase::Run && v.tally.videos == 0 => return Err(Failure::NoVideo),
                 Err(_) if now == Phase::Run => return Err(Failure::Stalled),
                 // Drained long ago and never told to close: give up.
@@ -393,7 +479,7 @@ async fn view_inner(
                 }
                 Ok(Err(e)) => return Err(Failure::Read(e.to_string())),
                 Ok(Ok(())) => {
-                    if v.read_some(&stream)? == Some(0) {
+                    if v.read_some(&mut conn)? == Some(0) {
                         return Err(Failure::Closed);
                     }
                 }
@@ -401,6 +487,7 @@ async fn view_inner(
             changed = phase.changed() => if changed.is_err() { break },
         }
     }
+    conn.close();
     Ok(v.tally.end)
 }
 
@@ -427,19 +514,69 @@ fn play_request() -> Vec<u8> {
 
 impl Viewer {
     /// One non-blocking read into the thread's scratch buffer, parsed at
-    /// once. None if the socket had nothing after all.
-    fn read_some(&mut self, stream: &TcpStream) -> Result<Option<usize>, Failure> {
+    /// once (decrypted first over TLS). The socket bytes read; None if it
+    /// had nothing after all.
+    fn read_some(&mut self, conn: &mut Conn) -> Result<Option<usize>, Failure> {
         SCRATCH.with(|scratch| {
             let mut buf = scratch.borrow_mut();
-            match stream.try_read(&mut buf) {
-                Ok(n) => {
-                    self.feed(&buf[..n])?;
-                    Ok(Some(n))
+            let n = match conn.tcp().try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(Failure::Read(e.to_string())),
+            };
+            match conn {
+                Conn::Plain(_) => self.feed(&buf[..n])?,
+                Conn::Tls(s) => {
+                    let (tcp, tls) = s.get_mut();
+                    self.decrypt(tcp, tls, &buf[..n])?;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(Failure::Read(e.to_string())),
             }
+            Ok(Some(n))
         })
+    }
+
+    /// Hands `wire` to rustls a record buffer at a time, parsing the
+    /// plaintext as it comes. What rustls keeps between reads is its own:
+    /// a partial record, and a 4 KiB read buffer it shrinks back to.
+    fn decrypt(
+        &mut self,
+        tcp: &TcpStream,
+        tls: &mut ClientConnection,
+        mut wire: &[u8],
+    ) -> Result<(), Failure> {
+        while !wire.is_empty() {
+            tls.read_tls(&mut wire)
+                .map_err(|e| Failure::Tls(format!("read: {e}")))?;
+            tls.process_new_packets()
+                .map_err(|e| Failure::Tls(e.to_string()))?;
+            self.take_plaintext(tls)?;
+        }
+        // rustls may have something to say back (a key update).
+        while tls.wants_write() {
+            match tls.write_tls(&mut TryWrite(tcp)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(Failure::Tls(format!("write: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the plaintext rustls holds, in place; a close_notify is the
+    /// server closing.
+    fn take_plaintext(&mut self, tls: &mut ClientConnection) -> Result<(), Failure> {
+        let mut reader = tls.reader();
+        loop {
+            let chunk = match reader.fill_buf() {
+                Ok([]) => return Err(Failure::Closed),
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(Failure::Tls(format!("read: {e}"))),
+            };
+            let n = chunk.len();
+            self.feed(chunk)?;
+            reader.consume(n);
+        }
     }
 
     fn feed(&mut self, input: &[u8]) -> Result<(), Failure> {

@@ -6,6 +6,7 @@
 //! cargo bench --bench fanout -- fanout --viewers 10000 --kbps 100 --seconds 20
 //! cargo bench --bench fanout -- latency --viewers 100 --rate 100
 //! cargo bench --bench fanout -- fanout --viewers 300 --paths guard --rounds 3
+//! cargo bench --bench fanout -- fanout --viewers 1000 --paths guard,guard-tls
 //! ```
 //!
 //! The generator is this process, on tokio ([`client`]): one RTMP publisher
@@ -15,6 +16,16 @@
 //! path under test, play the stream, and parse it with the crate's own chunk
 //! parser, holding no read buffer between reads. Players open in batches,
 //! each batch playing before the next opens.
+//!
+//! The paths: `direct` to nginx; `haproxy`; `guard`; and `guard-tls`, where
+//! the viewers speak RTMPS to the guard's `[tls]` listener (a tokio-rustls
+//! client trusting only the certificate the bench made for the guard, by
+//! the name it was issued for) and the guard relays plain RTMP to nginx.
+//! The publisher is always plain and straight to nginx. A TLS viewer reads
+//! the socket into the same per-thread buffer and hands it to rustls at
+//! once; what rustls keeps per connection (a partial record, and a 4 KiB
+//! read buffer it shrinks back to) is the generator's memory, not the
+//! guard's.
 //!
 //! Per path ([`path`]), against one nginx-rtmp for the whole run, with a
 //! fresh proxy and publisher each time so that one path's memory does not
@@ -27,16 +38,22 @@
 //!   `/stat`); and, for the guard, whether the viewers received exactly the
 //!   bytes its `rtmp_guard_bytes_total{direction="upstream_to_client"}`
 //!   counted, after the publisher stopped, the viewers drained and closed,
-//!   and the guard's sessions ended.
+//!   and the guard's sessions ended. Over `guard-tls` the viewers' bytes are
+//!   the decrypted RTMP bytes (the counter counts the RTMP bytes the guard
+//!   wrote, not TLS's overhead), and so are the GB and MB/s; the guard must
+//!   also have counted exactly N successful TLS handshakes.
 //! - `latency`: p50, p99 and p99.9 of the one-way delay (publisher send to
-//!   player parse), direct to nginx, through HAProxy and through the guard,
-//!   and what each proxy adds over direct. The first second is warm-up.
+//!   player parse), direct to nginx, through HAProxy, through the guard and
+//!   through the guard over RTMPS, and what each adds over direct. The first
+//!   second is warm-up.
 //!
 //! Every viewer must play to the end: a viewer refused, reset, stalled or
 //! closed fails the bench, which then reports no figure. The bench writes
 //! the guard's config itself, lifting the per-address limits (every viewer
-//! comes from 127.0.0.1) and raising `max_connections`, `max_pending` and
-//! `max_viewers`; the shipped defaults are untouched. It raises
+//! comes from 127.0.0.1) and raising `max_connections`, `max_pending` (which
+//! also bounds the TLS handshakes in progress) and `max_viewers`, plus a
+//! `[tls]` table for `guard-tls` with its timeouts at their defaults; the
+//! shipped defaults are untouched. It raises
 //! RLIMIT_NOFILE to the hard limit, which the peers inherit, and clamps N
 //! (loudly) to what a proxy's two fds per viewer allow.
 //!
@@ -99,7 +116,7 @@ struct Opts {
     /// Steady window per path; default 20 for fanout, 10 for latency.
     #[arg(long)]
     seconds: Option<u64>,
-    /// Comma-separated: direct, haproxy, guard.
+    /// Comma-separated: direct, haproxy, guard, guard-tls.
     #[arg(long, value_delimiter = ',')]
     paths: Option<Vec<PathKind>>,
     /// Repeat every path this many times; medians are printed.
@@ -115,6 +132,8 @@ enum PathKind {
     Direct,
     Haproxy,
     Guard,
+    /// The guard, its viewers over RTMPS.
+    GuardTls,
 }
 
 impl fmt::Display for PathKind {
@@ -123,6 +142,7 @@ impl fmt::Display for PathKind {
             PathKind::Direct => "direct",
             PathKind::Haproxy => "haproxy",
             PathKind::Guard => "guard",
+            PathKind::GuardTls => "guard-tls",
         })
     }
 }
@@ -155,9 +175,14 @@ impl Plan {
             (None, false) => (1500 * 1000 / 8 / rate) as usize,
         };
         let default_paths = if latency {
-            vec![PathKind::Direct, PathKind::Haproxy, PathKind::Guard]
+            vec![
+                PathKind::Direct,
+                PathKind::Haproxy,
+                PathKind::Guard,
+                PathKind::GuardTls,
+            ]
         } else {
-            vec![PathKind::Guard, PathKind::Haproxy]
+            vec![PathKind::Guard, PathKind::Haproxy, PathKind::GuardTls]
         };
         Plan {
             latency,
@@ -356,7 +381,10 @@ fn print_fanout(plan: &Plan, results: &BTreeMap<PathKind, Vec<Figures>>) {
         rounds_note(plan)
     );
     figures_table(results, &[&FANOUT[..], &[GAPS, DROPPED]].concat());
-    println!("\nnothing lost: viewers' bytes after the handshake against the guard's counter\n");
+    println!(
+        "\nnothing lost: viewers' RTMP bytes after the handshake (decrypted over guard-tls) \
+         against the guard's counter\n"
+    );
     let mut rows = Vec::new();
     for (path, runs) in results {
         for (i, r) in runs.iter().enumerate() {
@@ -368,6 +396,7 @@ fn print_fanout(plan: &Plan, results: &BTreeMap<PathKind, Vec<Figures>>) {
                     r.guard_own_bytes.to_string(),
                     counted.to_string(),
                     r.lost_nothing().unwrap_or("n/a").to_string(),
+                    r.tls_handshakes.map_or("–".into(), |n| n.to_string()),
                 ]);
             }
         }
@@ -379,6 +408,7 @@ fn print_fanout(plan: &Plan, results: &BTreeMap<PathKind, Vec<Figures>>) {
         "of which the guard's own SetChunkSize",
         "guard's upstream_to_client counter",
         "match",
+        "TLS handshakes",
     ];
     table(&headers, &rows);
     println!("\none-way delay in the window (µs, informational)\n");

@@ -2,14 +2,13 @@
 //! steady window measured, then publisher stopped, viewers drained and
 //! closed, and the guard's counter read once its sessions ended.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::client::{publish, view, Failure, Failures, ViewerEnd};
+use crate::client::{publish, view, Failure, Failures, Target, ViewerEnd};
 use crate::common;
 use crate::common::procs::{rss_kib, GuardProc};
 use crate::peers::{
@@ -36,12 +35,15 @@ pub struct Figures {
     pub gaps: u64,
     pub reordered: u64,
     pub nginx_dropped: u64,
-    /// Viewers' bytes after the handshake, all of them.
+    /// Viewers' RTMP bytes after the handshake, all of them (decrypted,
+    /// over TLS).
     pub viewer_bytes: u64,
     /// Of which the guard wrote itself before relaying (its SetChunkSize).
     pub guard_own_bytes: u64,
     /// The guard's upstream_to_client counter over the run.
     pub counter_delta: Option<u64>,
+    /// The guard's successful TLS handshakes over an RTMPS run.
+    pub tls_handshakes: Option<u64>,
     pub samples: u64,
     pub p50: f64,
     pub p99: f64,
@@ -116,6 +118,7 @@ pub fn run_path(
     fig.rss0_kib = peer.pid().and_then(rss_kib).unwrap_or(0) as f64;
     let counter_before = peer.guard().map(|g| g.metric(UPSTREAM_TO_CLIENT) as u64);
     let blocked_before = peer.guard().map(guard_blocked);
+    let handshakes_before = peer.tls_handshakes();
 
     let state = Arc::new(PathState::default());
     let run = Run {
@@ -136,6 +139,17 @@ pub fn run_path(
     if let (Some(guard), Some(before)) = (peer.guard(), blocked_before) {
         if guard_blocked(guard) > before {
             return Err(format!("{path}: {}", guard_refusals(guard)));
+        }
+    }
+    if let (Some(after), Some(before)) = (peer.tls_handshakes(), handshakes_before) {
+        // Every viewer, and nothing else, came in over TLS.
+        fig.tls_handshakes = Some(after - before);
+        if after - before != plan.viewers as u64 {
+            return Err(format!(
+                "{path}: the guard counted {} successful TLS handshakes for {} viewers",
+                after - before,
+                plan.viewers
+            ));
         }
     }
     Ok(fig)
@@ -165,7 +179,7 @@ impl Run<'_> {
         let handles = ramp(
             self.plan,
             self.rt,
-            self.peer.addr(self.origin),
+            Arc::new(self.peer.target(self.origin)),
             self.state,
             &phase_rx,
         )?;
@@ -189,7 +203,7 @@ impl Run<'_> {
 fn ramp(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
-    addr: SocketAddr,
+    target: Arc<Target>,
     state: &Arc<PathState>,
     phase: &watch::Receiver<Phase>,
 ) -> Result<Vec<ViewerTask>, String> {
@@ -197,7 +211,7 @@ fn ramp(
     while handles.len() < plan.viewers {
         let batch = plan.batch.min(plan.viewers - handles.len());
         for _ in 0..batch {
-            handles.push(rt.spawn(view(addr, state.clone(), phase.clone())));
+            handles.push(rt.spawn(view(target.clone(), state.clone(), phase.clone())));
         }
         let opened = handles.len();
         let settled = common::wait_for(BATCH_TIMEOUT, || {
@@ -359,7 +373,7 @@ pub struct PathState {
     pub playing: AtomicUsize,
     pub failed: AtomicUsize,
     pub drained: AtomicUsize,
-    /// Socket bytes after the handshake, all viewers.
+    /// RTMP bytes after the handshake (decrypted over TLS), all viewers.
     pub bytes: AtomicU64,
     /// Delays are recorded for messages sent in [from, until), ns.
     pub record_from: AtomicU64,

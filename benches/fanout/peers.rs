@@ -1,14 +1,20 @@
 //! The peers a run starts, each on free ports of 127.0.0.1 and killed when
-//! dropped: nginx-rtmp, HAProxy `mode tcp`, the release guard; and what the
+//! dropped: nginx-rtmp, HAProxy `mode tcp`, the release guard (with an
+//! RTMPS listener on its own certificate for `guard-tls`); and what the
 //! bench reads from them.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::client::Target;
 use crate::common;
 use crate::common::config::GuardConfig;
 use crate::common::procs::{listening, GuardProc, Proc};
+use crate::common::tls::{client_config, tls_table, TestCert};
 use crate::{PathKind, APP, FD_RESERVE, STREAM};
 use rtmp_guard::config::Config;
 
@@ -17,6 +23,10 @@ const CLK_TCK: f64 = 100.0;
 pub const UPSTREAM_TO_CLIENT: &str = "rtmp_guard_bytes_total{direction=\"upstream_to_client\"}";
 pub const SESSIONS_ACTIVE: &str = "rtmp_guard_sessions_active{app=\"live\"}";
 const BLOCKED: &str = "rtmp_guard_blocked_sessions_total{";
+pub const TLS_HANDSHAKES: &str = "rtmp_guard_tls_handshakes_total{result=\"success\"}";
+/// A name the bench's certificate is issued for ([`TestCert`]: `localhost`
+/// and `127.0.0.1`); the viewers check the guard's certificate against it.
+const TLS_NAME: &str = "localhost";
 
 /// nginx-rtmp sized for `viewers` players, with `/stat`.
 pub struct Origin {
@@ -191,10 +201,14 @@ fn guard_config(origin: SocketAddr, viewers: usize) -> GuardConfig {
         .app(APP, &format!("max_viewers = {}", room.max(shipped_viewers)))
 }
 
-/// Fails unless the guard would admit `viewers` players from one address.
-fn check_guard_config(config: &GuardConfig, viewers: usize) -> Result<(), String> {
+/// Fails unless the guard would admit `viewers` players from one address
+/// (over RTMPS too if `tls`).
+fn check_guard_config(config: &GuardConfig, viewers: usize, tls: bool) -> Result<(), String> {
     let parsed = Config::parse(&config.build(), "fanout bench config")
         .map_err(|e| format!("the bench's guard config does not parse: {e}"))?;
+    if tls && parsed.tls.is_none() {
+        return Err("the bench's guard config has no [tls]".into());
+    }
     let per_ip = &parsed.limits.per_ip;
     let app = parsed.app(APP).ok_or("no app in the bench config")?;
     let short = [
@@ -224,11 +238,43 @@ fn check_guard_config(config: &GuardConfig, viewers: usize) -> Result<(), String
     }
 }
 
+/// The guard's RTMPS side in a `guard-tls` run: where it listens, and how
+/// the viewers reach it.
+pub struct GuardTls {
+    addr: SocketAddr,
+    connector: TlsConnector,
+    /// The certificate and key the guard was configured with.
+    _dir: tempfile::TempDir,
+}
+
+impl GuardTls {
+    /// A fresh self-signed certificate in its own directory, and the
+    /// `[tls]` table serving it on a free port (handshake_timeout left at
+    /// its default).
+    fn new() -> (GuardTls, String) {
+        let dir = tempfile::tempdir().expect("temp dir for the certificate");
+        let cert = TestCert::new();
+        let (cert_file, key_file) = cert.write(dir.path());
+        let addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+        let table = tls_table(addr, &cert_file, &key_file);
+        let tls = GuardTls {
+            addr,
+            connector: TlsConnector::from(client_config(Some(&cert))),
+            _dir: dir,
+        };
+        (tls, table)
+    }
+}
+
 /// A path under test, its proxy running.
 pub enum Peer {
     Direct,
     Haproxy(Haproxy),
-    Guard(GuardProc),
+    /// The guard; with `tls`, its viewers come in over RTMPS.
+    Guard {
+        proc: GuardProc,
+        tls: Option<GuardTls>,
+    },
 }
 
 impl Peer {
@@ -241,19 +287,37 @@ impl Peer {
         Ok(match path {
             PathKind::Direct => Peer::Direct,
             PathKind::Haproxy => Peer::Haproxy(Haproxy::start(origin.rtmp, viewers, fds)),
-            PathKind::Guard => {
+            PathKind::Guard | PathKind::GuardTls => {
                 let config = guard_config(origin.rtmp, viewers);
-                check_guard_config(&config, viewers)?;
-                Peer::Guard(GuardProc::start(config))
+                let (config, tls) = if path == PathKind::GuardTls {
+                    let (tls, table) = GuardTls::new();
+                    (config.tables(&table), Some(tls))
+                } else {
+                    (config, None)
+                };
+                check_guard_config(&config, viewers, tls.is_some())?;
+                Peer::Guard {
+                    proc: GuardProc::start(config),
+                    tls,
+                }
             }
         })
     }
 
-    pub fn addr(&self, origin: &Origin) -> SocketAddr {
+    /// Where the viewers connect, and how.
+    pub fn target(&self, origin: &Origin) -> Target {
+        let plain = |addr| Target { addr, tls: None };
         match self {
-            Peer::Direct => origin.rtmp,
-            Peer::Haproxy(h) => h.addr,
-            Peer::Guard(g) => g.rtmp,
+            Peer::Direct => plain(origin.rtmp),
+            Peer::Haproxy(h) => plain(h.addr),
+            Peer::Guard { proc, tls: None } => plain(proc.rtmp),
+            Peer::Guard { tls: Some(t), .. } => Target {
+                addr: t.addr,
+                tls: Some((
+                    t.connector.clone(),
+                    ServerName::try_from(TLS_NAME).expect("a DNS name"),
+                )),
+            },
         }
     }
 
@@ -261,13 +325,21 @@ impl Peer {
         match self {
             Peer::Direct => None,
             Peer::Haproxy(h) => Some(h.proc.child.id()),
-            Peer::Guard(g) => Some(g.pid()),
+            Peer::Guard { proc, .. } => Some(proc.pid()),
         }
     }
 
     pub fn guard(&self) -> Option<&GuardProc> {
         match self {
-            Peer::Guard(g) => Some(g),
+            Peer::Guard { proc, .. } => Some(proc),
+            _ => None,
+        }
+    }
+
+    /// The guard's successful TLS handshakes so far, on an RTMPS run.
+    pub fn tls_handshakes(&self) -> Option<u64> {
+        match self {
+            Peer::Guard { proc, tls: Some(_) } => Some(proc.metric(TLS_HANDSHAKES) as u64),
             _ => None,
         }
     }
