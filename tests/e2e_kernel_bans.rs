@@ -326,3 +326,58 @@ fn without_nftables_bans_stay_in_user_space() {
     );
     assert_eq!(g.log_text().matches("kernel_bans_unavailable").count(), 1);
 }
+
+/// A reload re-syncs the sets with the access rules, and dry run empties
+/// them: nothing is enforced in the kernel then.
+#[test]
+fn a_reload_resyncs_the_sets_and_dry_run_empties_them() {
+    const TEST: &str = "kernel_bans_reload";
+    if !have_nftables(TEST) {
+        return;
+    }
+    let table = table("reload");
+    let _cleanup = DropTable(table.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut g, admin) = guard(dir.path(), &table, None, "");
+    assert_eq!(elements(&table, "banned_ipv4"), Some(vec![]));
+    let body = r#"{"cidr": "127.0.0.9/32", "duration": null, "reason": "e2e"}"#;
+    assert_eq!(api(admin, "POST", "/api/v1/bans", body), 200);
+    let reload = |text: &str| {
+        std::fs::write(g.config_path(), text).unwrap();
+        g.signal("HUP");
+    };
+    let base = std::fs::read_to_string(g.config_path()).unwrap();
+    let both = |e: &[(String, Option<u32>)]| {
+        let mut names: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        names.sort();
+        names == ["127.0.0.21", "127.0.0.9"]
+    };
+    reload(&format!("{base}[access]\ndeny = [\"127.0.0.21\"]\n"));
+    let synced = wait_for(Duration::from_secs(3), || {
+        elements(&table, "banned_ipv4").filter(|e| both(e))
+    });
+    assert!(synced.is_some(), "{:?}", elements(&table, "banned_ipv4"));
+    assert!(refused_from(&g, "127.0.0.21"));
+    // Dry run: the sets empty, and what the kernel refused, user space
+    // now only counts.
+    let dry = base.replacen("[server]\n", "[server]\nmode = \"dry_run\"\n", 1);
+    reload(&format!("{dry}[access]\ndeny = [\"127.0.0.21\"]\n"));
+    let emptied = wait_for(Duration::from_secs(3), || {
+        elements(&table, "banned_ipv4").filter(|e| e.is_empty())
+    });
+    assert!(emptied.is_some(), "{:?}", elements(&table, "banned_ipv4"));
+    assert!(!refused_from(&g, "127.0.0.21"));
+    let would = "rtmp_guard_would_block_total{reason=\"ip_denied\",stage=\"accept\"}";
+    assert!(wait_for(Duration::from_secs(2), || (g.metric(would) >= 1.0)
+        .then_some(()))
+    .is_some());
+    // Back to enforce: in again.
+    reload(&format!("{base}[access]\ndeny = [\"127.0.0.21\"]\n"));
+    let back = wait_for(Duration::from_secs(3), || {
+        elements(&table, "banned_ipv4").filter(|e| both(e))
+    });
+    assert!(back.is_some(), "{:?}", elements(&table, "banned_ipv4"));
+    g.signal("TERM");
+    assert!(g.wait_exit(Duration::from_secs(15)).is_some());
+    assert!(!table_exists(&table));
+}
