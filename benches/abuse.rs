@@ -7,10 +7,16 @@
 //!    rejections per guard CPU-second.
 //! 3. Address-table memory: 1,000,000 distinct source addresses sprayed as
 //!    PROXY v2 headers from a trusted loopback peer; the guard's RSS.
+//! 4. Kernel bans (`[bans.kernel]`, needs root and `nft`): refusals per
+//!    second from a denied and from a banned address, in one run, by
+//!    HAProxy, the guard in user space, the guard with kernel bans, and no
+//!    listener at all (the load generator's ceiling); the guard's CPU
+//!    seconds per 100,000 refusals.
 //!
 //! ```text
-//! cargo bench --bench abuse             # all three
-//! cargo bench --bench abuse -- reject   # one of: reject, bad_client, spray
+//! cargo bench --bench abuse             # all four
+//! cargo bench --bench abuse -- reject   # one of: reject, bad_client, spray, kernel
+//! RTMP_GUARD_BENCH_ROUND=1s cargo bench --bench abuse -- kernel   # shorter rounds
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it does nothing.
@@ -31,8 +37,15 @@ use rtmp_guard::proxy_protocol;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
 const THREADS: u64 = 4;
-const ROUND: Duration = Duration::from_secs(5);
 const ROUNDS: usize = 3;
+
+/// One round's length: 5 s, or `RTMP_GUARD_BENCH_ROUND` (e.g. "1s").
+fn round_length() -> Duration {
+    std::env::var("RTMP_GUARD_BENCH_ROUND")
+        .ok()
+        .and_then(|r| rtmp_guard::config::parse_duration(&r).ok())
+        .unwrap_or(Duration::from_secs(5))
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -54,6 +67,9 @@ fn main() {
     }
     if wants("spray") {
         address_spray();
+    }
+    if wants("kernel") {
+        kernel_bans_rate();
     }
 }
 
@@ -105,23 +121,27 @@ fn load(duration: Duration, work: impl Fn(u64, u64) -> bool + Send + Sync + 'sta
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Connects from `source` and waits for the server to close.
+/// Connects from `source` and waits for the server to close. A reset
+/// before the connect completes (the kernel's answer from a ban, or from
+/// a port nothing listens on) is a refusal too.
 fn refused(target: SocketAddr, source: &str) -> bool {
-    let Ok(mut s) = connect_from(target, source) else {
-        return false;
+    let mut s = match connect_from(target, source) {
+        Ok(s) => s,
+        Err(e) => return e.kind() == std::io::ErrorKind::ConnectionRefused,
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut b = [0u8; 16];
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
-fn haproxy_reject() -> (Proc, SocketAddr) {
+/// HAProxy refusing every source in `nets` at `tcp-request connection`.
+fn haproxy_reject(nets: &str) -> (Proc, SocketAddr) {
     let dir = std::env::temp_dir().join(format!("rtmp-guard-bench-haproxy-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let addr = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let conf = format!(
         "global\n    maxconn 4000\ndefaults\n    mode tcp\n    timeout connect 3s\n    timeout client 10s\n\
-         timeout server 10s\nfrontend rtmp\n    bind {addr}\n    tcp-request connection reject if {{ src 127.0.1.0/24 }}\n\
+         timeout server 10s\nfrontend rtmp\n    bind {addr}\n    tcp-request connection reject if {{ src {nets} }}\n\
          default_backend none\nbackend none\n    server none 127.0.0.1:9\n"
     );
     let path = dir.join("haproxy.cfg");
@@ -148,8 +168,9 @@ fn haproxy_reject() -> (Proc, SocketAddr) {
 }
 
 fn reject_rate() {
+    let length = round_length();
     println!(
-        "\n== rejection rate: {THREADS} client threads, {ROUNDS} rounds of {ROUND:?}, alternated"
+        "\n== rejection rate: {THREADS} client threads, {ROUNDS} rounds of {length:?}, alternated"
     );
     let config = GuardConfig::new().tables(
         "[access]\ndeny = [\"127.0.1.0/24\"]\n\
@@ -161,16 +182,8 @@ fn reject_rate() {
     let audit_dir = tempfile::tempdir().expect("temp dir");
     let audit_path = audit_dir.path().join("audit.jsonl");
     let audited = GuardProc::start(config.audit(&audit_path));
-    let (haproxy, hap_addr) = haproxy_reject();
-    // Ban 127.0.2.x: one HTTP request each (not_rtmp scores 5, the
-    // threshold is 1).
-    for t in 0..THREADS {
-        if let Ok(mut s) = connect_from(guard.rtmp, &format!("127.0.2.{}", t + 1)) {
-            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
-            let mut b = [0u8; 16];
-            let _ = s.read(&mut b);
-        }
-    }
+    let (haproxy, hap_addr) = haproxy_reject("127.0.1.0/24");
+    ban_by_junk(&guard);
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
         ("haproxy reject", vec![], vec![]),
         ("guard ip_denied", vec![], vec![]),
@@ -188,7 +201,7 @@ fn reject_rate() {
                 _ => (audited.rtmp, 1, audited.pid()),
             };
             let cpu0 = cpu_seconds(pid);
-            let rate = load(ROUND, move |t, _| {
+            let rate = load(length, move |t, _| {
                 refused(target, &format!("127.0.{net}.{}", t + 1))
             });
             let cpu = cpu_seconds(pid) - cpu0;
@@ -197,7 +210,7 @@ fn reject_rate() {
                 rows[idx].0
             );
             rows[idx].1.push(rate);
-            rows[idx].2.push(cpu / (rate * ROUND.as_secs_f64()) * 1e6);
+            rows[idx].2.push(cpu / (rate * length.as_secs_f64()) * 1e6);
         }
     }
     println!("\n| refused by | conn/s (median) | proxy CPU µs per connection |\n|---|---|---|");
@@ -229,6 +242,150 @@ fn reject_rate() {
         .map(|t| t.lines().count())
         .unwrap_or(0);
     println!("audited guard counted ip_denied={audited_count}, audit lines={lines}");
+}
+
+/// Bans 127.0.2.x (one per client thread) on a guard whose ban threshold
+/// is 1: one HTTP request each (not_rtmp scores 5).
+fn ban_by_junk(guard: &GuardProc) {
+    for t in 0..THREADS {
+        if let Ok(mut s) = connect_from(guard.rtmp, &format!("127.0.2.{}", t + 1)) {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n");
+            let mut b = [0u8; 16];
+            let _ = s.read(&mut b);
+        }
+    }
+}
+
+/// Refusals per second from a denied (127.0.1.x) and a banned (127.0.2.x)
+/// address: HAProxy, the guard in user space, the guard with kernel bans,
+/// and a port nothing listens on (127.0.3.x), rotated every round.
+fn kernel_bans_rate() {
+    let length = round_length();
+    println!("\n== kernel bans: {THREADS} client threads, {ROUNDS} rounds of {length:?}, rotated");
+    if !common::have_nftables("bench_kernel_bans") {
+        return;
+    }
+    let tables = "[access]\ndeny = [\"127.0.1.0/24\"]\n\
+         [limits.per_ip]\nconnections_per_second = 1\nburst = 1\n\
+         [bans]\nthreshold = 1\n";
+    let user = GuardProc::start(GuardConfig::new().tables(tables));
+    let table = format!("rtmp_guard_bench_{}", std::process::id());
+    let kernel = GuardProc::start(GuardConfig::new().tables(&format!(
+        "{tables}[bans.kernel]\nenabled = true\ntable = \"{table}\"\n"
+    )));
+    let (haproxy, hap_addr) = haproxy_reject("127.0.1.0/24 127.0.2.0/24");
+    ban_by_junk(&user);
+    ban_by_junk(&kernel);
+    let entries = "rtmp_guard_kernel_ban_entries{family=\"ipv4\"}";
+    let in_kernel = common::wait_for(Duration::from_secs(5), || {
+        (kernel.metric(entries) >= 1.0 + THREADS as f64).then_some(())
+    });
+    if in_kernel.is_none() {
+        println!("kernel bans not in the set: {}", kernel.log_text());
+        return;
+    }
+    let nothing = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    struct Path {
+        name: &'static str,
+        target: SocketAddr,
+        net: u8,
+        pid: Option<u32>,
+    }
+    let paths = [
+        (
+            "haproxy reject, denied",
+            hap_addr,
+            1,
+            Some(haproxy.child.id()),
+        ),
+        (
+            "haproxy reject, banned",
+            hap_addr,
+            2,
+            Some(haproxy.child.id()),
+        ),
+        (
+            "guard user space, ip_denied",
+            user.rtmp,
+            1,
+            Some(user.pid()),
+        ),
+        ("guard user space, banned", user.rtmp, 2, Some(user.pid())),
+        (
+            "guard kernel bans, denied",
+            kernel.rtmp,
+            1,
+            Some(kernel.pid()),
+        ),
+        (
+            "guard kernel bans, banned",
+            kernel.rtmp,
+            2,
+            Some(kernel.pid()),
+        ),
+        ("no listener", nothing, 3, None),
+    ]
+    .map(|(name, target, net, pid)| Path {
+        name,
+        target,
+        net,
+        pid,
+    });
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for r in 0..ROUNDS {
+        for k in 0..paths.len() {
+            let idx = (k + r) % paths.len();
+            let p = &paths[idx];
+            let cpu0 = p.pid.map(cpu_seconds);
+            let (target, net) = (p.target, p.net);
+            let rate = load(length, move |t, _| {
+                refused(target, &format!("127.0.{net}.{}", t + 1))
+            });
+            let cpu = p.pid.map(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+            let per_100k = cpu.map(|c| c / (rate * length.as_secs_f64()).max(1.0) * 1e5);
+            println!(
+                "round {r} {:30} {rate:9.0} refusals/s  proxy CPU {:.2}s",
+                p.name,
+                cpu.unwrap_or(0.0)
+            );
+            rates[idx].push(rate);
+            cpus[idx].push(per_100k.unwrap_or(f64::NAN));
+        }
+    }
+    let haproxy_rate = median(rates[0].clone());
+    println!(
+        "\n| refused by | refusals/s (median) | vs HAProxy | proxy CPU s per 100,000 refusals |\n|---|---|---|---|"
+    );
+    for (i, p) in paths.iter().enumerate() {
+        let rate = median(rates[i].clone());
+        let cpu = median(cpus[i].clone());
+        let cpu = if cpu.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{cpu:.3}")
+        };
+        println!(
+            "| {} | {rate:.0} | {:.2}x | {cpu} |",
+            p.name,
+            rate / haproxy_rate
+        );
+    }
+    println!(
+        "kernel refused: ipv4={}; guard with kernel bans accepted {} connections \
+         (the junk that banned), user-space guard counted ip_denied={} banned={}",
+        kernel.metric("rtmp_guard_kernel_refused_total{family=\"ipv4\"}"),
+        kernel.metric("rtmp_guard_connections_total"),
+        user.metric(&common::blocked_sample("accept", "ip_denied")),
+        user.metric(&common::blocked_sample("accept", "banned")),
+    );
+    // SIGTERM: the guard deletes its table after the drain.
+    let mut kernel = kernel;
+    kernel.signal("TERM");
+    let _ = kernel.wait_exit(Duration::from_secs(40));
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", &table])
+        .output();
 }
 
 /// A full handshake, a `connect` for an unknown app, and the `_error`.
@@ -276,6 +433,7 @@ fn unknown_app_client(target: SocketAddr, source: &str, connect: &[u8]) -> bool 
 }
 
 fn bad_client_cost() {
+    let length = round_length();
     println!("\n== full cost of a bad client: handshake + connect + unknown_app");
     let guard = GuardProc::start(
         GuardConfig::new()
@@ -292,11 +450,11 @@ fn bad_client_cost() {
         let cpu0 = cpu_seconds(guard.pid());
         let target = guard.rtmp;
         let c = connect.clone();
-        let rate = load(ROUND, move |t, _| {
+        let rate = load(length, move |t, _| {
             unknown_app_client(target, &format!("127.0.3.{}", t + 1), &c)
         });
         let cpu = cpu_seconds(guard.pid()) - cpu0;
-        let per = rate * ROUND.as_secs_f64() / cpu.max(0.01);
+        let per = rate * length.as_secs_f64() / cpu.max(0.01);
         println!(
             "round {round}: {rate:.0} rejections/s, guard CPU {cpu:.2}s, {per:.0} per CPU-second"
         );

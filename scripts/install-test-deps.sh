@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the programs the end-to-end tests run, if they are missing:
 # ffmpeg, nginx with libnginx-mod-rtmp, rtmpdump, haproxy, prometheus (and
-# promtool), systemd-analyze, fail2ban-regex, and for the interop matrix
+# promtool), systemd-analyze, fail2ban-regex, nft (kernel bans,
+# tests/e2e_kernel_bans.rs), and for the interop matrix
 # (tests/e2e_interop.rs) GStreamer (rtmp2, librtmp's rtmpsink, flv, libav),
 # node and npm, python3 with venv. Debian/Ubuntu only (apt). Extra package
 # names may be passed as arguments.
@@ -27,6 +28,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v fail2ban-regex >/dev/null || need+=(fail2ban)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v gst-launch-1.0 >/dev/null || need+=(gstreamer1.0-tools)
 # rtmp2sink/rtmp2src, rtmpsink (librtmp) and h264parse are in -bad, flvmux
 # and flvdemux in -good, avdec_h264 in -libav.

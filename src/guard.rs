@@ -15,6 +15,7 @@ use crate::callback::Callbacks;
 use crate::config::Config;
 use crate::control::sessions::Sessions;
 use crate::control::Remedies;
+use crate::kernel::KernelBans;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
 use crate::pool::Pools;
@@ -36,6 +37,8 @@ pub struct Guard {
     pub open: OpenConnections,
     /// Address rules, rate limits and bans.
     pub admission: Admission,
+    /// The queue to the task that copies bans into the kernel.
+    pub kernel: KernelBans,
     /// Live publishers and per-app counts.
     pub streams: Arc<Registry>,
     /// HTTP auth callbacks and their cached answers.
@@ -67,6 +70,7 @@ impl Guard {
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             open: OpenConnections::default(),
             admission: Admission::new(&config),
+            kernel: KernelBans::default(),
             streams: Arc::new(Registry::default()),
             callbacks: Callbacks::default(),
             metrics,

@@ -46,6 +46,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod handshake;
 pub mod health;
+pub mod kernel;
 pub mod lifecycle;
 pub mod line_writer;
 pub mod logging;

@@ -64,6 +64,8 @@ pub fn reload(guard: &Guard) -> Result<(), ConfigError> {
         .pools
         .sync(&new, &guard.remedies.load().drained_pairs(), &guard.metrics);
     guard.config.store(Arc::new(new));
+    // Denies, trusted proxies and the mode are read from the new config.
+    guard.kernel.changed();
     guard.metrics.reloaded(true);
     tracing::info!(event = "config_reloaded", "config reloaded");
     Ok(())
@@ -135,6 +137,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.audit.as_ref().map(|a| &a.path) != new.audit.as_ref().map(|a| &a.path) {
         changed.push("audit.path");
+    }
+    if old.bans.kernel != new.bans.kernel {
+        changed.push("bans.kernel");
     }
     changed
 }

@@ -44,6 +44,18 @@ pub mod tls_result {
     pub const ALL: [&str; 3] = [SUCCESS, FAILURE, TIMEOUT];
 }
 
+/// Address families: the `family` label.
+pub mod family {
+    pub const IPV4: &str = "ipv4";
+    pub const IPV6: &str = "ipv6";
+    pub const ALL: [&str; 2] = [IPV4, IPV6];
+}
+
+/// Work to do before each scrape renders (reading the kernel's counters):
+/// a future, so the scrape awaits it without blocking a worker thread.
+pub type BeforeScrape =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections_total: IntCounter,
@@ -71,6 +83,15 @@ pub struct Metrics {
     tls_handshakes_total: IntCounterVec,
     upstream_server_up: IntGaugeVec,
     upstream_sessions: IntGaugeVec,
+    /// 1 while bans are enforced in the kernel too.
+    pub kernel_bans_enabled: IntGauge,
+    /// Elements in the kernel's ban sets, by family, as last read.
+    pub kernel_ban_entries: IntGaugeVec,
+    /// The kernel rules' refusal counters, by family ([`family::ALL`]
+    /// order), as last read; exported as counters.
+    pub kernel_refused: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    /// Run before each scrape renders; set at most once, at start.
+    pub before_scrape: std::sync::OnceLock<BeforeScrape>,
 }
 
 /// Values of the `action` label of `rtmp_guard_admin_actions_total`.
@@ -212,6 +233,19 @@ impl Metrics {
             ),
             &["upstream", "server"],
         )?;
+        let kernel_bans_enabled = IntGauge::new(
+            "rtmp_guard_kernel_bans_enabled",
+            "1 while bans are also enforced in the kernel ([bans.kernel]), 0 otherwise.",
+        )?;
+        let kernel_ban_entries = IntGaugeVec::new(
+            Opts::new(
+                "rtmp_guard_kernel_ban_entries",
+                "Prefixes in the kernel's ban sets, by address family, read at scrape time.",
+            ),
+            &["family"],
+        )?;
+        let kernel_refused: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]> =
+            std::sync::Arc::default();
         let build_info = IntGaugeVec::new(
             Opts::new("rtmp_guard_build_info", "Always 1; the version is a label."),
             &["version"],
@@ -251,6 +285,17 @@ impl Metrics {
             "Main log lines dropped because the log writer fell behind (the audit log never drops).",
             crate::logging::lines_dropped,
         )?))?;
+        registry.register(Box::new(kernel_bans_enabled.clone()))?;
+        registry.register(Box::new(kernel_ban_entries.clone()))?;
+        registry.register(Box::new(FamilyCounters::new(
+            "rtmp_guard_kernel_refused_total",
+            "New connections the kernel refused from banned or denied prefixes, by address \
+             family, read from the rule counters at scrape time.",
+            kernel_refused.clone(),
+        )?))?;
+        for f in family::ALL {
+            kernel_ban_entries.with_label_values(&[f]);
+        }
         for result in ["success", "failure"] {
             config_reloads_total.with_label_values(&[result]);
         }
@@ -301,6 +346,10 @@ impl Metrics {
             tls_handshakes_total,
             upstream_server_up,
             upstream_sessions,
+            kernel_bans_enabled,
+            kernel_ban_entries,
+            kernel_refused,
+            before_scrape: std::sync::OnceLock::new(),
         })
     }
 
@@ -446,6 +495,42 @@ impl Collector for ReadAtScrape {
     }
 }
 
+/// Counters by `family` whose values are kept elsewhere (the kernel's
+/// rule counters, copied in before each scrape) and read at each scrape.
+struct FamilyCounters {
+    template: IntCounterVec,
+    values: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl FamilyCounters {
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        values: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+    ) -> Result<FamilyCounters, prometheus::Error> {
+        Ok(FamilyCounters {
+            template: IntCounterVec::new(Opts::new(name, help), &["family"])?,
+            values,
+        })
+    }
+}
+
+impl Collector for FamilyCounters {
+    fn desc(&self) -> Vec<&Desc> {
+        self.template.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let fresh = self.template.clone();
+        fresh.reset();
+        for (i, f) in family::ALL.iter().enumerate() {
+            let value = self.values[i].load(std::sync::atomic::Ordering::Relaxed);
+            fresh.with_label_values(&[f]).inc_by(value);
+        }
+        fresh.collect()
+    }
+}
+
 /// One counter per (stage, reason), indexed without hashing. The arrays
 /// are sized by the enums, so every discriminant is in range.
 struct ReasonCounters([[IntCounter; Reason::ALL.len()]; Stage::ALL.len()]);
@@ -471,6 +556,9 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
         get(move || {
             let metrics = metrics.clone();
             async move {
+                if let Some(before) = metrics.before_scrape.get() {
+                    before().await;
+                }
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     metrics.render(),
@@ -518,6 +606,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nrtmp_guard_test_total 7\n"), "{text}");
+    }
+
+    #[test]
+    fn kernel_refusals_are_exported_by_family_as_last_read() {
+        let m = Metrics::new(&[], &[]).unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("\nrtmp_guard_kernel_bans_enabled 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE rtmp_guard_kernel_refused_total counter\n"));
+        assert!(text.contains("\nrtmp_guard_kernel_refused_total{family=\"ipv6\"} 0\n"));
+        m.kernel_refused[0].store(12, std::sync::atomic::Ordering::Relaxed);
+        m.kernel_ban_entries
+            .with_label_values(&[family::IPV4])
+            .set(3);
+        let text = m.render();
+        assert!(text.contains("\nrtmp_guard_kernel_refused_total{family=\"ipv4\"} 12\n"));
+        assert!(text.contains("\nrtmp_guard_kernel_ban_entries{family=\"ipv4\"} 3\n"));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub fn refuse_now(guard: &Guard, config: &Config, client: ClientAddr, block: &Bl
         .record(client.ip(), block.reason, points, Instant::now())
     {
         guard.metrics.banned(ban.reason);
+        guard.kernel.changed();
         tracing::warn!(
             event = "ban",
             prefix = %ban.prefix,

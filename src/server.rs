@@ -1,6 +1,7 @@
 //! Starting the guard: bind every listener, build the shared [`Guard`],
-//! restore the operator's remedies, and spawn the accept loops, the metrics
-//! and admin servers and the periodic upkeep.
+//! restore the operator's remedies, put the bans in the kernel (with
+//! `[bans.kernel]`), and spawn the accept loops, the metrics and admin
+//! servers and the periodic upkeep.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use crate::config::Config;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::transport::Kind;
-use crate::{accept, admin, audit, control, health, metrics};
+use crate::{accept, admin, audit, control, health, kernel, metrics};
 
 /// How often stale address state and expired bans are dropped.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -78,6 +79,9 @@ impl Running {
                 "drain timeout: closing the sessions left"
             );
         }
+        // The kernel's refusals end with the guard: its table goes once
+        // the sessions have.
+        guard.kernel.stop().await;
         // Waiting for the disk is blocking work: off the runtime's workers.
         let flushing = guard.clone();
         let _ = tokio::task::spawn_blocking(move || flushing.audit.flush()).await;
@@ -172,6 +176,14 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         tokio::spawn(housekeeping(guard.clone())),
         tokio::spawn(health::run(guard.clone())),
     ];
+    let ports: Vec<u16> = rtmp_addrs
+        .iter()
+        .chain(&rtmps_addrs)
+        .map(|a| a.port())
+        .collect();
+    if let Some(task) = kernel::worker::start(&guard, &ports).await {
+        tasks.push(task);
+    }
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(
             l,

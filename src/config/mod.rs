@@ -32,8 +32,8 @@ use locate::{seg, Invalid, PathSeg};
 
 pub use raw::{
     parse_bitrate, parse_cidr, parse_duration, Access, Audit, Balance, Bans, Global, HttpAuth,
-    Limits, Metrics, Mode, OnError, PerIp, ProxyProtocolIn, ProxyProtocolOut, ReconnectTcUrl,
-    Server, SessionLimits, State,
+    KernelAction, KernelBans, Limits, Metrics, Mode, OnError, PerIp, ProxyProtocolIn,
+    ProxyProtocolOut, ReconnectTcUrl, Server, SessionLimits, State,
 };
 pub use secret::{parse_keys_file, Secret};
 pub use tls::{server_config, Tls, UpstreamTls};
@@ -490,7 +490,19 @@ fn check_bans(b: &Bans) -> Result<(), Invalid> {
             &format!("{reason:?} is not a block reason"),
         )?;
     }
-    Ok(())
+    check(
+        valid_table_name(&b.kernel.table),
+        &["bans", "kernel", "table"],
+        "an nftables table name: a letter, then up to 63 letters, digits or '_'",
+    )
+}
+
+/// A name nft accepts as it is, and that cannot be read as anything else.
+fn valid_table_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn check_upstreams(upstreams: &[raw::Upstream]) -> Result<(), Invalid> {
@@ -680,6 +692,7 @@ mod tests {
             format!("{:?}", minimal.limits)
         );
         assert_eq!(shipped.metrics.listen, minimal.metrics.listen);
+        assert_eq!(format!("{:?}", shipped.bans), format!("{:?}", minimal.bans));
         // The shipped upstream spells out every default of its keys.
         let bare = Config::parse(
             "[[upstream]]\nname = \"origin\"\nservers = [\"127.0.0.1:1936\"]\n",
@@ -703,6 +716,29 @@ mod tests {
         assert!(e.why.contains("cannot read"), "{e}");
         let e = err("[admin]\nlisten = \"127.0.0.1:9936\"\ntokn_file = \"x\"\n");
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn kernel_bans_are_off_by_default_and_their_table_name_is_checked() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert!(!c.bans.kernel.enabled);
+        assert_eq!(c.bans.kernel.table, "rtmp_guard");
+        assert_eq!(c.bans.kernel.action, KernelAction::Reset);
+        let c = Config::parse(
+            "[bans.kernel]\nenabled = true\ntable = \"edge_1\"\naction = \"drop\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.bans.kernel.enabled);
+        assert_eq!(c.bans.kernel.action, KernelAction::Drop);
+        for bad in ["\"\"", "\"1abc\"", "\"a b\"", "\"a;b\"", "\"a-b\""] {
+            let e = err(&format!("[bans.kernel]\ntable = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("bans.kernel.table"), "{bad}: {e}");
+        }
+        let e = err("[bans.kernel]\naction = \"reject\"\n");
+        assert_eq!(e.key.as_deref(), Some("bans.kernel.action"), "{e}");
+        let e = err("[bans.kernel]\nenable = true\n");
+        assert_eq!(e.line, Some(2), "{e}");
     }
 
     #[test]

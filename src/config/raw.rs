@@ -261,6 +261,40 @@ pub struct Bans {
     pub duration: Duration,
     /// Score per block reason; reasons not listed use the defaults.
     pub scores: BTreeMap<String, u32>,
+    /// `[bans.kernel]`: bans also enforced by nftables.
+    pub kernel: KernelBans,
+}
+
+/// `[bans.kernel]`: bans and denies put in an nftables table the guard
+/// owns, so a banned prefix's new connections never reach the process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelBans {
+    pub enabled: bool,
+    /// The table (family inet) the guard creates, takes over and deletes.
+    pub table: String,
+    pub action: KernelAction,
+}
+
+impl Default for KernelBans {
+    fn default() -> Self {
+        KernelBans {
+            enabled: false,
+            table: "rtmp_guard".to_string(),
+            action: KernelAction::Reset,
+        }
+    }
+}
+
+/// What the kernel does with a new connection from a banned prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelAction {
+    /// Answer the SYN with a TCP reset: the client fails at once.
+    #[default]
+    Reset,
+    /// Drop the SYN: the client retries until its own timeout.
+    Drop,
 }
 
 impl Default for Bans {
@@ -271,6 +305,7 @@ impl Default for Bans {
             window: Duration::from_secs(60),
             duration: Duration::from_secs(600),
             scores: BTreeMap::new(),
+            kernel: KernelBans::default(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn install(guard: &Guard, remedies: Remedies) {
     guard.set_drained(&remedies.drained_pairs());
     guard.remedies.store(Arc::new(remedies));
     guard.publish_gauges();
+    guard.kernel.changed();
 }
 
 /// Restores the remedies from `[state] path`. A corrupt file is moved

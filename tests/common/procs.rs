@@ -370,6 +370,11 @@ impl GuardProc {
 
     /// Runs on `config`, listening for RTMP and metrics on free ports.
     pub fn start(config: GuardConfig) -> GuardProc {
+        GuardProc::start_with_env(config, &[])
+    }
+
+    /// As [`GuardProc::start`], with `env` added to the guard's environment.
+    pub fn start_with_env(config: GuardConfig, env: &[(&str, &str)]) -> GuardProc {
         let dir = tempfile::tempdir().expect("temp dir");
         let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -380,6 +385,7 @@ impl GuardProc {
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_rtmp-guard"))
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RTMP_GUARD_BENCH_LOG").unwrap_or_else(|_| "info".into()),
