@@ -136,6 +136,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.audit.as_ref().map(|a| &a.path) != new.audit.as_ref().map(|a| &a.path) {
         changed.push("audit.path");
     }
+    if format!("{:?}", old.fleet) != format!("{:?}", new.fleet) {
+        changed.push("fleet");
+    }
     changed
 }
 
