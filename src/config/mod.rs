@@ -775,6 +775,59 @@ mod tests {
     }
 
     #[test]
+    fn fleet_is_off_unless_configured_and_checked_when_it_is() {
+        assert!(Config::embedded_default().unwrap().fleet.is_none());
+        let f = Config::parse("[fleet]\nredis = \"redis://127.0.0.1:6379/0\"\n", "t.toml")
+            .unwrap()
+            .fleet
+            .unwrap();
+        // The defaults config/rtmp-guard.toml documents.
+        assert_eq!(f.key_prefix, "rtmp-guard:");
+        assert_eq!(f.on_redis_down, OnRedisDown::Local);
+        assert_eq!(f.lease_ttl, Duration::from_secs(10));
+        assert!(!f.name.is_empty() && f.password.is_none());
+        assert!(
+            !format!("{f:?}").contains("6379"),
+            "the URL may hold a password"
+        );
+        let f = Config::parse(
+            "[fleet]\nredis = \"rediss://r.example:6380/1\"\nname = \"guard-a\"\n\
+             on_redis_down = \"deny_new\"\nlease_ttl = \"3s\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.on_redis_down, f.lease_ttl),
+            ("guard-a", OnRedisDown::DenyNew, Duration::from_secs(3))
+        );
+        for (text, key) in [
+            ("redis = \"http://127.0.0.1/\"", "fleet.redis"),
+            ("redis = \"redis://h:6379\"\nname = \"a:b\"", "fleet.name"),
+            (
+                "redis = \"redis://h:6379\"\nlease_ttl = \"500ms\"",
+                "fleet.lease_ttl",
+            ),
+            (
+                "redis = \"redis://h:6379\"\non_redis_down = \"panic\"",
+                "fleet.on_redis_down",
+            ),
+            (
+                "redis = \"redis://h:6379\"\npassword_file = \"/nonexistent\"",
+                "fleet.password_file",
+            ),
+            ("redis = \"redis://h:6379\"\nredis_url = \"x\"", "fleet"),
+        ] {
+            let e = err(&format!("[fleet]\n{text}\n"));
+            assert!(
+                e.key.as_deref().is_some_and(|k| k.starts_with(key)) || e.why.contains("redis_url"),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = err("[server]\nlisten = [\"127.0.0.1:1\"]\nhandshake_timout = \"5s\"\n");
         assert_eq!(e.source, "test.toml");

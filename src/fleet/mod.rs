@@ -417,7 +417,7 @@ impl Link {
         let mut messages = pubsub.into_on_message();
         // Subscribed first, then read: no change falls in between.
         self.resync(&mut conn).await?;
-        self.heartbeat(&mut conn).await?;
+        self.heartbeat(&mut conn, true).await?;
         self.up();
         let period =
             (self.fleet.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
@@ -435,7 +435,7 @@ impl Link {
                     None => return Ok(()),
                 },
                 _ = beat.tick() => {
-                    self.heartbeat(&mut conn).await?;
+                    self.heartbeat(&mut conn, true).await?;
                     if last_resync.elapsed() >= RESYNC_EVERY {
                         self.resync(&mut conn).await?;
                         last_resync = Instant::now();
@@ -443,7 +443,7 @@ impl Link {
                 }
                 _ = poll.tick() => {
                     if self.guard.streams.generation() != self.generation {
-                        self.heartbeat(&mut conn).await?;
+                        self.heartbeat(&mut conn, false).await?;
                     }
                 }
             }
@@ -825,10 +825,12 @@ impl Link {
         Ok(())
     }
 
-    /// Renews this guard's heartbeat, quota places and publishing leases,
-    /// and reads the other guards'. A lease another guard holds ends the
-    /// local publisher of that name (`stream_busy`).
-    async fn heartbeat(&mut self, conn: &mut ConnectionManager) -> Step {
+    /// Writes this guard's heartbeat and quota places, takes the leases of
+    /// names it began publishing and gives back those it stopped; with
+    /// `full` (the periodic beat, not a change of places), also renews
+    /// every lease and reads the other guards' heartbeats. A lease another
+    /// guard holds ends the local publisher of that name (`stream_busy`).
+    async fn heartbeat(&mut self, conn: &mut ConnectionManager, full: bool) -> Step {
         let generation = self.guard.streams.generation();
         let claims = self.guard.streams.local_claims();
         let ttl_ms = u64::try_from(self.fleet.lease_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -836,6 +838,9 @@ impl Link {
         let current: HashSet<(String, String)> = claims.publishing.iter().cloned().collect();
         let mut lost = Vec::new();
         for (app, stream) in &current {
+            if !full && self.leases.contains(&(app.clone(), stream.clone())) {
+                continue;
+            }
             let mut call = self.scripts.lease.prepare_invoke();
             call.key(self.keys.lease(app, stream)).arg(&me).arg(ttl_ms);
             let held: i64 = bounded(call.invoke_async(conn)).await?;
@@ -916,7 +921,6 @@ impl Link {
         }
         self.guard.streams.set_fleet(quota);
         self.handle().set_peers(peers);
-        self.generation = generation;
         Ok(())
     }
 }

@@ -929,6 +929,71 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_the_fleet_counts_towards_quotas_and_names() {
+        let a = app("publish = \"none\"\nmax_viewers = 2\n");
+        let r = Arc::new(Registry::default());
+        r.set_fleet(FleetQuota {
+            remote: [("live".to_string(), (1, 1))].into(),
+            publishing: [("live".to_string(), "cam".to_string())].into(),
+            deny_new: false,
+        });
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let d = p
+            .on_command(&cmd("publish", "cam"), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            d.reason,
+            Reason::StreamBusy,
+            "published through another guard"
+        );
+        let before = r.generation();
+        assert_eq!(
+            p.on_command(&cmd("publish", "cam2"), 1, unix_now()),
+            Ok(None)
+        );
+        assert_ne!(r.generation(), before, "a new place is news for the fleet");
+        let mut viewer = policy(&a, &r, "192.0.2.2");
+        assert_eq!(
+            viewer.on_command(&cmd("play", "cam"), 1, unix_now()),
+            Ok(None)
+        );
+        let mut third = policy(&a, &r, "192.0.2.3");
+        assert_eq!(
+            third
+                .on_command(&cmd("play", "cam"), 1, unix_now())
+                .unwrap_err()
+                .reason,
+            Reason::QuotaExceeded,
+            "one viewer here and one elsewhere fill max_viewers = 2"
+        );
+        let claims = r.local_claims();
+        assert_eq!(claims.counts.get("live"), Some(&(1, 1)));
+        assert_eq!(
+            claims.publishing,
+            vec![("live".to_string(), "cam2".to_string())]
+        );
+
+        // Redis unreachable with on_redis_down = "deny_new".
+        r.set_fleet(FleetQuota {
+            deny_new: true,
+            ..FleetQuota::default()
+        });
+        let d = third
+            .on_command(&cmd("play", "cam"), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            (d.reason, d.reason.default_ban_score()),
+            (Reason::FleetUnavailable, 0)
+        );
+        // Local counts only once the fleet is forgotten.
+        r.set_fleet(FleetQuota::default());
+        assert_eq!(
+            third.on_command(&cmd("play", "cam"), 1, unix_now()),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn address_rules_and_referrers() {
         let a = app(
             "publish = \"none\"\npublish_allow = [\"10.0.0.0/8\"]\nplay_deny = [\"192.0.2.66\"]\n\
