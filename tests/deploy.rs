@@ -89,7 +89,7 @@ fn the_alert_rules_and_scrape_config_pass_promtool() {
     let rules = run(Command::new("promtool")
         .args(["check", "rules"])
         .arg(deploy("prometheus/rtmp-guard.rules.yml")));
-    assert!(rules.contains("SUCCESS: 7 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
     run(Command::new("promtool")
         .args(["check", "config"])
         .arg(deploy("prometheus/prometheus.yml")));
@@ -101,6 +101,7 @@ fn the_alert_rules_and_scrape_config_pass_promtool() {
         "RtmpGuardUpstreamErrors",
         "RtmpGuardUpstreamServerDown",
         "RtmpGuardConfigReloadFailed",
+        "RtmpGuardFleetRedisDown",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "no {alert}");
     }

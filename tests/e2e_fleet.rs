@@ -264,7 +264,7 @@ fn a_killed_guards_viewer_places_expire_and_the_quota_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(free_port());
     let nginx = Nginx::start("");
-    let (a, _) = guard("guard-a", &nginx, &redis.url(), "max_viewers = 1");
+    let (a, a_api) = guard("guard-a", &nginx, &redis.url(), "max_viewers = 1");
     let (mut b, _) = guard("guard-b", &nginx, &redis.url(), "max_viewers = 1");
     for g in [&a, &b] {
         assert!(wait_for(Duration::from_secs(10), || redis_up(g).then_some(())).is_some());
@@ -281,16 +281,26 @@ fn a_killed_guards_viewer_places_expire_and_the_quota_recovers() {
         60,
         &dir.path().join("view.log"),
     );
-    let quota = blocked_sample("session", "quota_exceeded");
+    let b_viewers = |f: &serde_json::Value| {
+        f["guards"].as_array().and_then(|g| {
+            g.iter()
+                .find(|g| g["name"] == "guard-b")
+                .and_then(|g| g["counts"]["live"][1].as_u64())
+        })
+    };
     assert!(
-        wait_for(Duration::from_secs(10), || {
-            let _ = ffmpeg_play(&format!("rtmp://{}/live/cam", a.rtmp), 1);
-            (a.metric(&quota) >= 1.0).then_some(())
+        wait_for(Duration::from_secs(20), || {
+            let (_, f) = api(a_api, "GET", "/api/v1/fleet", "");
+            (b_viewers(&f) == Some(1)).then_some(())
         })
         .is_some(),
-        "A never counted B's viewer: {}",
+        "A never heard of B's viewer: {}",
         a.log_text()
     );
+    let quota = blocked_sample("session", "quota_exceeded");
+    let (frames, _) = ffmpeg_play(&format!("rtmp://{}/live/cam", a.rtmp), 1);
+    assert_eq!(frames, 0);
+    assert_eq!(a.metric(&quota), 1.0, "{}", a.log_text());
     // kill -9: B's places expire within the lease (2 s), then A admits.
     b.signal("KILL");
     assert!(b.wait_exit(Duration::from_secs(5)).is_some());

@@ -896,6 +896,10 @@ impl Link {
             .ignore()
             .zrange(self.keys.guards(), 0, -1);
         let (names,): (Vec<String>,) = bounded(pipe.query_async(conn)).await?;
+        self.generation = generation;
+        if !full {
+            return Ok(());
+        }
         let others: Vec<String> = names.into_iter().filter(|n| *n != me).collect();
         let mut peers = Vec::new();
         if !others.is_empty() {
