@@ -2,7 +2,7 @@
 # Installs the programs the end-to-end tests run, if they are missing:
 # ffmpeg, nginx with libnginx-mod-rtmp, rtmpdump, haproxy, prometheus (and
 # promtool), systemd-analyze, fail2ban-regex, nft (kernel bans,
-# tests/e2e_kernel_bans.rs), and for the interop matrix
+# tests/e2e_kernel_bans.rs), redis-server (fleet mode), and for the interop matrix
 # (tests/e2e_interop.rs) GStreamer (rtmp2, librtmp's rtmpsink, flv, libav),
 # node and npm, python3 with venv. Debian/Ubuntu only (apt). Extra package
 # names may be passed as arguments.
@@ -29,6 +29,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v fail2ban-regex >/dev/null || need+=(fail2ban)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+command -v redis-server >/dev/null || need+=(redis-server)
 command -v gst-launch-1.0 >/dev/null || need+=(gstreamer1.0-tools)
 # rtmp2sink/rtmp2src, rtmpsink (librtmp) and h264parse are in -bad, flvmux
 # and flvdemux in -good, avdec_h264 in -libav.
@@ -78,7 +79,7 @@ DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recomme
 # The Debian packages start nginx and haproxy as services; the tests run
 # their own.
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now nginx haproxy prometheus fail2ban >/dev/null 2>&1 || true
+    $sudo systemctl disable --now nginx haproxy prometheus fail2ban redis-server >/dev/null 2>&1 || true
 fi
 install_interop_peers
 echo "install-test-deps: done"

@@ -15,6 +15,7 @@ use crate::callback::Callbacks;
 use crate::config::Config;
 use crate::control::sessions::Sessions;
 use crate::control::Remedies;
+use crate::fleet::handle::{FleetHandle, Outgoing};
 use crate::kernel::KernelBans;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
@@ -54,6 +55,10 @@ pub struct Guard {
     pub audit: Audit,
     /// False once draining: `/readyz` fails and nothing new is accepted.
     pub ready: AtomicBool,
+    /// Fleet mode (`[fleet]`, fixed at start): the fleet task's handle.
+    pub fleet: Option<FleetHandle>,
+    /// What the fleet task reads, until it starts and takes it.
+    pub fleet_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Outgoing>>>,
 }
 
 impl Guard {
@@ -65,7 +70,16 @@ impl Guard {
     ) -> Guard {
         let pools = Pools::default();
         pools.sync(&config, &[], &metrics);
+        let (fleet, fleet_queue) = match &config.fleet {
+            Some(f) => {
+                let (handle, queue) = FleetHandle::new(&f.name);
+                (Some(handle), Some(queue))
+            }
+            None => (None, None),
+        };
         Guard {
+            fleet,
+            fleet_queue: std::sync::Mutex::new(fleet_queue),
             pools,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
             open: OpenConnections::default(),

@@ -29,7 +29,8 @@
 //!
 //! Around them: [`config`], [`guard`] (shared state), [`server`] (start-up),
 //! [`control`] (the operator's remedies and live sessions), [`admin`] (the
-//! HTTP adapter for them), [`lifecycle`] (reload, drain), [`metrics`] and
+//! HTTP adapter for them), [`fleet`] (sharing them, and quotas, with other
+//! guards through Redis), [`lifecycle`] (reload, drain), [`metrics`] and
 //! the logs.
 
 pub mod accept;
@@ -42,6 +43,7 @@ pub mod connect;
 pub mod connection;
 pub mod context;
 pub mod control;
+pub mod fleet;
 pub mod fuzz;
 pub mod guard;
 pub mod handshake;

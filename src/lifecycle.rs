@@ -141,6 +141,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.bans.kernel != new.bans.kernel {
         changed.push("bans.kernel");
     }
+    if format!("{:?}", old.fleet) != format!("{:?}", new.fleet) {
+        changed.push("fleet");
+    }
     changed
 }
 

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub tracked_addresses: IntGauge,
     pub pending_connections: IntGauge,
     pub bans_active: IntGauge,
+    /// 1 while the fleet's Redis answers; registered only with `[fleet]`.
+    pub fleet_redis_up: IntGauge,
     bans_total: IntCounterVec,
     pub bytes_client_to_upstream: IntCounter,
     pub bytes_upstream_to_client: IntCounter,
@@ -101,6 +103,13 @@ pub const ADMIN_ACTIONS: [&str; 11] = [
 ];
 
 impl Metrics {
+    /// Shows `rtmp_guard_fleet_redis_up` (fleet mode only).
+    pub fn enable_fleet(&self) {
+        let _ = self
+            .registry
+            .register(Box::new(self.fleet_redis_up.clone()));
+    }
+
     /// Builds and registers every metric. `apps` and `upstreams` are the
     /// configured names, pre-created so dashboards show zeros, not gaps.
     pub fn new(apps: &[&str], upstreams: &[&str]) -> Result<Metrics, prometheus::Error> {
@@ -150,6 +159,10 @@ impl Metrics {
             "Connections not yet past connect (limited by max_pending).",
         )?;
         let bans_active = IntGauge::new("rtmp_guard_bans_active", "Prefixes banned now.")?;
+        let fleet_redis_up = IntGauge::new(
+            "rtmp_guard_fleet_redis_up",
+            "1 while the fleet's Redis answers, 0 while the guard runs on its last known state.",
+        )?;
         let bans_total = IntCounterVec::new(
             Opts::new(
                 "rtmp_guard_bans_total",
@@ -333,6 +346,7 @@ impl Metrics {
             tracked_addresses,
             pending_connections,
             bans_active,
+            fleet_redis_up,
             bans_total,
             bytes_client_to_upstream: bytes_total.with_label_values(&["client_to_upstream"]),
             bytes_upstream_to_client: bytes_total.with_label_values(&["upstream_to_client"]),

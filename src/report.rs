@@ -94,6 +94,9 @@ pub fn refuse_now(guard: &Guard, config: &Config, client: ClientAddr, block: &Bl
             dry_run,
             "prefix banned"
         );
+        if let Some(fleet) = &guard.fleet {
+            fleet.auto_ban(ban.prefix, ban.reason, ban.duration);
+        }
     }
     Refused { enforce, audit }
 }

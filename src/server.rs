@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::transport::Kind;
-use crate::{accept, admin, audit, control, health, kernel, metrics};
+use crate::{accept, admin, audit, control, fleet, health, kernel, metrics};
 
 /// How often stale address state and expired bans are dropped.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -183,6 +183,9 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
         .collect();
     if let Some(task) = kernel::worker::start(&guard, &ports).await {
         tasks.push(task);
+    }
+    if guard.fleet.is_some() {
+        tasks.push(tokio::spawn(fleet::run(guard.clone())));
     }
     if let Some(l) = admin_listener {
         tasks.push(tokio::spawn(admin::serve(

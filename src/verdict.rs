@@ -101,10 +101,13 @@ pub enum Reason {
     NotTls,
     /// A TLS handshake on an RTMPS port that failed.
     TlsFailed,
+    /// A publish or play while Redis is unreachable and `[fleet]
+    /// on_redis_down` is `deny_new`.
+    FleetUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::BadVersion,
         Reason::NotRtmp,
         Reason::HandshakeTimeout,
@@ -134,6 +137,7 @@ impl Reason {
         Reason::SlowConsumer,
         Reason::NotTls,
         Reason::TlsFailed,
+        Reason::FleetUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -167,6 +171,7 @@ impl Reason {
             Reason::SlowConsumer => "slow_consumer",
             Reason::NotTls => "not_tls",
             Reason::TlsFailed => "tls_failed",
+            Reason::FleetUnavailable => "fleet_unavailable",
         }
     }
 
@@ -190,6 +195,7 @@ impl Reason {
                 | Reason::StreamBusy
                 | Reason::BitrateExceeded
                 | Reason::AuthUnavailable
+                | Reason::FleetUnavailable
         )
     }
 
@@ -235,6 +241,7 @@ impl Reason {
             | Reason::Overloaded
             | Reason::BitrateExceeded
             | Reason::AuthUnavailable
+            | Reason::FleetUnavailable
             | Reason::AppSuspended
             | Reason::Kicked => 0,
             // A viewer on a bad network is not an attacker; its session

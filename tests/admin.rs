@@ -519,9 +519,12 @@ fn a_loopback_api_without_a_token_still_refuses_what_a_web_page_can_send() {
     let rebound = "Host: evil.example:9936\r\nContent-Type: application/json\r\n";
     assert_eq!(a.raw("POST", "/api/v1/bans", rebound, ban).0, 421);
     assert_eq!(a.bans(), 0);
-    // The operator's curl works.
+    // The operator's curl works, and a ban that broad must say so.
     let curl = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n";
-    assert_eq!(a.raw("POST", "/api/v1/bans", curl, ban).0, 200);
+    assert_eq!(a.raw("POST", "/api/v1/bans", curl, ban).0, 400);
+    assert_eq!(a.bans(), 0);
+    let forced = "{\"cidr\": \"0.0.0.0/0\", \"force\": true}";
+    assert_eq!(a.raw("POST", "/api/v1/bans", curl, forced).0, 200);
     assert_eq!(a.bans(), 1);
 }
 

@@ -128,7 +128,7 @@ fn the_alert_rules_and_scrape_config_pass_promtool() {
     let rules = run(Command::new("promtool")
         .args(["check", "rules"])
         .arg(deploy("prometheus/rtmp-guard.rules.yml")));
-    assert!(rules.contains("SUCCESS: 7 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
     run(Command::new("promtool")
         .args(["check", "config"])
         .arg(deploy("prometheus/prometheus.yml")));
@@ -140,6 +140,7 @@ fn the_alert_rules_and_scrape_config_pass_promtool() {
         "RtmpGuardUpstreamErrors",
         "RtmpGuardUpstreamServerDown",
         "RtmpGuardConfigReloadFailed",
+        "RtmpGuardFleetRedisDown",
     ] {
         assert!(rules.contains(&format!("alert: {alert}")), "no {alert}");
     }
@@ -163,6 +164,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[test]
 fn every_metric_in_the_alerts_and_the_dashboard_is_exported() {
     let h = Harness::new();
+    // As a fleet guard exports them: with rtmp_guard_fleet_redis_up.
+    h.guard.guard.metrics.enable_fleet();
     let exported = h.guard.guard.metrics.render();
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/rtmp-guard.json")).expect("dashboard is JSON");

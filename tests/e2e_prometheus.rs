@@ -110,7 +110,7 @@ fn prometheus_scrapes_the_guard_and_sees_its_refusals() {
     let group = &rules["data"]["groups"][0];
     assert_eq!(group["name"], "rtmp-guard");
     let loaded = group["rules"].as_array().unwrap();
-    assert_eq!(loaded.len(), 7);
+    assert_eq!(loaded.len(), 8);
     wait_for(Duration::from_secs(10), || {
         let rules = http_get(web, "/api/v1/rules")?;
         let rules: serde_json::Value = serde_json::from_str(&rules).ok()?;

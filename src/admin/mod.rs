@@ -5,10 +5,11 @@
 //! ```text
 //! GET    /healthz                     alive
 //! GET    /readyz                      listening on a valid config, not draining
-//! GET    /api/v1/sessions             live sessions
-//! DELETE /api/v1/sessions/{id}        kick one
+//! GET    /api/v1/sessions             live sessions; ?scope=fleet: every guard's
+//! DELETE /api/v1/sessions/{id}        kick one; in a fleet, GUARD:ID of any guard
+//! GET    /api/v1/fleet                the guards alive, with their session counts
 //! GET    /api/v1/bans                 operator and automatic bans
-//! POST   /api/v1/bans                 {"cidr", "duration": "1h" | null, "reason"}
+//! POST   /api/v1/bans                 {"cidr", "duration": "1h" | null, "reason", "force"}
 //! DELETE /api/v1/bans/{cidr}          the '/' URL-encoded as %2F
 //! GET    /api/v1/blocks
 //! POST   /api/v1/blocks               {"app", "stream": glob, "reason"}
@@ -95,6 +96,7 @@ pub fn router(guard: Arc<Guard>, access: Access) -> Router {
     };
     let api = Router::new()
         .route("/sessions", get(sessions))
+        .route("/fleet", get(fleet))
         .route("/sessions/:id", delete(kick))
         .route("/bans", get(bans).post(add_ban))
         .route("/bans/:cidr", delete(lift_ban))
@@ -307,7 +309,47 @@ async fn done(
     }
 }
 
-async fn sessions(State(guard): Shared) -> Response {
+async fn sessions(State(guard): Shared, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let scope = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.into_owned());
+    let fleet_wide = match scope.as_deref() {
+        None | Some("local") => false,
+        Some("fleet") => true,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("scope must be \"local\" or \"fleet\", not {other:?}"),
+            ))
+        }
+    };
+    let Some(fleet) = &guard.fleet else {
+        if fleet_wide {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "scope=fleet needs [fleet] in the config".into(),
+            ));
+        }
+        return Ok(local_sessions(&guard));
+    };
+    if !fleet_wide {
+        let list = crate::fleet::local_sessions(&guard, &fleet.name);
+        return Ok(Json(json!({ "sessions": list })).into_response());
+    }
+    match fleet.sessions().await {
+        Some(mut list) => {
+            list.sort_by(|a, b| (&a.guard, a.started).cmp(&(&b.guard, b.started)));
+            Ok(Json(json!({ "sessions": list })).into_response())
+        }
+        None => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the fleet's Redis is unreachable".into(),
+        )),
+    }
+}
+
+/// The sessions of this guard, outside a fleet: numeric ids.
+fn local_sessions(guard: &Guard) -> Response {
     let list: Vec<Value> = guard
         .sessions
         .list()
@@ -333,6 +375,33 @@ async fn sessions(State(guard): Shared) -> Response {
     Json(json!({ "sessions": list })).into_response()
 }
 
+/// The guards of the fleet alive now (heartbeat within `lease_ttl`).
+async fn fleet(State(guard): Shared) -> Result<Response, ApiError> {
+    let Some(fleet) = &guard.fleet else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "fleet mode is off ([fleet] is not configured)".into(),
+        ));
+    };
+    let me = json!({
+        "name": fleet.name,
+        "self": true,
+        "sessions": guard.sessions.len(),
+        "counts": guard.streams.local_claims().counts,
+    });
+    let mut guards = vec![me];
+    guards.extend(fleet.peers().into_iter().map(|p| {
+        json!({
+            "name": p.name,
+            "self": false,
+            "sessions": p.sessions,
+            "counts": p.counts,
+            "heartbeat_ms": p.at_ms,
+        })
+    }));
+    Ok(Json(json!({ "redis_up": fleet.is_up(), "guards": guards })).into_response())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct KickBody {
@@ -346,28 +415,39 @@ async fn kick(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let b: KickBody = body(&bytes)?;
-    let Ok(id) = id.parse::<u64>() else {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "session id must be a number".into(),
-        ));
-    };
     let why = if b.reason.is_empty() {
         "session ended by the operator".to_string()
     } else {
         format!("session ended by the operator: {}", b.reason)
     };
-    if !remedies::kick(&guard, id, &why) {
+    // In a fleet, GUARD:ID names a session of any guard.
+    let (at, number) = match (id.rsplit_once(':'), &guard.fleet) {
+        (Some((at, n)), Some(f)) if at != f.name => (Some(at), n),
+        (Some((_, n)), Some(_)) => (None, n),
+        _ => (None, id.as_str()),
+    };
+    let Ok(number) = number.parse::<u64>() else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "session id must be a number, or GUARD:NUMBER in a fleet".into(),
+        ));
+    };
+    let found = match (at, &guard.fleet) {
+        (Some(at), Some(fleet)) => match fleet.kick(at, number, &why).await {
+            Some(found) => found,
+            None => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("guard {at:?} did not answer (gone, or Redis unreachable)"),
+                ))
+            }
+        },
+        _ => remedies::kick(&guard, number, &why),
+    };
+    if !found {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no session {id}")));
     }
-    Ok(done(
-        &guard,
-        "kick",
-        &id.to_string(),
-        &b.reason,
-        Ok(json!({ "kicked": id })),
-    )
-    .await)
+    Ok(done(&guard, "kick", &id, &b.reason, Ok(json!({ "kicked": id }))).await)
 }
 
 async fn bans(State(guard): Shared) -> Response {
@@ -410,6 +490,10 @@ struct BanBody {
     duration: Option<String>,
     #[serde(default)]
     reason: String,
+    /// Allows a ban broader than /8 (IPv4) or /32 (IPv6). In a fleet such
+    /// a ban stays on this guard.
+    #[serde(default)]
+    force: bool,
 }
 
 fn parse_net(text: &str) -> Result<IpNet, ApiError> {
@@ -419,6 +503,15 @@ fn parse_net(text: &str) -> Result<IpNet, ApiError> {
 async fn add_ban(State(guard): Shared, bytes: Bytes) -> Result<Response, ApiError> {
     let b: BanBody = body(&bytes)?;
     let cidr = parse_net(&b.cidr)?;
+    if crate::control::changes::too_broad(&cidr.trunc()) && !b.force {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} is broader than /8 (IPv4) or /32 (IPv6); send \"force\": true to ban it anyway",
+                cidr.trunc()
+            ),
+        ));
+    }
     let duration = match b.duration.as_deref().map(crate::config::parse_duration) {
         None => None,
         Some(Ok(d)) if !d.is_zero() => Some(d),

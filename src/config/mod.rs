@@ -32,7 +32,7 @@ use locate::{seg, Invalid, PathSeg};
 
 pub use raw::{
     parse_bitrate, parse_cidr, parse_duration, Access, Audit, Balance, Bans, Global, HttpAuth,
-    KernelAction, KernelBans, Limits, Metrics, Mode, OnError, PerIp, ProxyProtocolIn,
+    KernelAction, KernelBans, Limits, Metrics, Mode, OnError, OnRedisDown, PerIp, ProxyProtocolIn,
     ProxyProtocolOut, ReconnectTcUrl, Server, SessionLimits, State,
 };
 pub use secret::{parse_keys_file, Secret};
@@ -71,6 +71,22 @@ pub struct Config {
     pub audit: Option<Audit>,
     /// RTMPS listeners, with the certificate read when the config was.
     pub tls: Option<Tls>,
+    /// Fleet mode: shared remedies and quotas through Redis.
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`, validated: the Redis URL parsed, the password read, the
+/// guard's name settled.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// The URL as written (it may hold a password: never logged).
+    pub redis: Secret,
+    /// From `password_file`.
+    pub password: Option<Secret>,
+    pub name: String,
+    pub key_prefix: String,
+    pub on_redis_down: OnRedisDown,
+    pub lease_ttl: Duration,
 }
 
 /// An `[[upstream]]`: its servers, how one is chosen and checked, and how
@@ -256,6 +272,7 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
     });
     let admin = raw.admin.map(|a| build_admin(a, base)).transpose()?;
     let tls = raw.tls.map(|t| tls::build_tls(t, base)).transpose()?;
+    let fleet = raw.fleet.map(|f| build_fleet(f, base)).transpose()?;
     let upstreams = raw
         .upstreams
         .into_iter()
@@ -275,6 +292,58 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
         state,
         audit,
         tls,
+        fleet,
+    })
+}
+
+/// The host name, for a fleet guard that names none.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rtmp-guard".to_string())
+}
+
+/// Checks `[fleet]`: a Redis URL the client can use, a name fit for
+/// session ids (`GUARD:ID`) and keys, a lease of at least a second.
+fn build_fleet(f: raw::Fleet, base: Option<&Path>) -> Result<Fleet, Invalid> {
+    let at = |key: &str| vec![seg("fleet"), seg(key)];
+    let url = f.redis.0.as_str();
+    check_at(
+        (url.starts_with("redis://") || url.starts_with("rediss://"))
+            && redis::IntoConnectionInfo::into_connection_info(url).is_ok(),
+        at("redis"),
+        "must be a redis:// or rediss:// URL",
+    )?;
+    let name = f.name.unwrap_or_else(host_name);
+    check_at(
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        at("name"),
+        "must be 1-64 letters, digits, '-', '_' or '.'",
+    )?;
+    check_at(
+        f.lease_ttl >= Duration::from_secs(1),
+        at("lease_ttl"),
+        "must be at least 1s",
+    )?;
+    let password = f
+        .password_file
+        .as_deref()
+        .map(|file| secret::read_secret(base, file, at("password_file"), "password"))
+        .transpose()?;
+    Ok(Fleet {
+        redis: f.redis,
+        password,
+        name,
+        key_prefix: f.key_prefix,
+        on_redis_down: f.on_redis_down,
+        lease_ttl: f.lease_ttl,
     })
 }
 
@@ -739,6 +808,59 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("bans.kernel.action"), "{e}");
         let e = err("[bans.kernel]\nenable = true\n");
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn fleet_is_off_unless_configured_and_checked_when_it_is() {
+        assert!(Config::embedded_default().unwrap().fleet.is_none());
+        let f = Config::parse("[fleet]\nredis = \"redis://127.0.0.1:6379/0\"\n", "t.toml")
+            .unwrap()
+            .fleet
+            .unwrap();
+        // The defaults config/rtmp-guard.toml documents.
+        assert_eq!(f.key_prefix, "rtmp-guard:");
+        assert_eq!(f.on_redis_down, OnRedisDown::Local);
+        assert_eq!(f.lease_ttl, Duration::from_secs(10));
+        assert!(!f.name.is_empty() && f.password.is_none());
+        assert!(
+            !format!("{f:?}").contains("6379"),
+            "the URL may hold a password"
+        );
+        let f = Config::parse(
+            "[fleet]\nredis = \"rediss://r.example:6380/1\"\nname = \"guard-a\"\n\
+             on_redis_down = \"deny_new\"\nlease_ttl = \"3s\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .fleet
+        .unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.on_redis_down, f.lease_ttl),
+            ("guard-a", OnRedisDown::DenyNew, Duration::from_secs(3))
+        );
+        for (text, key) in [
+            ("redis = \"http://127.0.0.1/\"", "fleet.redis"),
+            ("redis = \"redis://h:6379\"\nname = \"a:b\"", "fleet.name"),
+            (
+                "redis = \"redis://h:6379\"\nlease_ttl = \"500ms\"",
+                "fleet.lease_ttl",
+            ),
+            (
+                "redis = \"redis://h:6379\"\non_redis_down = \"panic\"",
+                "fleet.on_redis_down",
+            ),
+            (
+                "redis = \"redis://h:6379\"\npassword_file = \"/nonexistent\"",
+                "fleet.password_file",
+            ),
+            ("redis = \"redis://h:6379\"\nredis_url = \"x\"", "fleet"),
+        ] {
+            let e = err(&format!("[fleet]\n{text}\n"));
+            assert!(
+                e.key.as_deref().is_some_and(|k| k.starts_with(key)) || e.why.contains("redis_url"),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,50 @@ pub struct Config {
     pub audit: Option<Audit>,
     #[serde(default)]
     pub tls: Option<Tls>,
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: several guards sharing remedies, automatic bans and quotas
+/// through Redis. Off when the table is absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// `redis://[user:password@]host:port/db` or `rediss://` (TLS).
+    pub redis: Secret,
+    /// A file holding the Redis password, instead of one in the URL.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// This guard's name in the fleet; default: the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default)]
+    pub on_redis_down: OnRedisDown,
+    /// How long a guard's heartbeat and quota claims outlive it.
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+}
+
+fn default_key_prefix() -> String {
+    "rtmp-guard:".to_string()
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// What a fleet guard does for new publishes and plays while Redis is
+/// unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisDown {
+    /// Decide on the last known remedies and local quota counts.
+    #[default]
+    Local,
+    /// Refuse them (`fleet_unavailable`); connections are still admitted.
+    DenyNew,
 }
 
 /// `[tls]`: RTMPS listeners, whose TLS the guard terminates. Off when the

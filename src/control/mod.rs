@@ -5,6 +5,7 @@
 //! admin API, the state file and the session stages all share one copy of
 //! the rules. [`state`] keeps it on disk; [`sessions`] tracks who is live.
 
+pub mod changes;
 pub mod remedies;
 pub mod sessions;
 pub mod state;
@@ -40,6 +41,11 @@ pub struct Remedies {
     /// Upstream servers taken out of rotation for maintenance.
     #[serde(default)]
     pub drained: Vec<Drained>,
+    /// Fleet mode: remedies lifted, remembered so that a copy of the
+    /// lifted one elsewhere (Redis, another guard's state) does not bring
+    /// it back. Empty without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tombstones: Vec<Tombstone>,
 }
 
 /// An upstream server that takes no new sessions; live ones stay.
@@ -60,6 +66,10 @@ pub struct ManualBan {
     pub until: Option<u64>,
     pub reason: String,
     pub created: u64,
+    /// Fleet mode: when and by which guard it was made (the later change
+    /// to the same remedy wins). Absent without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
 }
 
 /// Streams of an app that may not be published or played.
@@ -71,6 +81,10 @@ pub struct ContentBlock {
     pub stream: String,
     pub reason: String,
     pub created: u64,
+    /// Fleet mode: when and by which guard it was made (the later change
+    /// to the same remedy wins). Absent without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
 }
 
 /// An app whose new connects are refused.
@@ -80,6 +94,56 @@ pub struct Suspension {
     pub app: String,
     pub reason: String,
     pub created: u64,
+    /// Fleet mode: when and by which guard it was made (the later change
+    /// to the same remedy wins). Absent without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
+}
+
+/// When, and by which guard, a change was made. Ordered by time, then by
+/// guard name, so two guards always agree on which of two changes is the
+/// later one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stamp {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub guard: String,
+}
+
+impl Stamp {
+    /// The stamp as Redis compares it: as a string, byte by byte, in the
+    /// same order as the stamps themselves.
+    pub fn sortable(&self) -> String {
+        format!("{:020}|{}", self.at_ms, self.guard)
+    }
+}
+
+/// What a change is to: one ban, one block, one suspension.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RemedyKey {
+    Ban { cidr: IpNet },
+    Block { app: String, stream: String },
+    Suspension { app: String },
+}
+
+impl RemedyKey {
+    /// The key as a Redis hash field: its JSON.
+    pub fn field(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A remedy lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tombstone {
+    pub key: RemedyKey,
+    pub stamp: Stamp,
+    /// Unix time after which it may be forgotten; `None`: never (the
+    /// lifting of a ban that had no end).
+    pub until: Option<u64>,
 }
 
 impl ManualBan {
@@ -195,6 +259,7 @@ mod tests {
             until,
             reason: "test".into(),
             created: 0,
+            stamp: None,
         }
     }
 
@@ -233,6 +298,7 @@ mod tests {
             stream: stream.into(),
             reason: "dmca".into(),
             created: 0,
+            stamp: None,
         };
         let blocked = |r: &Remedies, app, stream| r.blocks.iter().any(|b| b.matches(app, stream));
         r.add_block(block("film-*"));
@@ -252,6 +318,7 @@ mod tests {
             app: "live".into(),
             reason: "abuse".into(),
             created: 0,
+            stamp: None,
         });
         assert!(r.suspension("live").is_some());
         assert!(r.suspension("vod").is_none());

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::changes::{self, Applied, Change, Remedy, RemedyKey, Stamp};
 use super::sessions::{Kick, Session};
 use super::state::{self, Loaded};
 use super::{unix_now, ContentBlock, ManualBan, Remedies, Suspension};
@@ -76,9 +77,22 @@ pub async fn change<T>(
     guard: &Guard,
     f: impl FnOnce(&mut Remedies) -> T,
 ) -> Result<T, RemedyError> {
+    change_if(guard, |r| (f(r), true)).await
+}
+
+/// Applies `f` to a copy of the remedies; if it says something changed,
+/// persists the result and puts it in force. Nothing changes if the state
+/// file cannot be written.
+async fn change_if<T>(
+    guard: &Guard,
+    f: impl FnOnce(&mut Remedies) -> (T, bool),
+) -> Result<T, RemedyError> {
     let _one_writer = guard.remedies_write.lock().await;
     let mut next = Remedies::clone(&guard.remedies.load());
-    let out = f(&mut next);
+    let (out, changed) = f(&mut next);
+    if !changed {
+        return Ok(out);
+    }
     if let Some(st) = guard.config().state.clone() {
         let snapshot = next.clone();
         let saved = tokio::task::spawn_blocking(move || state::save(&st.path, &snapshot)).await;
@@ -90,6 +104,86 @@ pub async fn change<T>(
     }
     install(guard, next);
     Ok(out)
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// This guard's stamp for a change made now; `None` outside a fleet.
+fn fleet_stamp(guard: &Guard) -> Option<Stamp> {
+    guard.fleet.as_ref().map(|f| Stamp {
+        at_ms: unix_now_ms(),
+        guard: f.name.clone(),
+    })
+}
+
+/// Puts changes in force here, last writer winning (one state-file write
+/// for all of them), and ends the live sessions each new remedy covers; a
+/// lifted ban lifts the automatic ban on the same prefix too. For the
+/// operator's changes in fleet mode and for every change from the fleet.
+/// Returns what each change did, and how many sessions ended.
+pub async fn apply_changes(
+    guard: &Guard,
+    list: &[Change],
+) -> Result<(Vec<Applied>, usize), RemedyError> {
+    let applied = change_if(guard, |r| {
+        let applied: Vec<Applied> = list.iter().map(|c| r.apply(c)).collect();
+        let changed = applied.iter().any(|a| *a != Applied::Stale);
+        (applied, changed)
+    })
+    .await?;
+    let mut ended = 0;
+    for (change, applied) in list.iter().zip(&applied) {
+        ended += end_covered(guard, change, applied);
+    }
+    Ok((applied, ended))
+}
+
+/// Ends the live sessions a change just put in force covers.
+fn end_covered(guard: &Guard, change: &Change, applied: &Applied) -> usize {
+    let remedy = match applied {
+        Applied::Set(remedy) => remedy,
+        Applied::Lifted(RemedyKey::Ban { cidr }) => {
+            guard.admission.unban(cidr);
+            return 0;
+        }
+        _ => return 0,
+    };
+    let (reason, why) = match remedy {
+        Remedy::Ban(_) => (Reason::Banned, "address banned by the operator"),
+        Remedy::Block(_) => (Reason::ContentBlocked, "blocked content"),
+        Remedy::Suspension(_) if !change.terminate => return 0,
+        Remedy::Suspension(_) => (Reason::AppSuspended, "application suspended"),
+    };
+    let now = unix_now();
+    kick_all(
+        guard,
+        |s| {
+            let names: Vec<String> = s.streams().into_iter().map(|(_, n)| n).collect();
+            changes::ends(remedy, s.client.ip(), &s.app, &names, now)
+        },
+        reason,
+        why,
+    )
+}
+
+/// Puts an operator's change in force here and shares it with the fleet.
+/// Returns how many live sessions it ended here.
+async fn share(guard: &Guard, change: Change) -> Result<usize, RemedyError> {
+    let (_, ended) = apply_changes(guard, std::slice::from_ref(&change)).await?;
+    if let Some(fleet) = &guard.fleet {
+        if !fleet.publish(change).await {
+            tracing::warn!(
+                event = "fleet_change_pending",
+                "the fleet's Redis did not take the change; it is in force here and is shared when Redis is back"
+            );
+        }
+    }
+    Ok(ended)
 }
 
 fn kick_all(guard: &Guard, which: impl Fn(&Session) -> bool, reason: Reason, why: &str) -> usize {
@@ -114,7 +208,20 @@ pub async fn ban(
         until: duration.map(|d| now.saturating_add(d.as_secs().max(1))),
         reason: reason.to_string(),
         created: now,
+        stamp: None,
     };
+    // A ban broader than /8 or /32 (forced through the API) stays on this
+    // guard: the others would refuse it from Redis.
+    if let Some(stamp) = fleet_stamp(guard).filter(|_| !changes::too_broad(&ban.cidr)) {
+        let change = Change {
+            key: RemedyKey::Ban { cidr: ban.cidr },
+            stamp,
+            remedy: Some(Remedy::Ban(ban)),
+            until: None,
+            terminate: false,
+        };
+        return share(guard, change).await;
+    }
     change(guard, |r| r.add_ban(ban)).await?;
     Ok(kick_all(
         guard,
@@ -128,9 +235,45 @@ pub async fn ban(
 /// False if there was none.
 pub async fn unban(guard: &Guard, cidr: IpNet) -> Result<bool, RemedyError> {
     let cidr = cidr.trunc();
+    if let Some(stamp) = fleet_stamp(guard) {
+        return fleet_unban(guard, cidr, stamp).await;
+    }
     let automatic = guard.admission.unban(&cidr);
     let manual = change(guard, |r| r.remove_ban(&cidr)).await?;
     Ok(automatic || manual)
+}
+
+/// Lifts a ban across the fleet. The tombstone lasts as long as the
+/// longer of the lifted bans (operator's and automatic) would have.
+async fn fleet_unban(guard: &Guard, cidr: IpNet, stamp: Stamp) -> Result<bool, RemedyError> {
+    let now = unix_now();
+    let key = RemedyKey::Ban { cidr };
+    let manual = guard.remedies.load().entry(&key).map(|(r, _)| r);
+    let instant = std::time::Instant::now();
+    let automatic = guard
+        .admission
+        .bans()
+        .list()
+        .into_iter()
+        .find(|(p, b)| *p == cidr && b.until > instant)
+        .map(|(_, b)| now.saturating_add(b.until.duration_since(instant).as_secs() + 1));
+    guard.admission.unban(&cidr);
+    let mut ends: Vec<Option<u64>> = Vec::new();
+    if let Some(Remedy::Ban(b)) = &manual {
+        ends.push(b.until);
+    }
+    ends.extend(automatic.map(Some));
+    if ends.is_empty() {
+        return Ok(false);
+    }
+    let mut change = Change::lift(key, stamp, manual.as_ref(), now);
+    change.until = if ends.contains(&None) {
+        None
+    } else {
+        ends.into_iter().flatten().max()
+    };
+    share(guard, change).await?;
+    Ok(true)
 }
 
 /// Takes `server` of `upstream` out of rotation (`drain` true) or puts
@@ -174,7 +317,21 @@ pub async fn block(
         stream: stream.to_string(),
         reason: reason.to_string(),
         created: unix_now(),
+        stamp: None,
     };
+    if let Some(stamp) = fleet_stamp(guard) {
+        let change = Change {
+            key: RemedyKey::Block {
+                app: app.to_string(),
+                stream: stream.to_string(),
+            },
+            stamp,
+            remedy: Some(Remedy::Block(block)),
+            until: None,
+            terminate: false,
+        };
+        return share(guard, change).await;
+    }
     let live = block.clone();
     change(guard, |r| r.add_block(block)).await?;
     Ok(kick_all(
@@ -186,7 +343,28 @@ pub async fn block(
 }
 
 pub async fn unblock(guard: &Guard, app: &str, stream: &str) -> Result<bool, RemedyError> {
-    change(guard, |r| r.remove_block(app, stream)).await
+    let key = RemedyKey::Block {
+        app: app.to_string(),
+        stream: stream.to_string(),
+    };
+    lift(guard, key, |r| r.remove_block(app, stream)).await
+}
+
+/// Lifts the remedy `key`: across the fleet in fleet mode, else here with
+/// `local`. False if this guard knew no such remedy.
+async fn lift(
+    guard: &Guard,
+    key: RemedyKey,
+    local: impl FnOnce(&mut Remedies) -> bool,
+) -> Result<bool, RemedyError> {
+    let Some(stamp) = fleet_stamp(guard) else {
+        return change(guard, local).await;
+    };
+    let Some((current, _)) = guard.remedies.load().entry(&key) else {
+        return Ok(false);
+    };
+    share(guard, Change::lift(key, stamp, Some(&current), unix_now())).await?;
+    Ok(true)
 }
 
 /// Suspends `app`; with `terminate`, ends its live sessions too.
@@ -200,7 +378,20 @@ pub async fn suspend(
         app: app.to_string(),
         reason: reason.to_string(),
         created: unix_now(),
+        stamp: None,
     };
+    if let Some(stamp) = fleet_stamp(guard) {
+        let change = Change {
+            key: RemedyKey::Suspension {
+                app: app.to_string(),
+            },
+            stamp,
+            remedy: Some(Remedy::Suspension(suspension)),
+            until: None,
+            terminate,
+        };
+        return share(guard, change).await;
+    }
     change(guard, |r| r.suspend(suspension)).await?;
     if !terminate {
         return Ok(0);
@@ -214,7 +405,10 @@ pub async fn suspend(
 }
 
 pub async fn resume(guard: &Guard, app: &str) -> Result<bool, RemedyError> {
-    change(guard, |r| r.resume(app)).await
+    let key = RemedyKey::Suspension {
+        app: app.to_string(),
+    };
+    lift(guard, key, |r| r.resume(app)).await
 }
 
 /// Ends one session; false if no session has that id.
@@ -231,11 +425,17 @@ pub fn kick(guard: &Guard, id: u64, why: &str) -> bool {
     }
 }
 
-/// Drops operator bans that have ended (from housekeeping).
+/// Drops operator bans that have ended, and tombstones past their time
+/// (from housekeeping).
 pub async fn expire_bans(guard: &Guard) {
     let now = unix_now();
-    let expired = guard.remedies.load().bans.iter().any(|b| !b.active(now));
+    let current = guard.remedies.load();
+    let expired = current.bans.iter().any(|b| !b.active(now))
+        || current
+            .tombstones
+            .iter()
+            .any(|t| t.until.is_some_and(|u| u <= now));
     if expired {
-        let _ = change(guard, |r| r.expire(now)).await;
+        let _ = change(guard, |r| r.expire(now) | r.expire_tombstones(now)).await;
     }
 }

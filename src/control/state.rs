@@ -109,12 +109,14 @@ mod tests {
             until: None,
             reason: "abuse report".into(),
             created: 1,
+            stamp: None,
         });
         r.add_block(ContentBlock {
             app: "live".into(),
             stream: "film-*".into(),
             reason: "dmca".into(),
             created: 2,
+            stamp: None,
         });
         r
     }

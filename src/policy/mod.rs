@@ -10,8 +10,9 @@ pub mod glob;
 pub mod session;
 pub mod token;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use subtle::ConstantTimeEq;
@@ -176,12 +177,40 @@ fn denial(kind: Kind, stream_id: u32, stream: &str, reason: Reason, description:
     }
 }
 
+/// What the rest of a fleet holds, as this guard last heard it: kept
+/// current by the fleet task, read by every publish and play. Plain data,
+/// so deciding stays free of I/O. Empty without `[fleet]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetQuota {
+    /// Places the other guards hold, per app: (publishers, viewers).
+    pub remote: HashMap<String, (u32, u32)>,
+    /// (app, stream) names the other guards publish.
+    pub publishing: HashSet<(String, String)>,
+    /// Refuse new publishes and plays (`fleet_unavailable`): Redis is
+    /// unreachable and `on_redis_down = "deny_new"`.
+    pub deny_new: bool,
+}
+
+/// This guard's own places, as the fleet task gives them to Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalClaims {
+    /// Per app: (publishers, viewers).
+    pub counts: HashMap<String, (u32, u32)>,
+    /// (app, stream) names published through this guard.
+    pub publishing: Vec<(String, String)>,
+}
+
 /// Live publishers and per-app counts, shared by all sessions.
 #[derive(Debug, Default)]
 pub struct Registry {
     state: Mutex<RegistryState>,
     /// The operator's content blocks.
     blocks: arc_swap::ArcSwap<Vec<ContentBlock>>,
+    /// The rest of the fleet's places.
+    fleet: arc_swap::ArcSwap<FleetQuota>,
+    /// Bumped whenever a place is taken or given back, so the fleet task
+    /// knows when to tell the others.
+    generation: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -207,7 +236,38 @@ impl Registry {
         self.blocks.load().iter().any(|b| b.matches(app, stream))
     }
 
-    /// Current (publishers, viewers) of an app.
+    /// Replaces what the rest of the fleet holds.
+    pub fn set_fleet(&self, fleet: FleetQuota) {
+        self.fleet.store(Arc::new(fleet));
+    }
+
+    pub fn fleet(&self) -> Arc<FleetQuota> {
+        self.fleet.load_full()
+    }
+
+    /// Changes whenever a place is taken or given back.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// This guard's places.
+    pub fn local_claims(&self) -> LocalClaims {
+        let s = self.lock();
+        let mut counts: HashMap<String, (u32, u32)> = HashMap::new();
+        for (app, n) in &s.publishers {
+            counts.entry(app.clone()).or_default().0 = *n;
+        }
+        for (app, n) in &s.viewers {
+            counts.entry(app.clone()).or_default().1 = *n;
+        }
+        counts.retain(|_, (p, v)| *p > 0 || *v > 0);
+        LocalClaims {
+            counts,
+            publishing: s.live.keys().cloned().collect(),
+        }
+    }
+
+    /// Current (publishers, viewers) of an app through this guard.
     pub fn counts(&self, app: &str) -> (u32, u32) {
         let s = self.lock();
         (
@@ -228,6 +288,7 @@ pub struct Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
+        self.registry.generation.fetch_add(1, Ordering::Relaxed);
         let mut s = self.registry.lock();
         let counts = match self.kind {
             Kind::Publish => &mut s.publishers,
@@ -519,22 +580,39 @@ impl StreamPolicy {
         }
     }
 
-    /// Takes the publisher's name and a quota slot.
+    /// Takes the publisher's name and a quota slot. In a fleet, the
+    /// names and places the other guards hold count too.
     fn claim(&self, kind: Kind, stream: &str) -> Result<Claim, (Reason, String)> {
+        let fleet = self.registry.fleet.load();
+        if fleet.deny_new {
+            return Err((
+                Reason::FleetUnavailable,
+                "the fleet's shared state is unreachable".into(),
+            ));
+        }
         let mut s = self.registry.lock();
         let app = self.app.name.clone();
+        let (remote_publishers, remote_viewers) = fleet.remote.get(&app).copied().unwrap_or((0, 0));
         let (count, limit) = match kind {
             Kind::Publish => (
-                s.publishers.get(&app).copied().unwrap_or(0),
+                s.publishers
+                    .get(&app)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(remote_publishers),
                 self.app.max_publishers,
             ),
             Kind::Play => (
-                s.viewers.get(&app).copied().unwrap_or(0),
+                s.viewers
+                    .get(&app)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add(remote_viewers),
                 self.app.max_viewers,
             ),
         };
         let key = (app.clone(), stream.to_string());
-        if kind == Kind::Publish && s.live.contains_key(&key) {
+        if kind == Kind::Publish && (s.live.contains_key(&key) || fleet.publishing.contains(&key)) {
             return Err((
                 Reason::StreamBusy,
                 "stream is already being published".into(),
@@ -555,6 +633,7 @@ impl StreamPolicy {
             s.live.insert(key, ());
         }
         drop(s);
+        self.registry.generation.fetch_add(1, Ordering::Relaxed);
         Ok(Claim {
             registry: self.registry.clone(),
             app,
@@ -845,6 +924,71 @@ mod tests {
         assert_eq!(r.counts("live"), (0, 0));
         assert_eq!(
             second.on_command(&cmd("publish", "cam"), 1, unix_now()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn the_rest_of_the_fleet_counts_towards_quotas_and_names() {
+        let a = app("publish = \"none\"\nmax_viewers = 2\n");
+        let r = Arc::new(Registry::default());
+        r.set_fleet(FleetQuota {
+            remote: [("live".to_string(), (1, 1))].into(),
+            publishing: [("live".to_string(), "cam".to_string())].into(),
+            deny_new: false,
+        });
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let d = p
+            .on_command(&cmd("publish", "cam"), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            d.reason,
+            Reason::StreamBusy,
+            "published through another guard"
+        );
+        let before = r.generation();
+        assert_eq!(
+            p.on_command(&cmd("publish", "cam2"), 1, unix_now()),
+            Ok(None)
+        );
+        assert_ne!(r.generation(), before, "a new place is news for the fleet");
+        let mut viewer = policy(&a, &r, "192.0.2.2");
+        assert_eq!(
+            viewer.on_command(&cmd("play", "cam"), 1, unix_now()),
+            Ok(None)
+        );
+        let mut third = policy(&a, &r, "192.0.2.3");
+        assert_eq!(
+            third
+                .on_command(&cmd("play", "cam"), 1, unix_now())
+                .unwrap_err()
+                .reason,
+            Reason::QuotaExceeded,
+            "one viewer here and one elsewhere fill max_viewers = 2"
+        );
+        let claims = r.local_claims();
+        assert_eq!(claims.counts.get("live"), Some(&(1, 1)));
+        assert_eq!(
+            claims.publishing,
+            vec![("live".to_string(), "cam2".to_string())]
+        );
+
+        // Redis unreachable with on_redis_down = "deny_new".
+        r.set_fleet(FleetQuota {
+            deny_new: true,
+            ..FleetQuota::default()
+        });
+        let d = third
+            .on_command(&cmd("play", "cam"), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            (d.reason, d.reason.default_ban_score()),
+            (Reason::FleetUnavailable, 0)
+        );
+        // Local counts only once the fleet is forgotten.
+        r.set_fleet(FleetQuota::default());
+        assert_eq!(
+            third.on_command(&cmd("play", "cam"), 1, unix_now()),
             Ok(None)
         );
     }
