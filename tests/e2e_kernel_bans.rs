@@ -151,12 +151,11 @@ fn a_banned_prefix_is_refused_in_the_kernel_while_others_relay() {
          [proxy_protocol]\ntrusted = [\"127.0.0.12\"]\n\
          [bans]\nthreshold = 10\n",
     );
-    assert_eq!(
-        g.metric("rtmp_guard_kernel_bans_enabled"),
-        1.0,
-        "{}",
-        g.log_text()
-    );
+    // The table is built once the guard listens: under load, a moment later.
+    let enabled = wait_for(Duration::from_secs(10), || {
+        (g.metric("rtmp_guard_kernel_bans_enabled") == 1.0).then_some(())
+    });
+    assert!(enabled.is_some(), "{}", g.log_text());
     let start = elements(&table, "banned_ipv4").expect("the guard's set");
     assert_eq!(
         start,
@@ -306,6 +305,12 @@ fn without_nftables_bans_stay_in_user_space() {
             .live(),
         &[("PATH", empty.to_str().unwrap())],
     );
+    let said = wait_for(Duration::from_secs(10), || {
+        g.log_text()
+            .contains("kernel_bans_unavailable")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", g.log_text());
     assert_eq!(g.metric("rtmp_guard_kernel_bans_enabled"), 0.0);
     let log = g.log_text();
     assert_eq!(
