@@ -473,6 +473,8 @@ impl StreamPolicy {
                 let claim = self
                     .claim(q.kind, &q.name)
                     .map_err(|(r, d)| denial(q.kind, q.stream_id, &q.name, r, d))?;
+                // Most sessions hold one place: room for exactly one more.
+                self.claims.reserve_exact(1);
                 self.claims.push(Held {
                     kind: q.kind,
                     name: q.name.clone(),

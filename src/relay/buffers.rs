@@ -9,7 +9,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -59,26 +59,31 @@ impl BufferPool {
     }
 
     /// Waits until `reader` has bytes, then reads them into a pooled
-    /// buffer. The buffer is taken only for the read attempt itself and
-    /// given back if there was nothing to read. An empty result is the
-    /// end of the stream.
+    /// buffer. An empty result is the end of the stream.
     pub async fn read<R: AsyncRead + Unpin>(&self, reader: &mut R) -> std::io::Result<Vec<u8>> {
-        poll_fn(|cx| {
-            let mut buf = self.take();
-            let polled = tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, &mut buf);
-            match polled {
-                Poll::Ready(Ok(_)) => Poll::Ready(Ok(buf)),
-                Poll::Ready(Err(e)) => {
-                    self.give(buf);
-                    Poll::Ready(Err(e))
-                }
-                Poll::Pending => {
-                    self.give(buf);
-                    Poll::Pending
-                }
+        poll_fn(|cx| self.poll_read(reader, cx)).await
+    }
+
+    /// Reads what `reader` has into a pooled buffer. The buffer is taken
+    /// only for the read attempt itself, and given back if there was
+    /// nothing to read.
+    pub fn poll_read<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<Vec<u8>>> {
+        let mut buf = self.take();
+        match tokio_util::io::poll_read_buf(Pin::new(reader), cx, &mut buf) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(buf)),
+            Poll::Ready(Err(e)) => {
+                self.give(buf);
+                Poll::Ready(Err(e))
             }
-        })
-        .await
+            Poll::Pending => {
+                self.give(buf);
+                Poll::Pending
+            }
+        }
     }
 }
 

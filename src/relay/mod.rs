@@ -26,11 +26,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::poll_fn;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::Callbacks;
@@ -334,11 +336,13 @@ impl Activity {
 
 /// Control messages the guard owes a peer, written by the direction that
 /// writes to that peer: acknowledgements and ping responses for what the
-/// other direction read from it.
+/// other direction read from it. The writer checks a flag, not a lock, on
+/// every pass, and waits on it with no lock either.
 #[derive(Default)]
 struct Outbox {
     messages: Mutex<Vec<Control>>,
-    wake: Notify,
+    pending: AtomicBool,
+    waker: AtomicWaker,
 }
 
 /// Control messages an outbox holds at most. A peer that sends pings and
@@ -354,10 +358,18 @@ impl Outbox {
             messages.push(control);
         }
         drop(messages);
-        self.wake.notify_one();
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn has_mail(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
     }
 
     fn take(&self) -> Vec<Control> {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *lock(&self.messages))
     }
 }
@@ -548,19 +560,26 @@ impl Relay<'_> {
         }
         loop {
             if input.is_empty() {
-                tokio::select! {
-                    read = pool.read(&mut reader) => match read {
-                        Ok(buf) if buf.is_empty() => {
-                            pool.give(buf);
-                            return PumpEnd::Eof;
-                        }
-                        Ok(buf) => {
-                            input = buf;
-                            self.activity.touch();
-                        }
-                        Err(_) => return PumpEnd::Read,
-                    },
-                    _ = flow.outbox.wake.notified() => {}
+                // Bytes from the peer, or control messages owed to the
+                // one written to: whichever comes first.
+                let woke = poll_fn(|cx| {
+                    flow.outbox.waker.register(cx.waker());
+                    if flow.outbox.has_mail() {
+                        return Poll::Ready(None);
+                    }
+                    pool.poll_read(&mut reader, cx).map(Some)
+                });
+                match woke.await {
+                    None => {}
+                    Some(Ok(buf)) if buf.is_empty() => {
+                        pool.give(buf);
+                        return PumpEnd::Eof;
+                    }
+                    Some(Ok(buf)) => {
+                        input = buf;
+                        self.activity.touch();
+                    }
+                    Some(Err(_)) => return PumpEnd::Read,
                 }
             }
             let mut out = pool.take();
