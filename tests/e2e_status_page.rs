@@ -185,6 +185,30 @@ fn an_operator_sees_live_sessions_and_refusals_and_kicks_a_publisher_from_the_pa
         "{title}"
     );
 
+    // Sorted by a column's header, filtered by what is typed.
+    let streams = || -> Vec<String> {
+        let got = b
+            .execute(
+                "return Array.from(document.querySelectorAll('#sessions td.stream'), td => td.textContent);",
+                vec![],
+            )
+            .unwrap_or_default();
+        serde_json::from_value(got).unwrap_or_default()
+    };
+    b.click("#sessions th[data-sort=stream]").unwrap();
+    assert_eq!(streams(), [HOSTILE[0], HOSTILE[1], "cam1"]);
+    b.click("#sessions th[data-sort=stream]").unwrap();
+    assert_eq!(streams(), ["cam1", HOSTILE[1], HOSTILE[0]]);
+    b.fill("#filter", "CAM").unwrap();
+    assert_eq!(streams(), ["cam1"]);
+    b.fill("#filter", "").unwrap();
+    b.execute(
+        "document.getElementById('filter').dispatchEvent(new Event('input'))",
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(streams().len(), 3);
+
     // Bans (with time left) and blocks are listed, their text as text.
     let ban_row = "#bans tr[data-cidr=\"192.0.2.0/24\"]";
     let listed = b.text(ban_row).unwrap_or_default();
