@@ -2,7 +2,9 @@
 # Installs the programs the end-to-end tests run, if they are missing:
 # ffmpeg, nginx with libnginx-mod-rtmp, rtmpdump, haproxy, prometheus (and
 # promtool), systemd-analyze, fail2ban-regex, nft (kernel bans,
-# tests/e2e_kernel_bans.rs), redis-server (fleet mode), and for the interop matrix
+# tests/e2e_kernel_bans.rs), redis-server (fleet mode), chromium and
+# chromedriver (the status page in a real browser, tests/e2e_status_page.rs),
+# and for the interop matrix
 # (tests/e2e_interop.rs) GStreamer (rtmp2, librtmp's rtmpsink, flv, libav),
 # node and npm, python3 with venv. Debian/Ubuntu only (apt). Extra package
 # names may be passed as arguments.
@@ -30,6 +32,8 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v fail2ban-regex >/dev/null || need+=(fail2ban)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v gst-launch-1.0 >/dev/null || need+=(gstreamer1.0-tools)
 # rtmp2sink/rtmp2src, rtmpsink (librtmp) and h264parse are in -bad, flvmux
 # and flvdemux in -good, avdec_h264 in -libav.

@@ -20,6 +20,7 @@ use crate::kernel::KernelBans;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
 use crate::pool::Pools;
+use crate::refusals::RefusalHistory;
 use crate::relay::buffers::BufferPool;
 
 /// State shared by every connection.
@@ -30,6 +31,8 @@ pub struct Guard {
     /// The file the config came from; `None`: the embedded default.
     pub config_path: Option<PathBuf>,
     pub metrics: Arc<Metrics>,
+    /// Refusals per reason per 10 s over the last hour (the status page).
+    pub refusals: RefusalHistory,
     /// Each upstream's servers: up or down, drained, sessions.
     pub pools: Pools,
     /// Permits for `server.max_connections`.
@@ -88,6 +91,7 @@ impl Guard {
             streams: Arc::new(Registry::default()),
             callbacks: Callbacks::default(),
             metrics,
+            refusals: RefusalHistory::default(),
             remedies: ArcSwap::default(),
             remedies_write: tokio::sync::Mutex::new(()),
             sessions: Sessions::default(),

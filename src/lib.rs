@@ -30,8 +30,8 @@
 //! Around them: [`config`], [`guard`] (shared state), [`server`] (start-up),
 //! [`control`] (the operator's remedies and live sessions), [`admin`] (the
 //! HTTP adapter for them), [`fleet`] (sharing them, and quotas, with other
-//! guards through Redis), [`lifecycle`] (reload, drain), [`metrics`] and
-//! the logs.
+//! guards through Redis), [`lifecycle`] (reload, drain), [`metrics`], [`refusals`] (the last
+//! hour's refusals per reason, for the status page) and the logs.
 
 pub mod accept;
 pub mod admin;
@@ -55,6 +55,7 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod refusals;
 pub mod relay;
 pub mod report;
 pub mod rtmp;

@@ -1,6 +1,7 @@
 //! The last stage of every connection: say what happened to it.
 //!
-//! A refusal ([`Block`]) is counted, logged as one event, written to the
+//! A refusal ([`Block`]) is counted (in the metrics and in the status
+//! page's [`crate::refusals`] history), logged as one event, written to the
 //! audit log and scored against the client's prefix, which may ban it. All
 //! of that is decided by the config the session began with, dry run and
 //! scores included, so a reload never changes how a live session is judged.
@@ -73,6 +74,9 @@ pub fn refuse_now(guard: &Guard, config: &Config, client: ClientAddr, block: &Bl
     let mut audit = None;
     if enforce {
         guard.metrics.blocked(block.stage, block.reason);
+        guard
+            .refusals
+            .record(block.reason, crate::control::unix_now());
         event!("blocked", "session blocked");
         audit = guard.audit.try_blocked(block, client.socket());
     } else {

@@ -694,3 +694,127 @@ fn a_reload_rotates_the_token_file_new_token_in_old_one_out() {
     );
     assert_eq!(running.guard.remedies.load().bans.len(), 1);
 }
+
+#[test]
+fn the_status_page_needs_no_token_holds_no_data_and_allows_no_inline_script_or_framing() {
+    let a = Admin::start();
+    let _live = a.live_client("127.0.0.6", "publish", "secret-looking-name");
+    let host = "Host: 127.0.0.1\r\n";
+    let (status, page) = a.raw("GET", "/", host, "");
+    assert_eq!(status, 200, "{page}");
+    let (head, html) = page.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    for header in [
+        "content-type: text/html; charset=utf-8",
+        "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+    ] {
+        assert!(head.contains(header), "no {header:?} in {head}");
+    }
+    assert!(!head.contains("unsafe-inline") && !head.contains("unsafe-eval"));
+    // No data in the page: the session it could have listed is not there.
+    assert!(!html.contains("secret-looking-name") && !html.contains(TOKEN));
+    // No inline script, style or event handler for the policy to refuse.
+    let lower = html.to_ascii_lowercase();
+    assert_eq!(lower.matches("<script").count(), 1, "{html}");
+    assert!(lower.contains("<script src=\"/status.js\" defer></script>"));
+    assert!(!lower.contains("<style") && !lower.contains(" style="));
+    assert!(!lower.contains(" onload=") && !lower.contains(" onclick="));
+
+    for (path, kind) in [
+        ("/status.js", "text/javascript"),
+        ("/status.css", "text/css"),
+    ] {
+        let (status, text) = a.raw("GET", path, host, "");
+        assert_eq!(status, 200, "{path}");
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains(&format!("content-type: {kind}")), "{text}");
+        assert!(lower.contains("x-content-type-options: nosniff"));
+    }
+    // The script puts data on the page as text only.
+    let (_, script) = a.raw("GET", "/status.js", host, "");
+    for sink in [
+        ".innerHTML",
+        ".outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ] {
+        assert!(!script.contains(sink), "status.js uses {sink}");
+    }
+
+    // The API's answers carry the same protections; its data still needs
+    // the token; the page is under the Host check like everything else.
+    let (status, text) = a.raw("GET", "/api/v1/sessions", host, "");
+    assert_eq!(status, 401);
+    assert!(text.to_ascii_lowercase().contains("x-frame-options: deny"));
+    assert_eq!(a.raw("GET", "/", "Host: evil.example\r\n", "").0, 421);
+}
+
+#[test]
+fn refusals_are_counted_per_reason_per_ten_seconds_over_the_window_asked() {
+    let a = Admin::start();
+    // Two unknown apps (3 points each: no ban yet).
+    for _ in 0..2 {
+        let mut c = RawClient::handshaken_from(a.h.addr(), "127.0.0.7");
+        c.send(&common::client::connect_bytes("nope"));
+        assert!(matches!(
+            c.wait_closed(Duration::from_secs(3)),
+            Closed::Within(..)
+        ));
+    }
+    let (status, body) = a.api("GET", "/api/v1/refusals?window=1m", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["step_seconds"], 10);
+    let end = body["end"].as_u64().unwrap();
+    let now = rtmp_guard::control::unix_now();
+    assert!(end % 10 == 0 && end > now && end <= now + 10, "{end} {now}");
+    let reasons = body["reasons"].as_object().unwrap();
+    assert_eq!(reasons.len(), Reason::ALL.len());
+    for reason in Reason::ALL {
+        let counts = reasons[reason.as_str()].as_array().unwrap();
+        assert_eq!(counts.len(), 6, "{reason}");
+    }
+    let unknown: u64 = reasons["unknown_app"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(unknown, 2, "{body}");
+    assert_eq!(
+        a.h.guard
+            .guard
+            .metrics
+            .blocked_count(Stage::Connect, Reason::UnknownApp),
+        2
+    );
+
+    // The default is the status page's 15 minutes; an hour at most.
+    let (_, body) = a.api("GET", "/api/v1/refusals", "");
+    assert_eq!(body["reasons"]["unknown_app"].as_array().unwrap().len(), 90);
+    let (_, body) = a.api("GET", "/api/v1/refusals?window=1h", "");
+    assert_eq!(body["reasons"]["banned"].as_array().unwrap().len(), 360);
+    for bad in [
+        "window=5s",
+        "window=15s",
+        "window=2h",
+        "window=0s",
+        "window=fifteen",
+        "window=",
+        "window=15m&window=1h",
+    ] {
+        let (status, body) = a.api("GET", &format!("/api/v1/refusals?{bad}"), "");
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("window"), "{body}");
+    }
+    assert_eq!(
+        http(a.addr(), "GET", "/api/v1/refusals?window=15m", None, "").0,
+        401
+    );
+}

@@ -3,6 +3,7 @@
 //! configured; every mutation writes an audit line.
 //!
 //! ```text
+//! GET    /                            the status page (no data, no token; see status_page)
 //! GET    /healthz                     alive
 //! GET    /readyz                      listening on a valid config, not draining
 //! GET    /api/v1/sessions             live sessions; ?scope=fleet: every guard's
@@ -18,13 +19,15 @@
 //! POST   /api/v1/apps/{app}/suspend   {"reason", "terminate": true}
 //! POST   /api/v1/apps/{app}/resume
 //! GET    /api/v1/upstreams
+//! GET    /api/v1/refusals?window=15m  refusals per reason per 10 s, oldest first
 //! POST   /api/v1/upstreams/{name}/servers/{addr}/drain
 //! POST   /api/v1/upstreams/{name}/servers/{addr}/undrain
 //! POST   /api/v1/reload
 //! ```
 //!
-//! The API is for operators' tools, never for a web page, and it defends
-//! itself against one (a page on the operator's machine must not be able
+//! The API is for operators' tools and for the guard's own status page
+//! ([`status_page`], same origin, same token), never for another web page,
+//! and it defends itself against one (a page on the operator's machine must not be able
 //! to ban `0.0.0.0/0` through a loopback API without a token):
 //!
 //! - **Host.** Every request's `Host` header must name this listener
@@ -56,6 +59,9 @@ use subtle::ConstantTimeEq;
 
 use crate::control::{remedies, unix};
 use crate::guard::Guard;
+use crate::refusals;
+
+pub mod status_page;
 
 type Shared = State<Arc<Guard>>;
 
@@ -105,6 +111,7 @@ pub fn router(guard: Arc<Guard>, access: Access) -> Router {
         .route("/apps/:app/suspend", post(suspend))
         .route("/apps/:app/resume", post(resume))
         .route("/upstreams", get(upstreams))
+        .route("/refusals", get(refusal_history))
         .route("/upstreams/:name/servers/:addr/drain", post(drain))
         .route("/upstreams/:name/servers/:addr/undrain", post(undrain))
         .route("/reload", post(reload))
@@ -114,10 +121,12 @@ pub fn router(guard: Arc<Guard>, access: Access) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .merge(status_page::routes())
         .nest("/api/v1", api)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(guard)
         .layer(middleware::from_fn_with_state(access, check_host))
+        .layer(middleware::from_fn(status_page::security_headers))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -699,6 +708,41 @@ async fn upstreams(State(guard): Shared) -> Response {
         })
         .collect();
     Json(json!({ "upstreams": list })).into_response()
+}
+
+/// The refusal history over `window` (default 15m, at most 1h), oldest
+/// step first: `{"step_seconds", "end", "reasons": {reason: [n, ...]}}`,
+/// every reason of `Reason::ALL` present.
+async fn refusal_history(State(guard): Shared, uri: axum::http::Uri) -> Result<Response, ApiError> {
+    let mut window = None;
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if key != "window" {
+            continue;
+        }
+        if window.is_some() {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "window must be given at most once".into(),
+            ));
+        }
+        let steps = refusals::parse_window(&value)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+        window = Some(steps);
+    }
+    let steps =
+        window.unwrap_or((refusals::DEFAULT_WINDOW.as_secs() / refusals::STEP_SECONDS) as usize);
+    let w = guard.refusals.window(steps, crate::control::unix_now());
+    let reasons: serde_json::Map<String, Value> = w
+        .reasons
+        .into_iter()
+        .map(|(reason, counts)| (reason.as_str().to_string(), json!(counts)))
+        .collect();
+    Ok(Json(json!({
+        "step_seconds": refusals::STEP_SECONDS,
+        "end": w.end,
+        "reasons": reasons,
+    }))
+    .into_response())
 }
 
 async fn drain(

@@ -1,9 +1,10 @@
 //! Helpers shared by the integration and end-to-end tests: free ports, the
 //! guard config builder, a raw RTMP client, HTTP scraping, the hostile
 //! input set, and harnesses for the real programs (nginx-rtmp,
-//! node-media-server, the guard binary, ffmpeg).
+//! node-media-server, the guard binary, ffmpeg, headless Chromium).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod client;
 pub mod config;
 pub mod flood;

@@ -448,6 +448,12 @@ impl GuardProc {
 
 /// ffmpeg publishing a synthetic H.264/AAC stream in real time.
 pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
+    ffmpeg_publish_with(url, &[], seconds, log)
+}
+
+/// As [`ffmpeg_publish`], with `output_options` before the URL (for
+/// example `-rtmp_playpath NAME`, for a stream name a URL cannot carry).
+pub fn ffmpeg_publish_with(url: &str, output_options: &[&str], seconds: u32, log: &Path) -> Proc {
     let out = fs::File::create(log).expect("ffmpeg log");
     let child = Command::new("ffmpeg")
         .args([
@@ -471,7 +477,9 @@ pub fn ffmpeg_publish(url: &str, seconds: u32, log: &Path) -> Proc {
             "-g",
             "25",
         ])
-        .args(["-c:a", "aac", "-f", "flv", url])
+        .args(["-c:a", "aac", "-f", "flv"])
+        .args(output_options)
+        .arg(url)
         .stdout(Stdio::null())
         .stderr(out)
         .spawn()
