@@ -460,3 +460,46 @@ fn keys_of(value: &Amf0Value) -> Vec<&str> {
         .map(|(k, _)| k.as_str())
         .collect()
 }
+
+/// A client's ping is answered by the guard on the client's own leg (the
+/// direction that writes to the client carries the answer the other
+/// direction owes), and never reaches the origin.
+#[test]
+fn a_clients_ping_is_answered_by_the_guard_and_not_forwarded() {
+    use rtmp_guard::rtmp::chunk::{writer::ChunkWriter, MessageHeader};
+    use rtmp_guard::rtmp::control::{Control, UserEvent};
+    let h = Harness::new();
+    let mut c = RawClient::handshaken(h.addr());
+    c.send(&connect_bytes("live"));
+    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    let (type_id, payload) = Control::User(UserEvent::PingRequest(0x1234_5678)).encode();
+    let mut ping = Vec::new();
+    ChunkWriter::new().write(
+        &mut ping,
+        &MessageHeader::for_payload(2, type_id, 0, &payload),
+        &payload,
+    );
+    c.send(&ping);
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let pong = common::wait_for(Duration::from_secs(5), || {
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        messages_in(&got)
+            .into_iter()
+            .find(|(h, p)| h.type_id == 4 && p.get(..2) == Some(&[0, 7][..]))
+    })
+    .expect("a ping response");
+    assert_eq!(pong.1, [0, 7, 0x12, 0x34, 0x56, 0x78]);
+    let all = h.origin.received.lock().unwrap();
+    let at_origin = messages_in(all.first().map(Vec::as_slice).unwrap_or_default());
+    assert!(
+        !at_origin.iter().any(|(h, _)| h.type_id == 4),
+        "the ping reached the origin"
+    );
+}

@@ -24,15 +24,15 @@
 //! operator kicks it, a peer takes no byte for `write_timeout` while data
 //! waits for it, or nothing moves in either direction for `idle_timeout`.
 
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::future::poll_fn;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::task::AtomicWaker;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use futures_util::task::AtomicWaker;
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::Callbacks;
