@@ -22,6 +22,7 @@ use common::{blocked_sample, free_port, have_tools, http, wait_for};
 
 const KEY: &str = "sk_live_9f8e7d6c5b4aE2eTestKey";
 const WRONG: &str = "sk_live_9f8e7d6c5b4aE2eWrongKy";
+const NEW_KEY: &str = "sk_live_after_the_reload_0001";
 const TOKEN: &str = "an-admin-token-for-e2e-tests";
 
 fn text(path: &Path) -> String {
@@ -64,6 +65,8 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let guard = GuardProc::start(
         GuardConfig::new()
+            // Five refusals from 127.0.0.1 would ban it.
+            .tables("[bans]\nthreshold = 100")
             .admin(admin, &token)
             .audit(&audit)
             .origin(nginx.rtmp)
@@ -153,6 +156,27 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(out.contains("blocked content"), "{out}");
     assert!(guard.metric(&blocked_sample("session", "content_blocked")) >= 2.0);
 
+    // A reload re-reads the keys file: a new key publishes as its name,
+    // a removed one is refused.
+    std::fs::write(&keys, format!("cam7 = {KEY}\ncam9 = {NEW_KEY}\n")).unwrap();
+    guard.signal("HUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        (guard.metric("rtmp_guard_config_reloads_total{result=\"success\"}") >= 1.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", guard.log_text());
+    let mut p = ffmpeg_publish(
+        &format!("rtmp://{}/live/{NEW_KEY}", guard.rtmp),
+        3,
+        &log("reloaded.log"),
+    );
+    assert!(nginx.wait_publishing("cam9"), "{}", guard.log_text());
+    let _ = wait_exit(&mut p, Duration::from_secs(20));
+    let out = refused_publish(
+        &format!("rtmp://{}/live/sk_live_other", guard.rtmp),
+        &log("removed.log"),
+    );
+    assert!(out.contains("invalid stream key"), "{out}");
+
     // No key anywhere the guard writes or shows, nor at the origin.
     for path in ["/api/v1/sessions", "/api/v1/blocks", "/api/v1/apps"] {
         outputs.push((path, api(admin, "GET", path, "").1));
@@ -170,12 +194,16 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(guard_log.contains("publish cam7"), "{guard_log}");
     assert!(nginx.error_log().contains("name='cam7'"));
     for (what, out) in &outputs {
-        for secret in [KEY, WRONG, "sk_live_other"] {
+        for secret in [KEY, WRONG, NEW_KEY, "sk_live_other"] {
             assert!(!out.contains(secret), "{secret} in the {what}:\n{out}");
         }
     }
     // The wrong key's refusals name no stream at all.
-    for line in guard_log.lines().filter(|l| l.contains("\"unauthorized\"")) {
+    let refusals = guard_log
+        .lines()
+        .filter(|l| l.contains("\"blocked\"") && l.contains("\"unauthorized\""));
+    assert_eq!(refusals.clone().count(), 3, "{guard_log}");
+    for line in refusals {
         assert!(line.contains("\"stream\":\"\""), "{line}");
     }
 }

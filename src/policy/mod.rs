@@ -39,7 +39,11 @@ pub struct AuthQuery {
     /// The form POSTed to the service, as nginx-rtmp's on_publish sends it.
     pub form: String,
     kind: Kind,
+    /// The name checked and claimed: as sent, or the public name of a key.
     name: String,
+    /// The name as the client sent it, without its query: a 3xx renames
+    /// what the client calls this.
+    sent: String,
     stream_id: u32,
     /// publish/play (which take a claim), not a prelude.
     claim: bool,
@@ -421,7 +425,7 @@ impl StreamPolicy {
                 "blocked content".into(),
             ));
         }
-        self.set_rename(q.kind, &q.name, Some(to));
+        self.set_rename(q.kind, &q.sent, Some(to));
         Ok(AuthQuery {
             name: to.to_string(),
             ..q.clone()
@@ -521,12 +525,13 @@ impl StreamPolicy {
             .map_err(|(r, d)| denial(kind, stream_id, &name, r, d))?;
         let query = AuthQuery {
             form: if ask {
-                self.form(kind, &sent)
+                self.form(kind, &name, &sent.params)
             } else {
                 String::new()
             },
             kind,
             name,
+            sent: sent.name,
             stream_id,
             claim,
         };
@@ -604,18 +609,18 @@ impl StreamPolicy {
     /// nginx-rtmp's on_publish/on_play fields, then the stream's query
     /// arguments, less any that could pass for one of those fields (see
     /// [`is_guard_field`]): a client cannot send `?call=play&app=other`.
-    fn form(&self, kind: Kind, name: &StreamName) -> String {
+    fn form(&self, kind: Kind, name: &str, params: &[(String, String)]) -> String {
         let mut f = form_urlencoded::Serializer::new(String::new());
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         f.append_pair("call", kind.as_str())
             .append_pair("addr", &self.client.to_string())
             .append_pair("app", &self.app.name)
-            .append_pair("name", &name.name)
+            .append_pair("name", name)
             .append_pair("tcurl", &opt(&self.tc_url))
             .append_pair("pageurl", &opt(&self.page_url))
             .append_pair("swfurl", &opt(&self.swf_url))
             .append_pair("flashver", &opt(&self.flash_ver));
-        for (k, v) in name.params.iter().filter(|(k, _)| !is_guard_field(k)) {
+        for (k, v) in params.iter().filter(|(k, _)| !is_guard_field(k)) {
             f.append_pair(k, v);
         }
         f.finish()

@@ -1257,6 +1257,40 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_service_never_sees_a_key_and_renames_what_the_client_sent() {
+        let mut r = rules_in(
+            &format!(
+                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\" }}\nplay = \"http\"\n\
+                 http_auth = {{ url = \"http://127.0.0.1:1/\" }}\n"
+            ),
+            Arc::new(Registry::default()),
+        );
+        sent_on(&mut r, &cmd("publish", &[s(KEY)]), 1, 0);
+        // The publisher plays its own key: the service is asked about cam7.
+        let play = cmd("play", &[s(KEY)]);
+        let payload = encode(&play).unwrap();
+        let message = Message {
+            header: header(types::COMMAND_AMF0, 2, payload.len()),
+            payload: &payload,
+        };
+        let Verdict::Ask(query) = r.on_message(&message, Now::default()) else {
+            panic!("expected a question");
+        };
+        assert!(
+            query.form.contains("name=cam7") && !query.form.contains(KEY),
+            "{}",
+            query.form
+        );
+        assert_eq!(
+            r.answer(&query, Answer::Rename("cam7-low".into())),
+            Verdict::Opened
+        );
+        let out = r.for_origin(&message).unwrap().expect("renamed");
+        let out = command::decode(20, &out, 8).unwrap();
+        assert_eq!(named(&Some(out)).as_deref(), Some("cam7-low"));
+    }
+
+    #[test]
     fn a_bad_name_in_stream_key_mode_is_not_logged() {
         let mut r = stream_key_rules(Arc::new(Registry::default()));
         let Verdict::Refuse(refusal) = judge(&mut r, &cmd("publish", &[s("sk_live\nx")]), 1, 0)
