@@ -1,8 +1,11 @@
 //! The HTTP auth callback, compatible with nginx-rtmp's `on_publish` and
-//! `on_play`: a form POST per publish or play; a 2xx answer allows,
-//! anything else denies. Answers are cached for `cache`, keyed on the URL
-//! and everything sent, so a player reconnecting does not hit the service
-//! each time. This module does the I/O; the policy decides what to ask.
+//! `on_play`: a form POST per publish or play; a 2xx answer allows; a 3xx
+//! allows under the stream name its `Location` gives (without one, as
+//! sent), as nginx-rtmp reads it; anything else denies. Answers are
+//! cached for `cache`, the rename with them, keyed on the URL and
+//! everything sent, so a player reconnecting does not hit the service
+//! each time. This module does the I/O; the policy decides what to ask,
+//! and what a `Location` means.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,13 +43,25 @@ pub const MAX_ENTRY_BYTES: usize = MAX_CACHE_BYTES / 64;
 /// strings' headers, the answer.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// What the service answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// 2xx, or a 3xx without a `Location` (or an empty one).
+    Allow,
+    /// Any other status.
+    Deny,
+    /// A 3xx's `Location`, as sent (bytes that are not UTF-8 read as
+    /// U+FFFD): the policy reads it as nginx-rtmp does.
+    Redirect(String),
+}
+
 /// One cached answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Answer {
     at: Instant,
     /// The `cache` it was stored under: past it, it may be dropped.
     ttl: Duration,
-    allowed: bool,
+    reply: Reply,
     /// What it counts against [`MAX_CACHE_BYTES`].
     weight: usize,
 }
@@ -62,22 +77,27 @@ pub struct AnswerCache {
     bytes: usize,
 }
 
-fn weight(url: &str, form: &str) -> usize {
+fn weight(url: &str, form: &str, reply: &Reply) -> usize {
+    let location = match reply {
+        Reply::Redirect(l) => l.len(),
+        Reply::Allow | Reply::Deny => 0,
+    };
     url.len()
         .saturating_add(form.len())
+        .saturating_add(location)
         .saturating_add(ENTRY_OVERHEAD)
 }
 
 impl AnswerCache {
     /// The answer to `form` at `url`, if one is younger than `max_age`.
-    pub fn get(&self, url: &str, form: &str, max_age: Duration, now: Instant) -> Option<bool> {
+    pub fn get(&self, url: &str, form: &str, max_age: Duration, now: Instant) -> Option<Reply> {
         let hit = self.entries.get(&(url.to_string(), form.to_string()))?;
-        (now.saturating_duration_since(hit.at) < max_age).then_some(hit.allowed)
+        (now.saturating_duration_since(hit.at) < max_age).then(|| hit.reply.clone())
     }
 
     /// Stores an answer for `ttl`, making room if the cache is full.
-    pub fn insert(&mut self, url: &str, form: &str, allowed: bool, ttl: Duration, now: Instant) {
-        let w = weight(url, form);
+    pub fn insert(&mut self, url: &str, form: &str, reply: Reply, ttl: Duration, now: Instant) {
+        let w = weight(url, form, &reply);
         if ttl.is_zero() || w > MAX_ENTRY_BYTES {
             return;
         }
@@ -94,7 +114,7 @@ impl AnswerCache {
             Answer {
                 at: now,
                 ttl,
-                allowed,
+                reply,
                 weight: w,
             },
         );
@@ -169,30 +189,50 @@ impl Callbacks {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Asks the service about `form`. `Ok(allowed)`, or `Err(why)` when it
+    /// Asks the service about `form`. `Ok(reply)`, or `Err(why)` when it
     /// could not be asked (timeout, refused, bad URL): then `on_error`
     /// decides.
-    pub async fn ask(&self, auth: &HttpAuth, form: &str) -> Result<bool, CallbackError> {
-        if let Some(allowed) = self
+    pub async fn ask(&self, auth: &HttpAuth, form: &str) -> Result<Reply, CallbackError> {
+        if let Some(reply) = self
             .cache()
             .get(&auth.url, form, auth.cache, Instant::now())
         {
-            return Ok(allowed);
+            return Ok(reply);
         }
-        let allowed = self.post(auth, form).await?;
+        let reply = self.post(auth, form).await?;
         self.cache()
-            .insert(&auth.url, form, allowed, auth.cache, Instant::now());
-        Ok(allowed)
+            .insert(&auth.url, form, reply.clone(), auth.cache, Instant::now());
+        Ok(reply)
     }
 
-    async fn post(&self, auth: &HttpAuth, form: &str) -> Result<bool, CallbackError> {
+    async fn post(&self, auth: &HttpAuth, form: &str) -> Result<Reply, CallbackError> {
         let request = hyper::Request::post(&auth.url)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(form.to_string())))?;
         match tokio::time::timeout(auth.timeout, self.client.request(request)).await {
             Err(_) => Err(CallbackError::Timeout(auth.timeout)),
-            Ok(response) => Ok(response?.status().is_success()),
+            Ok(response) => {
+                let response = response?;
+                let location = response.headers().get(hyper::header::LOCATION);
+                Ok(reply_of(response.status(), location.map(|l| l.as_bytes())))
+            }
         }
+    }
+}
+
+/// What an answer means, as nginx-rtmp's `on_publish`/`on_play` read it:
+/// 2xx allows; 3xx allows, renamed by a non-empty `Location` (the first,
+/// if several); anything else denies.
+pub fn reply_of(status: hyper::StatusCode, location: Option<&[u8]>) -> Reply {
+    if status.is_success() {
+        return Reply::Allow;
+    }
+    if !status.is_redirection() {
+        return Reply::Deny;
+    }
+    match location.map(String::from_utf8_lossy) {
+        Some(l) if !l.is_empty() => Reply::Redirect(l.into_owned()),
+        _ => Reply::Allow,
     }
 }
 
@@ -203,11 +243,18 @@ mod tests {
     const URL: &str = "http://127.0.0.1:8080/auth";
     const TTL: Duration = Duration::from_secs(30);
 
+    fn location_len(r: &Reply) -> usize {
+        match r {
+            Reply::Redirect(l) => l.len(),
+            _ => 0,
+        }
+    }
+
     /// What the entries really hold, counted apart from the cache's own sum.
     fn held(c: &AnswerCache) -> usize {
         c.entries
-            .keys()
-            .map(|(u, f)| u.len() + f.len() + ENTRY_OVERHEAD)
+            .iter()
+            .map(|((u, f), a)| u.len() + f.len() + ENTRY_OVERHEAD + location_len(&a.reply))
             .sum()
     }
 
@@ -227,7 +274,7 @@ mod tests {
         // 64 MiB of distinct forms, all still fresh: expiry frees nothing.
         for i in 0..(64 << 20) / size {
             let now = t0 + Duration::from_millis(i as u64);
-            c.insert(URL, &form(i, size), true, TTL, now);
+            c.insert(URL, &form(i, size), Reply::Allow, TTL, now);
             inserted += size;
             assert!(c.bytes() <= MAX_CACHE_BYTES, "{} after {i}", c.bytes());
             assert_eq!(c.bytes(), held(&c), "the count drifted after {i}");
@@ -236,7 +283,7 @@ mod tests {
         // The newest answers are kept and served.
         let last = (64 << 20) / size - 1;
         let now = t0 + Duration::from_millis(last as u64 + 1);
-        assert_eq!(c.get(URL, &form(last, size), TTL, now), Some(true));
+        assert_eq!(c.get(URL, &form(last, size), TTL, now), Some(Reply::Allow));
         assert!(c.len() > 1);
     }
 
@@ -248,7 +295,7 @@ mod tests {
             c.insert(
                 URL,
                 &form(i, 0),
-                false,
+                Reply::Deny,
                 TTL,
                 t0 + Duration::from_micros(i as u64),
             );
@@ -262,7 +309,7 @@ mod tests {
         let mut c = AnswerCache::default();
         let now = Instant::now();
         let big = form(0, MAX_ENTRY_BYTES);
-        c.insert(URL, &big, true, TTL, now);
+        c.insert(URL, &big, Reply::Allow, TTL, now);
         assert!(c.is_empty());
         assert_eq!(c.get(URL, &big, TTL, now), None);
         assert_eq!(c.bytes(), 0);
@@ -272,17 +319,61 @@ mod tests {
     fn answers_expire_and_expired_ones_go_first() {
         let mut c = AnswerCache::default();
         let t0 = Instant::now();
-        c.insert(URL, "a", true, TTL, t0);
-        assert_eq!(c.get(URL, "a", TTL, t0 + TTL / 2), Some(true));
+        c.insert(URL, "a", Reply::Allow, TTL, t0);
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL / 2), Some(Reply::Allow));
         assert_eq!(c.get(URL, "a", TTL, t0 + TTL), None);
         assert_eq!(c.get("http://other/", "a", TTL, t0), None);
         // Replacing an answer does not count it twice.
-        c.insert(URL, "a", false, TTL, t0 + TTL);
+        c.insert(URL, "a", Reply::Deny, TTL, t0 + TTL);
         assert_eq!(c.len(), 1);
         assert_eq!(c.bytes(), held(&c));
-        assert_eq!(c.get(URL, "a", TTL, t0 + TTL), Some(false));
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL), Some(Reply::Deny));
         // A zero cache time caches nothing.
-        c.insert(URL, "b", true, Duration::ZERO, t0);
+        c.insert(URL, "b", Reply::Allow, Duration::ZERO, t0);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_rename_is_cached_with_its_answer_and_counted() {
+        let mut c = AnswerCache::default();
+        let t0 = Instant::now();
+        let renamed = Reply::Redirect("renamed1".into());
+        c.insert(URL, "a", renamed.clone(), TTL, t0);
+        assert_eq!(c.get(URL, "a", TTL, t0 + TTL / 2), Some(renamed));
+        assert_eq!(c.bytes(), held(&c));
+        assert_eq!(c.bytes(), URL.len() + 1 + "renamed1".len() + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn statuses_read_as_nginx_rtmp_reads_them() {
+        use hyper::StatusCode as S;
+        assert_eq!(reply_of(S::OK, None), Reply::Allow);
+        assert_eq!(reply_of(S::NO_CONTENT, Some(b"x")), Reply::Allow);
+        for status in [
+            S::FOUND,
+            S::MOVED_PERMANENTLY,
+            S::SEE_OTHER,
+            S::TEMPORARY_REDIRECT,
+        ] {
+            assert_eq!(
+                reply_of(status, Some(b"renamed1")),
+                Reply::Redirect("renamed1".into())
+            );
+            // nginx-rtmp goes on with the name as sent.
+            assert_eq!(reply_of(status, None), Reply::Allow);
+            assert_eq!(reply_of(status, Some(b"")), Reply::Allow);
+        }
+        assert_eq!(
+            reply_of(S::FOUND, Some(b"a\xffb")),
+            Reply::Redirect("a\u{FFFD}b".into())
+        );
+        for status in [
+            S::FORBIDDEN,
+            S::NOT_FOUND,
+            S::INTERNAL_SERVER_ERROR,
+            S::CONTINUE,
+        ] {
+            assert_eq!(reply_of(status, Some(b"renamed1")), Reply::Deny);
+        }
     }
 }

@@ -107,11 +107,22 @@ pub struct RelayOutcome {
     pub forwarded: usize,
     /// Why the direction stopped early: a refusal or an origin violation.
     pub ended: Option<String>,
+    /// What the peer written to reads, message by message: (type, message
+    /// stream, timestamp, payload).
+    pub messages: Vec<(u8, u32, u32, Vec<u8>)>,
 }
 
 /// Runs [`relay`]'s check; `Err` if the output was not exactly what was
 /// forwarded.
 pub fn relay_outcome(data: &[u8]) -> Result<RelayOutcome, String> {
+    relay_outcome_with(data, relay_rules())
+}
+
+/// [`relay_outcome`], judged by `rules` instead of [`relay_rules`].
+pub fn relay_outcome_with(
+    data: &[u8],
+    mut rules: crate::policy::session::SessionRules,
+) -> Result<RelayOutcome, String> {
     use crate::policy::session::{Answer, Now};
     use crate::relay::direction::{Direction, Side, Sink, Stop};
 
@@ -124,7 +135,6 @@ pub fn relay_outcome(data: &[u8]) -> Result<RelayOutcome, String> {
         Side::Origin
     };
     let step = usize::from(mode >> 1).max(1) * 5;
-    let mut rules = relay_rules();
     let limits = fuzz_limits();
     let mut dir = Direction::new(side, ChunkParser::new(limits), 4096);
     let mut out = Vec::new();
@@ -148,8 +158,7 @@ pub fn relay_outcome(data: &[u8]) -> Result<RelayOutcome, String> {
                 None if fed.consumed == 0 => return Err("feed made no progress".into()),
                 None => {}
                 Some(Stop::Held(held)) => {
-                    let verdict = rules.answer(&held.query, Answer::Allow);
-                    if let Some(stop) = dir.resume(held, verdict, &mut sink) {
+                    if let Some(stop) = dir.resume(held, Answer::Allow, &mut rules, &mut sink) {
                         ended = Some(format!("{stop:?}"));
                         break 'input;
                     }
@@ -179,6 +188,7 @@ pub fn relay_outcome(data: &[u8]) -> Result<RelayOutcome, String> {
     Ok(RelayOutcome {
         forwarded: decided.len(),
         ended,
+        messages: read,
     })
 }
 
@@ -239,18 +249,31 @@ fn fuzz_limits() -> ChunkLimits {
     }
 }
 
-/// A session of app `live` (publish and play open to all) with a publish
-/// allowed on stream 1 and a play the origin started on stream 1.
-pub fn relay_rules() -> crate::policy::session::SessionRules {
+/// The key of [`stream_key_rules`]' app, for public name `cam7`.
+pub const FUZZ_STREAM_KEY: &str = "sk_fuzz_7f3a9c";
+/// Another key of that app, for `cam8`.
+pub const FUZZ_OTHER_KEY: &str = "sk_fuzz_other";
+
+/// A fresh session of app `live` in `stream_key` mode (`cam7` =
+/// [`FUZZ_STREAM_KEY`], `cam8` = [`FUZZ_OTHER_KEY`]), players open to all,
+/// with no stream open yet.
+pub fn stream_key_rules() -> crate::policy::session::SessionRules {
+    let text = format!(
+        "[limits.session]\ncommands_per_second = 1000000\ncommands_burst = 1000000\n\
+         [[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n\
+         [[app]]\nname = \"live\"\nupstream = \"o\"\npublish = \"stream_key\"\nplay = \"none\"\n\
+         keys = {{ cam7 = \"{FUZZ_STREAM_KEY}\", cam8 = \"{FUZZ_OTHER_KEY}\" }}\n"
+    );
+    fresh_rules(&text)
+}
+
+/// A fresh session of app `live` in the config `text`.
+fn fresh_rules(text: &str) -> crate::policy::session::SessionRules {
     use crate::config::{Config, ReconnectTcUrl};
-    use crate::policy::session::{Now, SessionRules};
+    use crate::policy::session::SessionRules;
     use crate::policy::{Registry, StreamPolicy};
-    use crate::rtmp::chunk::{types, Message, MessageHeader};
     use std::sync::Arc;
 
-    let text = "[limits.session]\ncommands_per_second = 1000000\ncommands_burst = 1000000\n\
-                [[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n\
-                [[app]]\nname = \"live\"\nupstream = \"o\"\npublish = \"none\"\nplay = \"none\"\n";
     let Ok(config) = Config::parse(text, "fuzz.toml") else {
         unreachable!("the fuzz config is valid");
     };
@@ -266,7 +289,19 @@ pub fn relay_rules() -> crate::policy::session::SessionRules {
         std::net::IpAddr::from([127, 0, 0, 1]),
         &connect,
     );
-    let mut rules = SessionRules::new(&config.limits, policy, None, ReconnectTcUrl::Rewrite);
+    SessionRules::new(&config.limits, policy, None, ReconnectTcUrl::Rewrite)
+}
+
+/// A session of app `live` (publish and play open to all) with a publish
+/// allowed on stream 1 and a play the origin started on stream 1.
+pub fn relay_rules() -> crate::policy::session::SessionRules {
+    use crate::policy::session::Now;
+    use crate::rtmp::chunk::{types, Message, MessageHeader};
+
+    let text = "[limits.session]\ncommands_per_second = 1000000\ncommands_burst = 1000000\n\
+                [[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n\
+                [[app]]\nname = \"live\"\nupstream = \"o\"\npublish = \"none\"\nplay = \"none\"\n";
+    let mut rules = fresh_rules(text);
     let message = |name: &str, stream: &str, stream_id| {
         let values = [
             amf0::Amf0Value::String(name.into()),

@@ -62,6 +62,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:1935")]
         host: String,
     },
+    /// Prints a new, strong random stream key for an app in `stream_key`
+    /// mode, as a keys file line: `NAME = sk_...`. The publisher sends the
+    /// key as its stream name; viewers play NAME.
+    Key {
+        /// The public name the key publishes as.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// The role a signed URL is issued for.
@@ -103,6 +111,7 @@ fn main() -> ExitCode {
             ip,
             host,
         }) => token(&config, &app, &stream, role.into(), &ttl, ip, &host),
+        Some(Command::Key { name }) => key(&name),
         None => run(cli.config, cli.log_format),
     }
 }
@@ -142,6 +151,16 @@ fn token(
     let query =
         rtmp_guard::policy::token::sign(secret.0.as_bytes(), app, stream, expires, ip, role);
     println!("rtmp://{host}/{app}/{stream}?{query}");
+    ExitCode::SUCCESS
+}
+
+/// `rtmp-guard key`: a keys file line with a new key for `name`.
+fn key(name: &str) -> ExitCode {
+    if !rtmp_guard::config::valid_public_name(name) {
+        eprintln!("{name:?} cannot be a public name: it must be plain, without '?', '/', '=', '#' or spaces");
+        return ExitCode::from(2);
+    }
+    println!("{name} = {}", rtmp_guard::config::generate_stream_key());
     ExitCode::SUCCESS
 }
 

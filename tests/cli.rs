@@ -153,3 +153,46 @@ fn token_requires_a_role_of_publish_or_play() {
         "{url}"
     );
 }
+
+#[test]
+fn key_prints_a_keys_file_line_the_guard_loads_as_stream_key() {
+    let mint = || {
+        let out = guard().args(["key", "--name", "cam7"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (line, other) = (mint(), mint());
+    assert_ne!(line, other, "two keys alike");
+    let key = line
+        .trim()
+        .strip_prefix("cam7 = sk_")
+        .expect("cam7 = sk_...");
+    assert!(
+        key.len() >= 43 && key.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "{line}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("live.keys"),
+        format!("{line}{other}")
+            .replace("cam7 = ", "cam8 = ")
+            .replacen("cam8", "cam7", 1),
+    )
+    .unwrap();
+    let config = dir.path().join("guard.toml");
+    std::fs::write(
+        &config,
+        "[[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1936\"]\n\
+         [[app]]\nname = \"live\"\nupstream = \"o\"\n\
+         publish = \"stream_key\"\nkeys_file = \"live.keys\"\n",
+    )
+    .unwrap();
+    let out = guard().arg("check-config").arg(&config).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    for bad in ["", "a b", "a?b", "a/b"] {
+        let out = guard().args(["key", "--name", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -10,6 +10,7 @@ use rtmp_guard::fuzz::relay_check;
 use rtmp_guard::rtmp::amf0::{encode, Amf0Value as V};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
 use rtmp_guard::rtmp::chunk::{types, MessageHeader};
+use rtmp_guard::rtmp::command::decode;
 
 /// One message a peer may send.
 fn message() -> impl Strategy<Value = (u32, u8, u32, Vec<u8>)> {
@@ -119,5 +120,88 @@ proptest! {
             input[i] = byte;
         }
         prop_assert_eq!(relay_check(&input), Ok(()));
+    }
+}
+
+/// A client's command naming a stream, in a `stream_key` session: the
+/// names an attacker who knows nginx-rtmp's parser would try.
+fn keyed_command() -> impl Strategy<Value = (u32, Vec<u8>)> {
+    use rtmp_guard::fuzz::{FUZZ_OTHER_KEY, FUZZ_STREAM_KEY};
+    let name = prop::sample::select(vec![
+        "releaseStream",
+        "FCPublish",
+        "publish",
+        "FCUnpublish",
+        "closeStream",
+        "deleteStream",
+        "getStreamLength",
+        "FCUnsubscribe",
+        "play",
+        "createStream",
+    ]);
+    let stream = prop::sample::select(vec![
+        FUZZ_STREAM_KEY.to_string(),
+        format!("{FUZZ_STREAM_KEY}?bandwidthtest=true"),
+        FUZZ_OTHER_KEY.to_string(),
+        "cam7".to_string(),
+        "cam8".to_string(),
+        "sk_fuzz_7f3a9".to_string(),
+    ]);
+    (name, stream, 0u32..3).prop_map(|(n, s, stream_id)| {
+        let mut values = vec![V::String(n.into()), V::Number(0.0), V::Null];
+        if n != "createStream" {
+            values.push(V::String(s));
+        }
+        (stream_id, encode(&values).unwrap_or_default())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever a publisher sends after it names its key in a
+    /// `releaseStream` (as encoders do first), no key it decided on
+    /// reaches the origin: every command naming the stream carries the
+    /// public name, and the output is still exactly what was forwarded.
+    #[test]
+    fn a_key_once_decided_never_reaches_the_origin(
+        commands in prop::collection::vec(keyed_command(), 1..16),
+        chunk_size in 1u32..300,
+        step in 0u8..128,
+    ) {
+        use rtmp_guard::fuzz::{relay_outcome_with, stream_key_rules, FUZZ_STREAM_KEY};
+        let first = encode(&[
+            V::String("releaseStream".into()),
+            V::Number(0.0),
+            V::Null,
+            V::String(FUZZ_STREAM_KEY.into()),
+        ]).unwrap_or_default();
+        let mut messages = vec![(3u32, types::COMMAND_AMF0, 0u32, first)];
+        for (i, (stream_id, payload)) in commands.into_iter().enumerate() {
+            messages.push((3, types::COMMAND_AMF0, stream_id * 1_000_000 + i as u32, payload));
+        }
+        let mut input = vec![step << 1];
+        input.extend(stream(&messages, chunk_size));
+        let outcome = relay_outcome_with(&input, stream_key_rules());
+        prop_assert!(outcome.is_ok(), "{:?}", outcome);
+        let outcome = outcome.unwrap_or_default();
+        prop_assert!(outcome.forwarded >= 1, "the releaseStream of the key was refused");
+        for (type_id, _, _, payload) in &outcome.messages {
+            let text = String::from_utf8_lossy(payload);
+            prop_assert!(!text.contains(FUZZ_STREAM_KEY), "the key reached the origin: {text:?}");
+            if *type_id != types::COMMAND_AMF0 {
+                continue;
+            }
+            let Ok(cmd) = decode(*type_id, payload, 8) else {
+                continue;
+            };
+            if ["publish", "FCPublish", "releaseStream"].contains(&cmd.name.as_str()) {
+                let name = cmd.arguments.first().and_then(|v| v.as_str());
+                prop_assert!(
+                    matches!(name, Some("cam7") | Some("cam8")),
+                    "a publish-role command reached the origin naming {name:?}"
+                );
+            }
+        }
     }
 }

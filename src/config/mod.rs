@@ -35,7 +35,7 @@ pub use raw::{
     KernelAction, KernelBans, Limits, Metrics, Mode, OnError, OnRedisDown, PerIp, ProxyProtocolIn,
     ProxyProtocolOut, ReconnectTcUrl, Server, SessionLimits, State,
 };
-pub use secret::{parse_keys_file, Secret};
+pub use secret::{generate_stream_key, parse_keys_file, valid_public_name, KeyIndex, Secret};
 pub use tls::{server_config, Tls, UpstreamTls};
 
 /// The default configuration, shipped as `config/rtmp-guard.toml`.
@@ -167,6 +167,11 @@ pub enum AuthMode {
     /// `name?key=SECRET` must match the stream's key: `keys` and the
     /// `keys_file`'s lines together.
     Key { keys: BTreeMap<String, Secret> },
+    /// Publish only: the stream name sent is a key from `keys` and the
+    /// `keys_file`; the stream is published as the public name the key
+    /// belongs to, and the origin, the logs and the operator see only
+    /// that name.
+    StreamKey { index: Arc<KeyIndex> },
     /// `name?expires=UNIX[&ip=ADDR]&role=ROLE&token=HEX`, an HMAC-SHA256
     /// signature for one role with the secret from `token_secret_file`
     /// (see `policy::token`).
@@ -240,6 +245,8 @@ impl std::error::Error for ConfigError {}
 
 const HTTP_MODE_NEEDS_HTTP_AUTH: &str = "http mode needs http_auth = { url = \"http://...\" }";
 const TOKEN_MODE_NEEDS_SECRET: &str = "token mode needs token_secret_file";
+const STREAM_KEY_IS_FOR_PUBLISHING: &str =
+    "stream_key is a publish mode: players play the public names";
 
 /// Turns the file's shape into the config, once. The checks that need
 /// only the file come first, section by section, then each app's secret
@@ -420,6 +427,17 @@ fn build_app(i: usize, app: raw::App, base: Option<&Path>) -> Result<App, Invali
     if let Some(file) = &keys_file {
         keys.extend(secret::read_keys(base, file, at("keys_file"))?);
     }
+    let index = if publish == raw::AuthMode::StreamKey {
+        let key = if keys_file.is_some() {
+            "keys_file"
+        } else {
+            "keys"
+        };
+        let index = KeyIndex::new(&keys).map_err(|why| Invalid { path: at(key), why })?;
+        Some(Arc::new(index))
+    } else {
+        None
+    };
     let token_secret = token_secret_file
         .as_deref()
         .map(|file| secret::read_secret(base, file, at("token_secret_file"), "secret"))
@@ -435,6 +453,11 @@ fn build_app(i: usize, app: raw::App, base: Option<&Path>) -> Result<App, Invali
             raw::AuthMode::None => AuthMode::None,
             raw::AuthMode::Deny => AuthMode::Deny,
             raw::AuthMode::Key => AuthMode::Key { keys: keys.clone() },
+            raw::AuthMode::StreamKey => AuthMode::StreamKey {
+                index: index
+                    .clone()
+                    .ok_or_else(|| needs("play", STREAM_KEY_IS_FOR_PUBLISHING))?,
+            },
             raw::AuthMode::Token => AuthMode::Token {
                 secret: token_secret
                     .clone()
@@ -666,6 +689,16 @@ fn check_apps(apps: &[raw::App], upstreams: &[raw::Upstream]) -> Result<(), Inva
             !uses(raw::AuthMode::Key) || !a.keys.is_empty() || a.keys_file.is_some(),
             at("keys"),
             "key mode needs keys or keys_file",
+        )?;
+        check_at(
+            a.play != raw::AuthMode::StreamKey,
+            at("play"),
+            STREAM_KEY_IS_FOR_PUBLISHING,
+        )?;
+        check_at(
+            a.publish != raw::AuthMode::StreamKey || !a.keys.is_empty() || a.keys_file.is_some(),
+            at("keys"),
+            "stream_key mode needs keys or keys_file",
         )?;
         for glob in a.blocked_streams.iter().chain(&a.referrers) {
             check_at(!glob.is_empty(), at("blocked_streams"), "empty glob")?;

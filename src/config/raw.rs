@@ -495,13 +495,14 @@ fn default_threshold() -> u32 {
 pub struct App {
     pub name: String,
     pub upstream: String,
-    /// Who may publish: none | key | token | http | deny. Default: deny.
+    /// Who may publish: none | key | stream_key | token | http | deny.
+    /// Default: deny.
     #[serde(default = "default_publish")]
     pub publish: AuthMode,
     /// Who may play: none | key | token | http | deny. Default: none.
     #[serde(default)]
     pub play: AuthMode,
-    /// Stream keys by stream name, for `key` mode.
+    /// Stream keys by stream name, for `key` and `stream_key` modes.
     #[serde(default)]
     pub keys: BTreeMap<String, Secret>,
     /// A file of `stream = key` lines, merged into `keys` at load.
@@ -580,6 +581,10 @@ pub enum AuthMode {
     None,
     /// `name?key=SECRET` must match the stream's key.
     Key,
+    /// The stream name a publisher sends is the secret key; the stream is
+    /// published under the public name the keys give it. Publish only.
+    #[serde(rename = "stream_key")]
+    StreamKey,
     /// `name?expires=UNIX[&ip=ADDR]&role=ROLE&token=HEX`, an HMAC-SHA256
     /// signature for one role.
     Token,

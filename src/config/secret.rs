@@ -2,11 +2,15 @@
 //! `token_secret_file`, and the admin API's `token_file`. Relative paths
 //! are relative to the config file's directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use super::locate::{Invalid, PathSeg};
 use super::{check_at, resolve};
@@ -93,4 +97,164 @@ pub fn parse_keys_file(text: &str) -> Result<BTreeMap<String, Secret>, (usize, S
         }
     }
     Ok(keys)
+}
+
+/// The keys of a `stream_key` app, by an HMAC of the key: the stream name
+/// a publisher sends is the secret, and the index gives the public name
+/// it publishes as. A lookup hashes what was sent with a key drawn at
+/// random when the process started, finds the entry by that digest (so
+/// how long the search takes tells nothing of the stored keys), then
+/// compares the key itself in constant time.
+#[derive(Clone)]
+pub struct KeyIndex {
+    by_mac: HashMap<[u8; 32], (String, Secret)>,
+}
+
+impl fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyIndex({} keys)", self.by_mac.len())
+    }
+}
+
+/// The HMAC key of every [`KeyIndex`] in this process.
+fn index_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(rand::random)
+}
+
+fn index_mac(key: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(index_key())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(key.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+impl KeyIndex {
+    /// Indexes `keys` (public name → key). A key must be usable as the
+    /// stream name a publisher sends (no `?`, whitespace or control
+    /// character), belong to one name only, and not be a public name of
+    /// the same app; the error says which rule a key broke, never the key.
+    pub fn new(keys: &BTreeMap<String, Secret>) -> Result<KeyIndex, String> {
+        let mut by_mac = HashMap::with_capacity(keys.len());
+        for (name, key) in keys {
+            let k = key.0.as_str();
+            if k.is_empty()
+                || k.chars()
+                    .any(|c| c == '?' || c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "the key of {name:?} cannot be sent as a stream name \
+                     (it is empty or holds '?', a space or a control character)"
+                ));
+            }
+            if keys.contains_key(k) {
+                return Err(format!("the key of {name:?} is also a public name"));
+            }
+            if let Some((other, _)) = by_mac.insert(index_mac(k), (name.clone(), key.clone())) {
+                return Err(format!("{other:?} and {name:?} have the same key"));
+            }
+        }
+        Ok(KeyIndex { by_mac })
+    }
+
+    /// The public name whose key is `sent`, if any.
+    pub fn public_name(&self, sent: &str) -> Option<&str> {
+        let (name, key) = self.by_mac.get(&index_mac(sent))?;
+        bool::from(key.0.as_bytes().ct_eq(sent.as_bytes())).then_some(name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
+}
+
+/// Characters of a generated stream key, after its `sk_` prefix.
+const KEY_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// 43 base62 characters: 256 bits from the thread's CSPRNG.
+const KEY_CHARS: usize = 43;
+
+/// A new stream key, `sk_` and 43 random base62 characters (256 bits),
+/// for `rtmp-guard key`.
+pub fn generate_stream_key() -> String {
+    let mut key = String::with_capacity(3 + KEY_CHARS);
+    key.push_str("sk_");
+    for _ in 0..KEY_CHARS {
+        key.push(char::from(
+            KEY_ALPHABET[rand::random_range(0..KEY_ALPHABET.len())],
+        ));
+    }
+    key
+}
+
+/// Whether `name` can be a public name in a keys file (`rtmp-guard key`
+/// checks it before printing a line).
+pub fn valid_public_name(name: &str) -> bool {
+    parse_keys_file(&format!("{name} = k")).is_ok_and(|k| k.contains_key(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(pairs: &[(&str, &str)]) -> BTreeMap<String, Secret> {
+        pairs
+            .iter()
+            .map(|(n, k)| (n.to_string(), Secret(k.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn the_index_finds_a_public_name_by_its_key_only() {
+        let index = KeyIndex::new(&keys(&[
+            ("cam7", "sk_live_9f8e7d6c5b4a"),
+            ("cam8", "sk_live_other"),
+        ]))
+        .unwrap();
+        assert_eq!(index.public_name("sk_live_9f8e7d6c5b4a"), Some("cam7"));
+        assert_eq!(index.public_name("sk_live_other"), Some("cam8"));
+        for wrong in [
+            "cam7",
+            "sk_live_9f8e7d6c5b4",
+            "sk_live_9f8e7d6c5b4a ",
+            "",
+            "SK_LIVE_OTHER",
+        ] {
+            assert_eq!(index.public_name(wrong), None, "{wrong:?}");
+        }
+        assert!(!format!("{index:?}").contains("sk_live"));
+    }
+
+    #[test]
+    fn keys_that_cannot_be_told_apart_are_refused_without_showing_them() {
+        for (pairs, why) in [
+            (&[("a", "k1"), ("b", "k1")][..], "same key"),
+            (&[("a", "b"), ("b", "k2")][..], "also a public name"),
+            (&[("a", "k?x")][..], "cannot be sent"),
+            (&[("a", "k\u{7}")][..], "cannot be sent"),
+        ] {
+            let e = KeyIndex::new(&keys(pairs)).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            assert!(!e.contains("k1") && !e.contains("k?x"), "{e}");
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_long_distinct_and_plain() {
+        let a = generate_stream_key();
+        let b = generate_stream_key();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 46);
+        assert!(a.starts_with("sk_"));
+        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        let line = parse_keys_file(&format!("cam7 = {a}")).unwrap();
+        assert_eq!(line.get("cam7"), Some(&Secret(a)));
+        assert!(valid_public_name("cam7"));
+        for bad in ["", "a b", "a?b", "a/b", "a=b", "a#b"] {
+            assert!(!valid_public_name(bad), "{bad:?}");
+        }
+    }
 }

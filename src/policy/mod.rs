@@ -25,6 +25,10 @@ use crate::rtmp::command::Command;
 use crate::verdict::Reason;
 pub use crate::verdict::{Denial, Kind};
 
+/// What a client that sent a wrong key is told, in `key` and
+/// `stream_key` modes alike.
+const INVALID_KEY: &str = "invalid stream key";
+
 /// Status codes of the refusal a client is sent.
 pub const PUBLISH_BAD_NAME: &str = "NetStream.Publish.BadName";
 pub const PLAY_FAILED: &str = "NetStream.Play.Failed";
@@ -35,7 +39,11 @@ pub struct AuthQuery {
     /// The form POSTed to the service, as nginx-rtmp's on_publish sends it.
     pub form: String,
     kind: Kind,
+    /// The name checked and claimed: as sent, or the public name of a key.
     name: String,
+    /// The name as the client sent it, without its query: a 3xx renames
+    /// what the client calls this.
+    sent: String,
     stream_id: u32,
     /// publish/play (which take a claim), not a prelude.
     claim: bool,
@@ -329,7 +337,15 @@ pub struct StreamPolicy {
     publish_stream_id: u32,
     /// Message stream of the last publish or play allowed.
     last_stream_id: u32,
+    /// The names the origin knows this session's streams by, where they
+    /// are not the names the client sent: (role, name as sent without its
+    /// query, name for the origin). A `stream_key` publish's key, or a
+    /// name the auth service renamed with a 3xx.
+    renames: Vec<(Kind, String, String)>,
 }
+
+/// Renames a session keeps at most; the oldest go first.
+const RENAMES_KEPT: usize = 32;
 
 impl StreamPolicy {
     pub fn new(
@@ -350,7 +366,75 @@ impl StreamPolicy {
             streams: Vec::new(),
             publish_stream_id: 0,
             last_stream_id: 0,
+            renames: Vec::new(),
         }
+    }
+
+    /// The auth mode of a role in this app.
+    fn mode(&self, kind: Kind) -> &AuthMode {
+        match kind {
+            Kind::Publish => &self.app.publish,
+            Kind::Play => &self.app.play,
+        }
+    }
+
+    /// Whether the names this session sends for `kind` are secrets: a
+    /// `stream_key` publish names its key. Such a name is never logged;
+    /// a refusal names the public name, once the key was found, or none.
+    pub fn names_are_secret(&self, kind: Kind) -> bool {
+        matches!(self.mode(kind), AuthMode::StreamKey { .. })
+    }
+
+    /// The name the origin knows `raw` (a name as the client sent it,
+    /// query included) by, for `kind`, when this session's decisions
+    /// renamed it: the public name of a key, or a 3xx's `Location`.
+    pub fn origin_name(&self, kind: Kind, raw: &str) -> Option<&str> {
+        let sent = raw.split('?').next().unwrap_or(raw);
+        self.renames
+            .iter()
+            .rev()
+            .find(|(k, from, _)| *k == kind && from == sent)
+            .map(|(_, _, to)| to.as_str())
+    }
+
+    /// Records that the origin knows `sent` (without query) as `to` for
+    /// `kind`; `None`: by the name sent.
+    fn set_rename(&mut self, kind: Kind, sent: &str, to: Option<&str>) {
+        self.renames
+            .retain(|(k, from, _)| !(*k == kind && from == sent));
+        if let Some(to) = to {
+            if self.renames.len() >= RENAMES_KEPT {
+                self.renames.remove(0);
+            }
+            self.renames.push((kind, sent.to_string(), to.to_string()));
+        }
+    }
+
+    /// A held publish or play the auth service allowed under another
+    /// name (a 3xx's `Location`, already checked as a name): the same
+    /// query for `to`, which the operator's and the app's blocks must
+    /// allow. From here on the origin, the claims, the logs and the
+    /// operator see only `to`; the name sent is never shown.
+    pub fn rename(&mut self, q: &AuthQuery, to: &str) -> Result<AuthQuery, Denial> {
+        if self.blocked(to) {
+            return Err(denial(
+                q.kind,
+                q.stream_id,
+                to,
+                Reason::ContentBlocked,
+                "blocked content".into(),
+            ));
+        }
+        self.set_rename(q.kind, &q.sent, Some(to));
+        Ok(AuthQuery {
+            name: to.to_string(),
+            ..q.clone()
+        })
+    }
+
+    /// Whether the app's or the operator's blocks cover `name`.
+    fn blocked(&self, name: &str) -> bool {
+        glob::any(&self.app.blocked_streams, name) || self.registry.blocked(&self.app.name, name)
     }
 
     /// The app's publish bitrate cap (bits/s), once this session publishes.
@@ -414,18 +498,40 @@ impl StreamPolicy {
         claim: bool,
         unix_now: u64,
     ) -> Result<Option<AuthQuery>, Denial> {
-        let name = StreamName::parse(raw);
+        let sent = StreamName::parse(raw);
+        // A `stream_key` publish names its key: from here on only the
+        // public name it belongs to is checked, claimed and logged (none,
+        // if it is no key). The origin is sent that name, even when dry
+        // run lets a refusal through.
+        let public = match self.mode(kind) {
+            AuthMode::StreamKey { index } => {
+                Some(index.public_name(&sent.name).map(str::to_string))
+            }
+            // A publisher playing the key it published with plays the
+            // public name. (Only a key this session published with: any
+            // other would make plays an oracle for keys.)
+            _ if kind == Kind::Play && self.names_are_secret(Kind::Publish) => self
+                .origin_name(Kind::Publish, &sent.name)
+                .map(|public| Some(public.to_string())),
+            _ => None,
+        };
+        self.set_rename(kind, &sent.name, public.as_ref().and_then(Option::as_deref));
+        let name = match &public {
+            Some(found) => found.clone().unwrap_or_default(),
+            None => sent.name.clone(),
+        };
         let ask = self
-            .check(kind, &name, unix_now)
-            .map_err(|(r, d)| denial(kind, stream_id, &name.name, r, d))?;
+            .check(kind, &sent, &name, unix_now)
+            .map_err(|(r, d)| denial(kind, stream_id, &name, r, d))?;
         let query = AuthQuery {
             form: if ask {
-                self.form(kind, &name)
+                self.form(kind, &name, &sent.params)
             } else {
                 String::new()
             },
             kind,
-            name: name.name,
+            name,
+            sent: sent.name,
             stream_id,
             claim,
         };
@@ -505,39 +611,40 @@ impl StreamPolicy {
     /// nginx-rtmp's on_publish/on_play fields, then the stream's query
     /// arguments, less any that could pass for one of those fields (see
     /// [`is_guard_field`]): a client cannot send `?call=play&app=other`.
-    fn form(&self, kind: Kind, name: &StreamName) -> String {
+    fn form(&self, kind: Kind, name: &str, params: &[(String, String)]) -> String {
         let mut f = form_urlencoded::Serializer::new(String::new());
         let opt = |v: &Option<String>| v.clone().unwrap_or_default();
         f.append_pair("call", kind.as_str())
             .append_pair("addr", &self.client.to_string())
             .append_pair("app", &self.app.name)
-            .append_pair("name", &name.name)
+            .append_pair("name", name)
             .append_pair("tcurl", &opt(&self.tc_url))
             .append_pair("pageurl", &opt(&self.page_url))
             .append_pair("swfurl", &opt(&self.swf_url))
             .append_pair("flashver", &opt(&self.flash_ver));
-        for (k, v) in name.params.iter().filter(|(k, _)| !is_guard_field(k)) {
+        for (k, v) in params.iter().filter(|(k, _)| !is_guard_field(k)) {
             f.append_pair(k, v);
         }
         f.finish()
     }
 
     /// The stateless checks, in order: content blocks, addresses,
-    /// referrers, then the app's auth mode. `Ok(true)`: ask the HTTP
+    /// referrers, then the app's auth mode. `name` is the stream's name
+    /// for the checks: as `sent`, or in `stream_key` mode the public name
+    /// of the key sent (empty if it is none). `Ok(true)`: ask the HTTP
     /// auth service.
     fn check(
         &self,
         kind: Kind,
-        name: &StreamName,
+        sent: &StreamName,
+        name: &str,
         unix_now: u64,
     ) -> Result<bool, (Reason, String)> {
         let app = &self.app;
-        if name.name.is_empty() {
+        if sent.name.is_empty() {
             return Err((Reason::Unauthorized, "missing stream name".into()));
         }
-        if glob::any(&app.blocked_streams, &name.name)
-            || self.registry.blocked(&app.name, &name.name)
-        {
+        if !name.is_empty() && self.blocked(name) {
             return Err((Reason::ContentBlocked, "blocked content".into()));
         }
         let (allow, deny, mode) = match kind {
@@ -561,18 +668,21 @@ impl StreamPolicy {
             AuthMode::Http(_) => Ok(true),
             AuthMode::Deny => Err((Reason::Unauthorized, "not allowed here".into())),
             AuthMode::Key { keys } => {
-                let expected = keys.get(&name.name).map(|s| s.0.as_bytes());
-                let given = name.param("key").unwrap_or("").as_bytes();
+                let expected = keys.get(&sent.name).map(|s| s.0.as_bytes());
+                let given = sent.param("key").unwrap_or("").as_bytes();
                 match expected {
                     Some(e) if bool::from(e.ct_eq(given)) => Ok(false),
-                    _ => Err((Reason::Unauthorized, "invalid stream key".into())),
+                    _ => Err((Reason::Unauthorized, INVALID_KEY.into())),
                 }
             }
+            // `decide` looked the key up.
+            AuthMode::StreamKey { .. } if !name.is_empty() => Ok(false),
+            AuthMode::StreamKey { .. } => Err((Reason::Unauthorized, INVALID_KEY.into())),
             AuthMode::Token { secret } => token::verify(
                 secret.0.as_bytes(),
                 &app.name,
-                &name.name,
-                &name.params,
+                &sent.name,
+                &sent.params,
                 kind,
                 self.client,
                 unix_now,
@@ -710,6 +820,167 @@ mod tests {
             Ok(None)
         );
         assert_eq!(p.streams, vec![(Kind::Publish, "cam1".to_string())]);
+    }
+
+    const KEY: &str = "sk_live_9f8e7d6c5b4a";
+
+    fn stream_key_app(extra: &str) -> Arc<App> {
+        app(&format!(
+            "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn a_stream_key_publishes_as_its_public_name_and_the_key_is_never_shown() {
+        let a = stream_key_app("");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        for prelude in ["releaseStream", "FCPublish"] {
+            assert_eq!(p.on_command(&cmd(prelude, KEY), 0, unix_now()), Ok(None));
+        }
+        assert_eq!(
+            p.on_command(
+                &cmd("publish", &format!("{KEY}?bandwidthtest=true")),
+                1,
+                unix_now()
+            ),
+            Ok(None)
+        );
+        assert_eq!(p.streams, vec![(Kind::Publish, "cam7".to_string())]);
+        assert_eq!(p.origin_name(Kind::Publish, KEY), Some("cam7"));
+        assert_eq!(
+            p.origin_name(Kind::Publish, &format!("{KEY}?x")),
+            Some("cam7")
+        );
+        assert_eq!(p.origin_name(Kind::Play, KEY), None);
+        assert_eq!(
+            r.local_claims().publishing,
+            vec![("live".to_string(), "cam7".to_string())]
+        );
+        // The publisher playing its own key plays the public name.
+        assert_eq!(p.on_command(&cmd("play", KEY), 2, unix_now()), Ok(None));
+        assert_eq!(p.streams[1], (Kind::Play, "cam7".to_string()));
+        assert_eq!(p.origin_name(Kind::Play, KEY), Some("cam7"));
+        // A viewer playing a key it never published with: a name like any
+        // other (no oracle for keys).
+        let mut viewer = policy(&a, &r, "192.0.2.9");
+        assert_eq!(
+            viewer.on_command(&cmd("play", "sk_other"), 1, unix_now()),
+            Ok(None)
+        );
+        assert_eq!(viewer.origin_name(Kind::Play, "sk_other"), None);
+    }
+
+    #[test]
+    fn a_wrong_stream_key_is_refused_as_in_key_mode_naming_no_stream() {
+        let a = stream_key_app("");
+        let keyed = app("publish = \"key\"\nkeys = { cam7 = \"s3cret\" }\n");
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let in_key_mode = policy(&keyed, &r, "192.0.2.1")
+            .on_command(&cmd("publish", "cam7?key=wrong"), 1, unix_now())
+            .unwrap_err();
+        for (c, sent) in [
+            ("publish", "sk_live_9f8e7d6c5b4b"),
+            ("publish", "cam7"),
+            ("publish", &format!("cam7?key={KEY}")),
+            ("FCPublish", "cam8"),
+            ("releaseStream", "sk_live"),
+        ] {
+            let d = p.on_command(&cmd(c, sent), 1, unix_now()).unwrap_err();
+            assert_eq!(
+                (d.reason, d.code, d.description.as_str()),
+                (
+                    in_key_mode.reason,
+                    in_key_mode.code,
+                    in_key_mode.description.as_str()
+                ),
+                "{c} {sent}"
+            );
+            assert_eq!(d.stream, "", "{c} {sent}: a refusal names no stream");
+            assert_eq!(p.origin_name(Kind::Publish, sent), None);
+        }
+        assert!(p.streams.is_empty());
+        assert_eq!(r.counts("live"), (0, 0));
+    }
+
+    #[test]
+    fn blocks_and_one_publisher_per_name_apply_to_the_public_name() {
+        let a = stream_key_app("blocked_streams = [\"cam8\"]");
+        let r = Arc::new(Registry::default());
+        let mut first = policy(&a, &r, "192.0.2.1");
+        first
+            .on_command(&cmd("publish", KEY), 1, unix_now())
+            .unwrap();
+        let mut second = policy(&a, &r, "192.0.2.2");
+        let d = second
+            .on_command(&cmd("publish", KEY), 1, unix_now())
+            .unwrap_err();
+        assert_eq!((d.reason, d.stream.as_str()), (Reason::StreamBusy, "cam7"));
+        // A viewer of the public name is a viewer of the key's stream.
+        let mut viewer = policy(&a, &r, "192.0.2.3");
+        assert_eq!(
+            viewer.on_command(&cmd("play", "cam7"), 1, unix_now()),
+            Ok(None)
+        );
+        let d = second
+            .on_command(&cmd("publish", "sk_other"), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            (d.reason, d.stream.as_str()),
+            (Reason::ContentBlocked, "cam8")
+        );
+        r.set_blocks(vec![ContentBlock {
+            app: "live".into(),
+            stream: "cam*".into(),
+            reason: "dmca".into(),
+            created: 0,
+            stamp: None,
+        }]);
+        drop(first);
+        let d = second
+            .on_command(&cmd("publish", KEY), 1, unix_now())
+            .unwrap_err();
+        assert_eq!(
+            (d.reason, d.stream.as_str()),
+            (Reason::ContentBlocked, "cam7")
+        );
+    }
+
+    #[test]
+    fn stream_key_config_rules() {
+        let parse = |tables: &str| {
+            Config::parse(
+                &format!(
+                    "[[upstream]]\nname = \"o\"\nservers = [\"h:1\"]\n\
+                     [[app]]\nname = \"live\"\nupstream = \"o\"\n{tables}"
+                ),
+                "t.toml",
+            )
+        };
+        let err = |tables: &str| parse(tables).unwrap_err().to_string();
+        assert!(err("publish = \"stream_key\"\n").contains("needs keys"));
+        assert!(err("play = \"stream_key\"\nkeys = { a = \"k\" }\n").contains("publish mode"));
+        let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same\", b = \"sk_same\" }\n");
+        assert!(e.contains("same key") && !e.contains("sk_same"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("live.keys");
+        std::fs::write(&file, format!("cam7 = {KEY}\ncam8 = cam7\n")).unwrap();
+        let e = err(&format!(
+            "publish = \"stream_key\"\nkeys_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(
+            e.contains("keys_file") && e.contains("public name") && !e.contains(KEY),
+            "{e}"
+        );
+        std::fs::write(&file, format!("cam7 = {KEY}\n")).unwrap();
+        let ok = parse(&format!(
+            "publish = \"stream_key\"\nkeys_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        assert!(!format!("{:?}", ok.apps[0]).contains(KEY));
     }
 
     #[test]

@@ -49,12 +49,16 @@ pub struct Now {
 }
 
 /// What the HTTP auth service said of a held publish or play.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Allow,
     Deny,
     /// It did not answer, and the app's `on_error` is deny.
     Unavailable,
+    /// A 3xx with a `Location`, as nginx-rtmp reads it: allowed, under
+    /// the name the `Location` gives; one that starts with `rtmp://`
+    /// (nginx-rtmp's relay to another server) is refused.
+    Rename(String),
 }
 
 /// What the relay does with a message from the origin.
@@ -68,6 +72,9 @@ pub enum FromOrigin {
     /// The origin broke the protocol or the flows; the session ends.
     Violation(String),
 }
+
+/// What a client the auth service refused is told.
+const NOT_AUTHORIZED: &str = "not authorized";
 
 /// The Enhanced RTMP status asking a client to connect again, to `tcUrl`.
 const RECONNECT_REQUEST: &str = "NetConnection.Connect.ReconnectRequest";
@@ -303,7 +310,7 @@ impl SessionRules {
                 self.close_named(name);
                 return Ok(Verdict::Pass);
             }
-            ClientCommand::Other => return Ok(Verdict::Pass),
+            ClientCommand::NamesStream { .. } | ClientCommand::Other => return Ok(Verdict::Pass),
             ClientCommand::Publish { name } => decide(Kind::Publish, name, true, true),
             ClientCommand::Play { name } | ClientCommand::Play2 { name } => {
                 decide(Kind::Play, name, true, true)
@@ -329,7 +336,7 @@ impl SessionRules {
             opens,
         };
         match self.policy.decide(kind, name, stream_id, claim, now.unix) {
-            Err(denial) => Err(self.refused(pending, denial)),
+            Err(denial) => Err(self.refused(pending, denial.into())),
             Ok(Some(query)) => {
                 self.pending = Some(pending);
                 Ok(Verdict::Ask(query))
@@ -340,11 +347,11 @@ impl SessionRules {
 
     /// A refused publish or play. In dry run, a refusal dry run lets
     /// through still opens the flow: the message reaches the origin.
-    fn refused(&mut self, pending: Pending, denial: Denial) -> Refusal {
-        if self.dry_run && denial.reason.dry_run_passes() {
+    fn refused(&mut self, pending: Pending, refusal: Refusal) -> Refusal {
+        if self.dry_run && refusal.reason.dry_run_passes() {
             self.open(pending);
         }
-        denial.into()
+        refusal
     }
 
     /// Opens the flow of an allowed publish or play.
@@ -378,9 +385,13 @@ impl SessionRules {
         self.policy.release(stream_id);
     }
 
-    /// Closes the publishes of `name` (as sent, query and all).
+    /// Closes the publishes of `name` (as sent, query and all; a key or
+    /// a renamed name closes the stream the origin knows by its new name).
     fn close_named(&mut self, name: &str) {
-        let name = super::StreamName::parse(name).name;
+        let name = match self.policy.origin_name(Kind::Publish, name) {
+            Some(renamed) => renamed.to_string(),
+            None => super::StreamName::parse(name).name,
+        };
         let ids: Vec<u32> = self
             .flows
             .publishing
@@ -413,33 +424,123 @@ impl SessionRules {
                 Kind::Play => super::PLAY_FAILED,
             },
             stream_id,
-            // The logs cut and escape it.
-            stream: name.to_string(),
+            // The logs cut and escape it; a name that may be a key is
+            // never logged.
+            stream: if self.policy.names_are_secret(kind) {
+                String::new()
+            } else {
+                name.to_string()
+            },
         }))
     }
 
     /// Applies the auth service's answer to a held publish or play.
     pub fn answer(&mut self, query: &AuthQuery, answer: Answer) -> Verdict<AuthQuery> {
         let pending = self.pending.take();
-        let denial = match answer {
-            Answer::Deny => StreamPolicy::refuse(query, Reason::Unauthorized, "not authorized"),
-            Answer::Unavailable => {
-                StreamPolicy::refuse(query, Reason::AuthUnavailable, "authorization unavailable")
+        let allowed = match answer {
+            Answer::Deny => {
+                Err(StreamPolicy::refuse(query, Reason::Unauthorized, NOT_AUTHORIZED).into())
             }
-            Answer::Allow => match self.policy.complete(query) {
-                Err(denial) => denial,
-                Ok(()) => {
-                    return match pending {
-                        Some(p) => self.open(p),
-                        None => Verdict::Pass,
-                    }
-                }
-            },
+            Answer::Unavailable => Err(StreamPolicy::refuse(
+                query,
+                Reason::AuthUnavailable,
+                "authorization unavailable",
+            )
+            .into()),
+            Answer::Allow => self.policy.complete(query).map_err(Refusal::from),
+            Answer::Rename(location) => self
+                .renamed(query, &location)
+                .and_then(|q| self.policy.complete(&q).map_err(Refusal::from)),
         };
-        Verdict::Refuse(match pending {
-            Some(p) => self.refused(p, denial),
-            None => denial.into(),
-        })
+        match allowed {
+            Ok(()) => match pending {
+                Some(p) => self.open(p),
+                None => Verdict::Pass,
+            },
+            Err(refusal) => Verdict::Refuse(match pending {
+                Some(p) => self.refused(p, refusal),
+                None => refusal,
+            }),
+        }
+    }
+
+    /// A held publish or play the auth service allowed as `location`:
+    /// the same query under that name, if the guard can send it. A
+    /// remote `rtmp://` relay, or a name an origin could read otherwise
+    /// than the guard, is refused as `unauthorized`, logging neither name.
+    fn renamed(&mut self, query: &AuthQuery, location: &str) -> Result<AuthQuery, Refusal> {
+        let refuse = |detail: &str| Refusal {
+            reason: Reason::Unauthorized,
+            detail: detail.to_string(),
+            status: Some(Denial {
+                // The name sent may be a secret once a 3xx renames it.
+                stream: String::new(),
+                ..StreamPolicy::refuse(query, Reason::Unauthorized, NOT_AUTHORIZED)
+            }),
+        };
+        if location
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("rtmp://"))
+        {
+            return Err(refuse(
+                "the auth service answered with an rtmp:// Location (nginx-rtmp's relay to                  another server); the guard connects only to the upstreams its config names",
+            ));
+        }
+        let unusable = location.is_empty()
+            || location.len() > self.max_name_length
+            || location
+                .chars()
+                .any(|c| c == '?' || c.is_control() || c == '\u{FFFD}');
+        if unusable {
+            return Err(refuse(
+                "the auth service answered with a Location the guard cannot send as a stream                  name (empty, too long, a '?', a control character or invalid UTF-8)",
+            ));
+        }
+        self.policy.rename(query, location).map_err(Refusal::from)
+    }
+
+    /// What the origin is sent for a client's command or data message
+    /// that passed, as [`SessionRules::on_message`] left the session:
+    /// `None`, the message as sent; or a command naming a stream that this
+    /// session's decisions renamed (a `stream_key` publish's key, a name a
+    /// 3xx renamed), re-encoded with the name the origin knows it by, and
+    /// without the client's query. So no command that names a stream
+    /// carries the key, or a name other than the one the guard decided.
+    pub fn for_origin(&self, m: &Message<'_>) -> Result<Option<Vec<u8>>, Refusal> {
+        if m.header.type_id != types::COMMAND_AMF0 {
+            return Ok(None);
+        }
+        // It was judged: it reads, and is in its command's shape.
+        let Ok(cmd) = command::decode(m.header.type_id, m.payload, self.max_amf_depth) else {
+            return Ok(None);
+        };
+        let Ok(command) = classify(&cmd) else {
+            return Ok(None);
+        };
+        let Some(sent) = command.stream_name() else {
+            return Ok(None);
+        };
+        // A publish or play, and its preludes, were decided for their own
+        // role; the others follow whichever the session renamed.
+        let roles: &[Kind] = match command {
+            ClientCommand::Publish { .. }
+            | ClientCommand::FcPublish { .. }
+            | ClientCommand::ReleaseStream { .. } => &[Kind::Publish],
+            ClientCommand::Play { .. }
+            | ClientCommand::Play2 { .. }
+            | ClientCommand::FcSubscribe { .. } => &[Kind::Play],
+            ClientCommand::NamesStream { .. } => &[Kind::Play, Kind::Publish],
+            _ => &[Kind::Publish, Kind::Play],
+        };
+        let Some(to) = roles
+            .iter()
+            .find_map(|&kind| self.policy.origin_name(kind, sent))
+        else {
+            return Ok(None);
+        };
+        command::encode(&command::with_stream_name(&cmd, to))
+            .map(Some)
+            .map_err(|e| Refusal::violation(format!("a renamed command does not encode: {e}")))
     }
 
     /// Judges one whole command or data message from the origin.
@@ -628,11 +729,16 @@ mod tests {
     }
 
     fn rules_in(extra: &str, registry: Arc<Registry>) -> SessionRules {
+        let publish = if extra.contains("publish =") {
+            ""
+        } else {
+            "publish = \"none\"\n"
+        };
         let text = format!(
             "[limits]\nmax_name_length = 16\n\
              [limits.session]\ncommands_per_second = 2\ncommands_burst = 2\nmax_streams = 2\n\
              [[upstream]]\nname = \"o\"\nservers = [\"127.0.0.1:1\"]\n\
-             [[app]]\nname = \"live\"\nupstream = \"o\"\npublish = \"none\"\n{extra}"
+             [[app]]\nname = \"live\"\nupstream = \"o\"\n{publish}{extra}"
         );
         let config = Config::parse(&text, "t.toml").unwrap();
         let app = config.app("live").unwrap();
@@ -1018,6 +1124,275 @@ mod tests {
         };
         let cmd = command::decode(20, &stripped, 8).unwrap();
         assert_eq!(cmd.arguments[0].get("tcUrl"), None);
+    }
+
+    /// Names are at most 16 bytes in these rules.
+    const KEY: &str = "sk_9f8e7d6c";
+
+    fn stream_key_rules(registry: Arc<Registry>) -> SessionRules {
+        rules_in(
+            &format!(
+                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n"
+            ),
+            registry,
+        )
+    }
+
+    /// What the origin is sent for a client's command that passed, as
+    /// the relay forwards it; `None` if it was refused or held.
+    fn sent_on(
+        rules: &mut SessionRules,
+        values: &[V],
+        stream_id: u32,
+        at_ms: u64,
+    ) -> (Verdict<AuthQuery>, Option<Command>) {
+        let payload = encode(values).unwrap();
+        let message = Message {
+            header: header(types::COMMAND_AMF0, stream_id, payload.len()),
+            payload: &payload,
+        };
+        let now = Now {
+            session: Duration::from_millis(at_ms),
+            unix: 0,
+        };
+        let verdict = rules.on_message(&message, now);
+        if !matches!(verdict, Verdict::Pass | Verdict::Opened) {
+            return (verdict, None);
+        }
+        let out = rules
+            .for_origin(&message)
+            .unwrap()
+            .unwrap_or(payload.clone());
+        (verdict, Some(command::decode(20, &out, 8).unwrap()))
+    }
+
+    fn named(cmd: &Option<Command>) -> Option<String> {
+        let cmd = cmd.as_ref()?;
+        classify(cmd).ok()?.stream_name().map(str::to_string)
+    }
+
+    #[test]
+    fn every_command_naming_the_key_reaches_the_origin_with_the_public_name() {
+        let mut r = stream_key_rules(Arc::new(Registry::default()));
+        let mut at = 0;
+        let mut step = |r: &mut SessionRules, values: Vec<V>, stream_id| {
+            at += 1000;
+            sent_on(r, &values, stream_id, at)
+        };
+        for (values, stream_id) in [
+            (cmd("releaseStream", &[s(KEY)]), 0),
+            (cmd("FCPublish", &[s(KEY)]), 0),
+            (
+                cmd(
+                    "publish",
+                    &[s(&format!("{KEY}?bandwidthtest=true")), s("live")],
+                ),
+                1,
+            ),
+        ] {
+            let (verdict, out) = step(&mut r, values, stream_id);
+            assert!(
+                matches!(verdict, Verdict::Pass | Verdict::Opened),
+                "{verdict:?}"
+            );
+            assert_eq!(named(&out).as_deref(), Some("cam7"));
+        }
+        assert!(r.on_media(&header(types::VIDEO, 1, 10)).is_ok());
+        assert_eq!(r.streams(), &[(Kind::Publish, "cam7".to_string())]);
+        // The publish keeps its type argument; only the name changed.
+        let (_, out) = step(&mut r, cmd("getStreamLength", &[s(KEY)]), 0);
+        assert_eq!(named(&out).as_deref(), Some("cam7"));
+        let (_, out) = step(&mut r, cmd("FCUnpublish", &[s(KEY)]), 0);
+        assert_eq!(named(&out).as_deref(), Some("cam7"));
+        assert!(
+            r.on_media(&header(types::VIDEO, 1, 10)).is_err(),
+            "closed by its key"
+        );
+        // Names that are not this session's keys go as they are.
+        let (_, out) = step(&mut r, cmd("FCUnpublish", &[s("sk_other")]), 0);
+        assert_eq!(named(&out).as_deref(), Some("sk_other"));
+        let (_, out) = step(&mut r, cmd("getServerTime", &[s(KEY)]), 0);
+        assert!(out.is_some());
+    }
+
+    #[test]
+    fn gstreamer_closes_a_keyed_stream_by_its_key() {
+        let mut r = stream_key_rules(Arc::new(Registry::default()));
+        sent_on(&mut r, &cmd("publish", &[s(KEY)]), 1, 0);
+        let (_, out) = sent_on(&mut r, &cmd("closeStream", &[s(KEY)]), 0, 1000);
+        assert_eq!(named(&out).as_deref(), Some("cam7"));
+        assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+        sent_on(&mut r, &cmd("publish", &[s(KEY)]), 1, 2000);
+        let (_, out) = sent_on(&mut r, &cmd("deleteStream", &[s(KEY)]), 0, 3000);
+        assert_eq!(named(&out).as_deref(), Some("cam7"));
+        assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+    }
+
+    #[test]
+    fn a_client_cannot_make_the_origin_act_on_another_name() {
+        let registry = Arc::new(Registry::default());
+        let mut r = stream_key_rules(registry.clone());
+        sent_on(&mut r, &cmd("publish", &[s(KEY)]), 1, 0);
+        // A prelude or a second publish naming a public name, or a wrong
+        // key: refused, nothing reaches the origin.
+        for (values, stream_id) in [
+            (cmd("FCPublish", &[s("cam8")]), 0),
+            (cmd("publish", &[s("cam8")]), 2),
+            (cmd("publish", &[s("sk_guess")]), 2),
+        ] {
+            let mut fresh = stream_key_rules(registry.clone());
+            let (verdict, out) = sent_on(&mut fresh, &values, stream_id, 0);
+            assert_eq!(reason(verdict), Some(Reason::Unauthorized), "{values:?}");
+            assert!(out.is_none());
+        }
+        // A second publish with the other key, on another stream: that
+        // stream, under its own public name.
+        let (verdict, out) = sent_on(&mut r, &cmd("publish", &[s("sk_other")]), 2, 1000);
+        assert_eq!(verdict, Verdict::Opened);
+        assert_eq!(named(&out).as_deref(), Some("cam8"));
+        // The same key from another session: the name is taken.
+        let mut other = stream_key_rules(registry.clone());
+        let (verdict, _) = sent_on(&mut other, &cmd("publish", &[s(KEY)]), 1, 0);
+        assert_eq!(reason(verdict), Some(Reason::StreamBusy));
+    }
+
+    #[test]
+    fn the_auth_service_never_sees_a_key_and_renames_what_the_client_sent() {
+        let mut r = rules_in(
+            &format!(
+                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\" }}\nplay = \"http\"\n\
+                 http_auth = {{ url = \"http://127.0.0.1:1/\" }}\n"
+            ),
+            Arc::new(Registry::default()),
+        );
+        sent_on(&mut r, &cmd("publish", &[s(KEY)]), 1, 0);
+        // The publisher plays its own key: the service is asked about cam7.
+        let play = cmd("play", &[s(KEY)]);
+        let payload = encode(&play).unwrap();
+        let message = Message {
+            header: header(types::COMMAND_AMF0, 2, payload.len()),
+            payload: &payload,
+        };
+        let Verdict::Ask(query) = r.on_message(&message, Now::default()) else {
+            panic!("expected a question");
+        };
+        assert!(
+            query.form.contains("name=cam7") && !query.form.contains(KEY),
+            "{}",
+            query.form
+        );
+        assert_eq!(
+            r.answer(&query, Answer::Rename("cam7-low".into())),
+            Verdict::Opened
+        );
+        let out = r.for_origin(&message).unwrap().expect("renamed");
+        let out = command::decode(20, &out, 8).unwrap();
+        assert_eq!(named(&Some(out)).as_deref(), Some("cam7-low"));
+    }
+
+    #[test]
+    fn a_bad_name_in_stream_key_mode_is_not_logged() {
+        let mut r = stream_key_rules(Arc::new(Registry::default()));
+        let Verdict::Refuse(refusal) = judge(&mut r, &cmd("publish", &[s("sk_live\nx")]), 1, 0)
+        else {
+            panic!("not refused");
+        };
+        assert_eq!(refusal.reason, Reason::BadName);
+        assert_eq!(refusal.status.map(|d| d.stream), Some(String::new()));
+    }
+
+    fn http_rules(registry: Arc<Registry>) -> SessionRules {
+        rules_in(
+            "publish = \"http\"\nplay = \"http\"\nhttp_auth = { url = \"http://127.0.0.1:1/\" }\n\
+             blocked_streams = [\"banned*\"]\n",
+            registry,
+        )
+    }
+
+    /// Asks about a publish of `name`, answers `answer`; the verdict and
+    /// what the origin is sent.
+    fn answered(
+        r: &mut SessionRules,
+        name: &str,
+        answer: Answer,
+    ) -> (Verdict<AuthQuery>, Option<Command>) {
+        let values = cmd("publish", &[s(name)]);
+        let payload = encode(&values).unwrap();
+        let message = Message {
+            header: header(types::COMMAND_AMF0, 1, payload.len()),
+            payload: &payload,
+        };
+        let Verdict::Ask(query) = r.on_message(&message, Now::default()) else {
+            panic!("expected a question");
+        };
+        let verdict = r.answer(&query, answer);
+        if !matches!(verdict, Verdict::Opened) {
+            return (verdict, None);
+        }
+        let out = r.for_origin(&message).unwrap().unwrap_or(payload.clone());
+        (verdict, Some(command::decode(20, &out, 8).unwrap()))
+    }
+
+    #[test]
+    fn a_3xx_renames_the_stream_for_the_origin_claims_and_logs() {
+        let registry = Arc::new(Registry::default());
+        let mut r = http_rules(registry.clone());
+        let (verdict, out) = answered(&mut r, "orig1?t=1", Answer::Rename("renamed1".into()));
+        assert_eq!(verdict, Verdict::Opened);
+        assert_eq!(named(&out).as_deref(), Some("renamed1"));
+        assert_eq!(r.streams(), &[(Kind::Publish, "renamed1".to_string())]);
+        assert_eq!(
+            registry.local_claims().publishing,
+            vec![("live".to_string(), "renamed1".to_string())]
+        );
+        let (_, out) = sent_on(&mut r, &cmd("FCUnpublish", &[s("orig1")]), 0, 1000);
+        assert_eq!(named(&out).as_deref(), Some("renamed1"));
+        assert!(r.on_media(&header(types::AUDIO, 1, 10)).is_err());
+
+        // A rename onto a name live elsewhere, or blocked.
+        let mut other = http_rules(registry.clone());
+        sent_on(&mut other, &cmd("publish", &[s("x")]), 1, 0);
+        let mut live = http_rules(registry.clone());
+        let (verdict, _) = answered(&mut live, "taken", Answer::Allow);
+        assert_eq!(verdict, Verdict::Opened);
+        let mut late = http_rules(registry.clone());
+        let (verdict, _) = answered(&mut late, "orig2", Answer::Rename("taken".into()));
+        let Verdict::Refuse(refusal) = verdict else {
+            panic!("a rename onto a live name passed");
+        };
+        assert_eq!(refusal.reason, Reason::StreamBusy);
+        assert_eq!(refusal.status.map(|d| d.stream).as_deref(), Some("taken"));
+        let mut blocked = http_rules(registry);
+        let (verdict, _) = answered(&mut blocked, "orig3", Answer::Rename("banned-1".into()));
+        assert_eq!(reason(verdict), Some(Reason::ContentBlocked));
+    }
+
+    #[test]
+    fn a_3xx_to_a_remote_relay_or_an_unusable_name_is_refused_naming_nothing() {
+        for location in [
+            "rtmp://evil.example/live/x",
+            "RTMP://evil.example/live/x",
+            "renamed1?x=y",
+            "bad\nname",
+            "bad\u{FFFD}",
+            "seventeen-chars!!",
+        ] {
+            let mut r = http_rules(Arc::new(Registry::default()));
+            let (verdict, out) = answered(&mut r, "secret-name", Answer::Rename(location.into()));
+            let Verdict::Refuse(refusal) = verdict else {
+                panic!("{location:?} passed");
+            };
+            assert!(out.is_none());
+            assert_eq!(refusal.reason, Reason::Unauthorized, "{location:?}");
+            let status = refusal.status.expect("an onStatus");
+            assert_eq!(status.stream, "", "{location:?}");
+            assert_eq!(status.description, "not authorized");
+            assert!(!refusal.detail.contains("secret-name") && !refusal.detail.contains("evil"));
+            if location.to_ascii_lowercase().starts_with("rtmp://") {
+                assert!(refusal.detail.contains("rtmp://"), "{}", refusal.detail);
+            }
+            assert!(r.streams().is_empty());
+        }
     }
 
     #[test]

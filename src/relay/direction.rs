@@ -3,7 +3,10 @@
 //! framing, holding only what the session's rules allowed.
 //!
 //! - Commands and data are read whole, judged, and written whole; a
-//!   client's type 17 and 15 go on as 20 and 18.
+//!   client's type 17 and 15 go on as 20 and 18. A client's command that
+//!   names a stream the guard renamed (a `stream_key` publish's key, a
+//!   name the auth service's 3xx renamed) is written anew, naming the
+//!   stream as the origin must know it.
 //! - Media is judged at the start of each message and streamed chunk by
 //!   chunk, never assembled.
 //! - Protocol control is per hop: a peer's SetChunkSize, Acknowledgement
@@ -16,7 +19,7 @@
 //! The relay (`super`) does the reading, writing, asking and reporting;
 //! the fuzz target and the property tests drive this directly.
 
-use crate::policy::session::{FromOrigin, Now, SessionRules};
+use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
 use crate::policy::AuthQuery;
 use crate::rtmp::aggregate::{sub_messages, MAX_AGGREGATE};
 use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
@@ -182,19 +185,24 @@ impl Direction {
         }
     }
 
-    /// Forwards a held publish or play if the auth service's answer, as
-    /// the rules read it, allows it.
+    /// Applies the auth service's answer to a held publish or play, and
+    /// forwards it (under the name the answer gave it) if that allows it.
     pub fn resume(
         &mut self,
         held: Held,
-        verdict: Verdict<AuthQuery>,
+        answer: Answer,
+        rules: &mut SessionRules,
         sink: &mut Sink<'_>,
     ) -> Option<Stop> {
+        let verdict = rules.answer(&held.query, answer);
         if let Some(stop) = apply(verdict, sink) {
             return Some(stop);
         }
-        forward_whole(&mut self.emitter, sink, &held.header, &held.payload);
-        None
+        let message = Message {
+            header: held.header,
+            payload: &held.payload,
+        };
+        forward_client(self.side, &mut self.emitter, sink, rules, &message)
     }
 
     fn refuse(&self, refusal: Refusal, sink: &mut Sink<'_>) -> Stop {
@@ -235,6 +243,23 @@ fn say(emitter: &mut Emitter, out: &mut Vec<u8>, control: Control) -> (MessageHe
     let header = MessageHeader::for_payload(CONTROL_CSID, type_id, 0, &payload);
     emitter.whole(out, CONTROL_CSID, &header, &payload);
     (header, payload)
+}
+
+/// Forwards a client's command or data message that passed, as the
+/// origin must read it: with the stream name the guard decided on.
+fn forward_client(
+    side: Side,
+    emitter: &mut Emitter,
+    sink: &mut Sink<'_>,
+    rules: &SessionRules,
+    m: &Message<'_>,
+) -> Option<Stop> {
+    match rules.for_origin(m) {
+        Ok(None) => forward_whole(emitter, sink, &m.header, m.payload),
+        Ok(Some(renamed)) => forward_whole(emitter, sink, &m.header, &renamed),
+        Err(refusal) => return Some(refuse(side, refusal, sink)),
+    }
+    None
 }
 
 fn forward_whole(
@@ -289,8 +314,7 @@ fn step(
                 if let Some(stop) = apply(verdict, sink) {
                     return Some(stop);
                 }
-                forward_whole(emitter, sink, &header, payload);
-                None
+                forward_client(side, emitter, sink, rules, &message)
             }
         },
         Side::Origin => match rules.on_origin_message(&message) {

@@ -35,7 +35,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
-use crate::callback::Callbacks;
+use crate::callback::{Callbacks, Reply};
 use crate::config::{App, HttpAuth, Mode, OnError};
 use crate::connect::{Connect, Route};
 use crate::connection::Connection;
@@ -666,8 +666,9 @@ impl Relay<'_> {
         }
         out.clear();
         let answer = self.ask(&held.query).await;
-        let verdict = self.rules().answer(&held.query, answer);
-        match self.sink(out, to_sender, |sink| dir.resume(held, verdict, sink)) {
+        match self.sink(out, to_sender, |sink| {
+            dir.resume(held, answer, &mut self.rules(), sink)
+        }) {
             Some(DirStop::Refused(denial)) => Some(PumpEnd::Refused(denial)),
             _ => None,
         }
@@ -735,8 +736,9 @@ impl Relay<'_> {
             return Answer::Deny;
         };
         match callbacks.ask(auth, &query.form).await {
-            Ok(true) => Answer::Allow,
-            Ok(false) => Answer::Deny,
+            Ok(Reply::Allow) => Answer::Allow,
+            Ok(Reply::Deny) => Answer::Deny,
+            Ok(Reply::Redirect(location)) => Answer::Rename(location),
             Err(why) if auth.on_error == OnError::Allow => {
                 tracing::warn!(event = "auth_unavailable", detail = %why, "auth service failed; on_error allows");
                 Answer::Allow

@@ -176,6 +176,11 @@ pub enum ClientCommand<'c> {
     FcSubscribe {
         name: &'c str,
     },
+    /// `FCUnsubscribe` and `getStreamLength`: they name a stream, and the
+    /// guard decides nothing on them.
+    NamesStream {
+        name: &'c str,
+    },
     /// A known command the guard does not decide on, in its shape, or an
     /// application's own call.
     Other,
@@ -270,10 +275,9 @@ pub fn classify(cmd: &Command) -> Result<ClientCommand<'_>, CommandError> {
         Some("FCSubscribe") => ClientCommand::FcSubscribe {
             name: named.clone()?,
         },
-        Some("FCUnsubscribe") | Some("getStreamLength") => {
-            named.clone()?;
-            ClientCommand::Other
-        }
+        Some("FCUnsubscribe") | Some("getStreamLength") => ClientCommand::NamesStream {
+            name: named.clone()?,
+        },
         Some("pause") | Some("pauseraw") => {
             shape(null && matches!(args, [B(_), N(_)]))?;
             ClientCommand::Other
@@ -290,6 +294,58 @@ pub fn classify(cmd: &Command) -> Result<ClientCommand<'_>, CommandError> {
         // client sends.
         Some(_) => return malformed("not a client command"),
     })
+}
+
+impl ClientCommand<'_> {
+    /// The stream name the command carries (query included), if any: the
+    /// argument an origin reads as the stream.
+    pub fn stream_name(&self) -> Option<&str> {
+        match *self {
+            ClientCommand::Publish { name }
+            | ClientCommand::Play { name }
+            | ClientCommand::Play2 { name }
+            | ClientCommand::FcPublish { name }
+            | ClientCommand::ReleaseStream { name }
+            | ClientCommand::FcUnpublish { name }
+            | ClientCommand::FcSubscribe { name }
+            | ClientCommand::NamesStream { name } => Some(name),
+            ClientCommand::CloseStream { name } | ClientCommand::DeleteStream { name, .. } => name,
+            ClientCommand::Connect | ClientCommand::CreateStream | ClientCommand::Other => None,
+        }
+    }
+}
+
+/// `cmd`, a command [`classify`] read a stream name in, with `name` in
+/// that name's place: `play2`'s `streamName`, else the first argument.
+/// Everything else stays as it was, in its order and AMF types.
+pub fn with_stream_name(cmd: &Command, name: &str) -> Command {
+    let mut out = cmd.clone();
+    let renamed = Amf0Value::String(name.to_string());
+    if cmd.name == "play2" {
+        if let Some(Amf0Value::Object(props) | Amf0Value::EcmaArray(props)) =
+            out.arguments.first_mut()
+        {
+            for (key, value) in props.iter_mut() {
+                if key == "streamName" {
+                    *value = renamed.clone();
+                }
+            }
+        }
+    } else if let Some(first @ Amf0Value::String(_)) = out.arguments.first_mut() {
+        *first = renamed;
+    }
+    out
+}
+
+/// A command's AMF0 bytes: name, transaction id, object, arguments.
+pub fn encode(cmd: &Command) -> Result<Vec<u8>, amf0::Amf0EncodeError> {
+    let mut values = vec![
+        Amf0Value::String(cmd.name.clone()),
+        Amf0Value::Number(cmd.transaction_id),
+        cmd.object.clone(),
+    ];
+    values.extend(cmd.arguments.iter().cloned());
+    amf0::encode(&values)
 }
 
 /// The AMF0 types of a command's object and arguments, for logs:
@@ -588,6 +644,67 @@ mod tests {
         );
         assert_eq!(tc_url_for("rtmp://h", "live"), "rtmp://h/live");
         assert_eq!(tc_url_for("not a url", "live"), "not a url");
+    }
+
+    #[test]
+    fn a_stream_name_is_replaced_where_the_origin_reads_it_and_nothing_else_changes() {
+        let s = |v: &str| Amf0Value::String(v.into());
+        let cases = [
+            ("publish", vec![s("sk_1?x=y"), s("live")]),
+            ("releaseStream", vec![s("sk_1")]),
+            ("FCPublish", vec![s("sk_1")]),
+            ("FCUnpublish", vec![s("sk_1")]),
+            ("play", vec![s("sk_1"), Amf0Value::Number(-2.0)]),
+            ("closeStream", vec![s("sk_1")]),
+            ("deleteStream", vec![s("sk_1")]),
+            ("getStreamLength", vec![s("sk_1")]),
+            ("FCUnsubscribe", vec![s("sk_1")]),
+            (
+                "play2",
+                vec![Amf0Value::EcmaArray(vec![
+                    ("start".into(), Amf0Value::Number(0.0)),
+                    ("streamName".into(), s("sk_1")),
+                    ("transition".into(), s("switch")),
+                ])],
+            ),
+        ];
+        for (name, arguments) in cases {
+            let cmd = Command {
+                name: name.into(),
+                transaction_id: 4.0,
+                object: Amf0Value::Null,
+                arguments,
+            };
+            assert_eq!(
+                classify(&cmd)
+                    .unwrap()
+                    .stream_name()
+                    .map(|n| n.starts_with("sk_1")),
+                Some(true),
+                "{name}"
+            );
+            let bytes = super::encode(&with_stream_name(&cmd, "cam7")).unwrap();
+            let out = decode(20, &bytes, 8).unwrap();
+            assert_eq!(
+                classify(&out).unwrap().stream_name(),
+                Some("cam7"),
+                "{name}"
+            );
+            assert!(!String::from_utf8_lossy(&bytes).contains("sk_1"), "{name}");
+            let mut back = with_stream_name(&out, "sk_1?x=y");
+            if name != "publish" {
+                back = with_stream_name(&out, "sk_1");
+            }
+            assert_eq!(back, cmd, "{name}: only the name changed");
+        }
+        let other = Command {
+            name: "deleteStream".into(),
+            transaction_id: 4.0,
+            object: Amf0Value::Null,
+            arguments: vec![Amf0Value::Number(1.0)],
+        };
+        assert_eq!(classify(&other).unwrap().stream_name(), None);
+        assert_eq!(with_stream_name(&other, "cam7"), other);
     }
 
     #[test]
