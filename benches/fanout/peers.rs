@@ -198,6 +198,9 @@ fn guard_config(origin: SocketAddr, viewers: usize) -> GuardConfig {
         ))
         .tables(&per_ip)
         .origin(origin)
+        // nginx answers handshakes late while thousands of players ramp up;
+        // the viewers' own handshake timeout (5 s) is the bound that counts.
+        .origin_connect_timeout("10s")
         .app(APP, &format!("max_viewers = {}", room.max(shipped_viewers)))
 }
 
