@@ -2,7 +2,7 @@
 //! `token_secret_file`, and the admin API's `token_file`. Relative paths
 //! are relative to the config file's directory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -108,6 +108,9 @@ pub fn parse_keys_file(text: &str) -> Result<BTreeMap<String, Secret>, (usize, S
 #[derive(Clone)]
 pub struct KeyIndex {
     by_mac: HashMap<[u8; 32], (String, Secret)>,
+    /// The public names, which are no secret: what a play, or a command
+    /// naming a stream, may name in a `stream_key` app.
+    public: BTreeSet<String>,
 }
 
 impl fmt::Debug for KeyIndex {
@@ -154,7 +157,17 @@ impl KeyIndex {
                 return Err(format!("{other:?} and {name:?} have the same key"));
             }
         }
-        Ok(KeyIndex { by_mac })
+        Ok(KeyIndex {
+            by_mac,
+            public: keys.keys().cloned().collect(),
+        })
+    }
+
+    /// Whether `name` is one of the public names (never a key: a key is
+    /// no public name of its app). Plays are checked here, never against
+    /// the keys, so a play tells nothing of them.
+    pub fn is_public(&self, name: &str) -> bool {
+        self.public.contains(name)
     }
 
     /// The public name whose key is `sent`, if any.

@@ -385,6 +385,16 @@ impl StreamPolicy {
         matches!(self.mode(kind), AuthMode::StreamKey { .. })
     }
 
+    /// Whether `name` (without query) is a public name of this
+    /// `stream_key` app: one a play, or a command that names a stream,
+    /// may carry to the origin as it is. Never a key.
+    pub fn is_public_name(&self, name: &str) -> bool {
+        match &self.app.publish {
+            AuthMode::StreamKey { index } => index.is_public(name),
+            _ => false,
+        }
+    }
+
     /// The name the origin knows `raw` (a name as the client sent it,
     /// query included) by, for `kind`, when this session's decisions
     /// renamed it: the public name of a key, or a 3xx's `Location`.
@@ -507,12 +517,28 @@ impl StreamPolicy {
             AuthMode::StreamKey { index } => {
                 Some(index.public_name(&sent.name).map(str::to_string))
             }
-            // A publisher playing the key it published with plays the
-            // public name. (Only a key this session published with: any
-            // other would make plays an oracle for keys.)
-            _ if kind == Kind::Play && self.names_are_secret(Kind::Publish) => self
-                .origin_name(Kind::Publish, &sent.name)
-                .map(|public| Some(public.to_string())),
+            // A play in a `stream_key` app names a public name, or a key
+            // this session published with (it plays the public name).
+            // Any other name, another session's key as much as a random
+            // string, is refused as a wrong key, naming no stream: the
+            // keys are never consulted for a play, so a play is no oracle
+            // for them, and what may be a key is never logged, claimed or
+            // sent to the auth service.
+            _ if kind == Kind::Play && self.names_are_secret(Kind::Publish) => {
+                match self.origin_name(Kind::Publish, &sent.name) {
+                    Some(public) => Some(Some(public.to_string())),
+                    None if self.is_public_name(&sent.name) => None,
+                    None => {
+                        return Err(denial(
+                            kind,
+                            stream_id,
+                            "",
+                            Reason::Unauthorized,
+                            INVALID_KEY.into(),
+                        ))
+                    }
+                }
+            }
             _ => None,
         };
         self.set_rename(kind, &sent.name, public.as_ref().and_then(Option::as_deref));
@@ -861,14 +887,52 @@ mod tests {
         assert_eq!(p.on_command(&cmd("play", KEY), 2, unix_now()), Ok(None));
         assert_eq!(p.streams[1], (Kind::Play, "cam7".to_string()));
         assert_eq!(p.origin_name(Kind::Play, KEY), Some("cam7"));
-        // A viewer playing a key it never published with: a name like any
-        // other (no oracle for keys).
+        // A viewer plays the public names only.
         let mut viewer = policy(&a, &r, "192.0.2.9");
         assert_eq!(
-            viewer.on_command(&cmd("play", "sk_other"), 1, unix_now()),
+            viewer.on_command(&cmd("play", "cam8?x=1"), 1, unix_now()),
             Ok(None)
         );
-        assert_eq!(viewer.origin_name(Kind::Play, "sk_other"), None);
+        assert_eq!(viewer.origin_name(Kind::Play, "cam8"), None);
+    }
+
+    #[test]
+    fn a_play_of_a_key_is_refused_like_any_unknown_name_naming_nothing() {
+        let a = stream_key_app("");
+        let keyed = app("publish = \"key\"\nplay = \"key\"\nkeys = { cam7 = \"s3cret\" }\n");
+        let r = Arc::new(Registry::default());
+        let in_key_mode = policy(&keyed, &r, "192.0.2.1")
+            .on_command(&cmd("play", "cam7?key=wrong"), 1, unix_now())
+            .unwrap_err();
+        let mut publisher = policy(&a, &r, "192.0.2.1");
+        publisher
+            .on_command(&cmd("publish", KEY), 1, unix_now())
+            .unwrap();
+        // A valid key (published by another session), a random string,
+        // a key with a query: the same answer, naming no stream.
+        let mut viewer = policy(&a, &r, "192.0.2.9");
+        let answers: Vec<Denial> = [KEY, "sk_live_0000000000", &format!("{KEY}?x=1"), "CAM7"]
+            .into_iter()
+            .map(|sent| {
+                viewer
+                    .on_command(&cmd("play", sent), 1, unix_now())
+                    .unwrap_err()
+            })
+            .collect();
+        for d in &answers {
+            assert_eq!(
+                (d.reason, d.code, d.description.as_str(), d.stream.as_str()),
+                (
+                    in_key_mode.reason,
+                    in_key_mode.code,
+                    in_key_mode.description.as_str(),
+                    ""
+                )
+            );
+        }
+        assert!(viewer.streams.is_empty());
+        assert_eq!(viewer.origin_name(Kind::Play, KEY), None);
+        assert_eq!(r.counts("live"), (1, 0));
     }
 
     #[test]
