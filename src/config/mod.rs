@@ -696,6 +696,12 @@ fn check_apps(apps: &[raw::App], upstreams: &[raw::Upstream]) -> Result<(), Inva
             STREAM_KEY_IS_FOR_PUBLISHING,
         )?;
         check_at(
+            !(a.publish == raw::AuthMode::StreamKey && a.play == raw::AuthMode::Key),
+            at("play"),
+            "play = \"key\" cannot go with publish = \"stream_key\": the viewers' play key \
+             would be the publisher's secret stream key",
+        )?;
+        check_at(
             a.publish != raw::AuthMode::StreamKey || !a.keys.is_empty() || a.keys_file.is_some(),
             at("keys"),
             "stream_key mode needs keys or keys_file",

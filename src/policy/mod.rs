@@ -1024,6 +1024,13 @@ mod tests {
         };
         let err = |tables: &str| parse(tables).unwrap_err().to_string();
         assert!(err("publish = \"stream_key\"\n").contains("needs keys"));
+        let e = err(&format!(
+            "publish = \"stream_key\"\nplay = \"key\"\nkeys = {{ cam7 = \"{KEY}\" }}\n"
+        ));
+        assert!(
+            e.contains("t.toml:") && e.contains("play") && e.contains("secret") && !e.contains(KEY),
+            "{e}"
+        );
         assert!(err("play = \"stream_key\"\nkeys = { a = \"k\" }\n").contains("publish mode"));
         let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same\", b = \"sk_same\" }\n");
         assert!(e.contains("same key") && !e.contains("sk_same"), "{e}");
