@@ -405,6 +405,26 @@ impl StreamPolicy {
             .rev()
             .find(|(k, from, _)| *k == kind && from == sent)
             .map(|(_, _, to)| to.as_str())
+            .filter(|to| !to.is_empty())
+    }
+
+    /// Whether `raw` (query included) must not reach the origin for
+    /// `kind` under any name: the auth service's 3xx for it gave a
+    /// `Location` the guard refused, so the name sent may be a secret.
+    /// Even dry run, which lets the refusal through, does not forward it.
+    pub fn withheld(&self, kind: Kind, raw: &str) -> bool {
+        let sent = raw.split('?').next().unwrap_or(raw);
+        self.renames
+            .iter()
+            .rev()
+            .find(|(k, from, _)| *k == kind && from == sent)
+            .is_some_and(|(_, _, to)| to.is_empty())
+    }
+
+    /// Marks the name a refused 3xx answered for as withheld (see
+    /// [`StreamPolicy::withheld`]).
+    pub fn withhold(&mut self, q: &AuthQuery) {
+        self.set_rename(q.kind, &q.sent, Some(""));
     }
 
     /// Records that the origin knows `sent` (without query) as `to` for

@@ -472,6 +472,16 @@ impl SessionRules {
     /// remote `rtmp://` relay, or a name an origin could read otherwise
     /// than the guard, is refused as `unauthorized`, logging neither name.
     fn renamed(&mut self, query: &AuthQuery, location: &str) -> Result<AuthQuery, Refusal> {
+        let renamed = self.usable_location(query, location);
+        if renamed.is_err() {
+            // Dry run lets an `unauthorized` refusal through: the name
+            // sent, a secret once a 3xx renames it, still never goes.
+            self.policy.withhold(query);
+        }
+        renamed
+    }
+
+    fn usable_location(&mut self, query: &AuthQuery, location: &str) -> Result<AuthQuery, Refusal> {
         let refuse = |detail: &str| Refusal {
             reason: Reason::Unauthorized,
             detail: detail.to_string(),
@@ -578,24 +588,31 @@ impl SessionRules {
         publishes: bool,
         stream_id: u32,
     ) -> Result<Option<String>, Refusal> {
-        if let Some(to) = roles
-            .iter()
-            .find_map(|&kind| self.policy.origin_name(kind, sent))
-        {
-            return Ok(Some(to.to_string()));
-        }
-        let bare = sent.split('?').next().unwrap_or(sent);
-        if !self.policy.names_are_secret(Kind::Publish)
-            || (!publishes && self.policy.is_public_name(bare))
-        {
-            return Ok(None);
-        }
         let kind = if publishes { Kind::Publish } else { Kind::Play };
+        let withheld = roles.iter().any(|&k| self.policy.withheld(k, sent));
+        if !withheld {
+            if let Some(to) = roles
+                .iter()
+                .find_map(|&kind| self.policy.origin_name(kind, sent))
+            {
+                return Ok(Some(to.to_string()));
+            }
+            let bare = sent.split('?').next().unwrap_or(sent);
+            if !self.policy.names_are_secret(Kind::Publish)
+                || (!publishes && self.policy.is_public_name(bare))
+            {
+                return Ok(None);
+            }
+        }
         Err(Refusal {
             reason: Reason::Unauthorized,
-            detail: "a command names a stream that is neither a public name nor one this \
-                     session was allowed (stream_key app): not forwarded"
-                .into(),
+            detail: if withheld {
+                "a command names a stream whose 3xx Location was refused: not forwarded"
+            } else {
+                "a command names a stream that is neither a public name nor one this \
+                 session was allowed (stream_key app): not forwarded"
+            }
+            .into(),
             status: Some(Denial {
                 reason: Reason::Unauthorized,
                 description: super::INVALID_KEY.into(),
@@ -1580,5 +1597,37 @@ mod tests {
             forwarded(&r, &cmd("deleteStream", &[V::Number(1.0)]), 0),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn in_dry_run_an_unrenamed_publish_never_reaches_the_origin() {
+        // A wrong key: dry run lets the refusal through, the origin is
+        // sent nothing.
+        for values in [
+            cmd("publish", &[s("sk_guess")]),
+            cmd("FCPublish", &[s("sk_guess")]),
+            cmd("releaseStream", &[s("cam8")]),
+            cmd("publish", &[s("cam8")]),
+        ] {
+            let mut r = stream_key_rules(Arc::new(Registry::default())).in_dry_run(true);
+            let verdict = judge(&mut r, &values, 1, 0);
+            assert_eq!(reason(verdict), Some(Reason::Unauthorized), "{values:?}");
+            let refusal = forwarded(&r, &values, 1).unwrap_err();
+            assert_eq!(refusal.status.unwrap().stream, "");
+        }
+        // A 3xx to a remote relay or an unusable name, in http mode: the
+        // name sent is not forwarded either.
+        for location in ["rtmp://evil.example/live/x", "bad\nname"] {
+            let mut r = http_rules(Arc::new(Registry::default())).in_dry_run(true);
+            let values = cmd("publish", &[s("secret-name")]);
+            let Verdict::Ask(query) = judge(&mut r, &values, 1, 0) else {
+                panic!("expected a question");
+            };
+            let verdict = r.answer(&query, Answer::Rename(location.into()));
+            assert_eq!(reason(verdict), Some(Reason::Unauthorized), "{location:?}");
+            assert!(forwarded(&r, &values, 1).is_err(), "{location:?}");
+            let fc = cmd("FCUnpublish", &[s("secret-name")]);
+            assert!(forwarded(&r, &fc, 0).is_err(), "{location:?}");
+        }
     }
 }
