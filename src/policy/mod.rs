@@ -446,6 +446,9 @@ impl StreamPolicy {
     /// allow. From here on the origin, the claims, the logs and the
     /// operator see only `to`; the name sent is never shown.
     pub fn rename(&mut self, q: &AuthQuery, to: &str) -> Result<AuthQuery, Denial> {
+        // Recorded first: dry run lets a block through, and the origin is
+        // then sent `to`, never the name sent.
+        self.set_rename(q.kind, &q.sent, Some(to));
         if self.blocked(to) {
             return Err(denial(
                 q.kind,
@@ -455,7 +458,6 @@ impl StreamPolicy {
                 "blocked content".into(),
             ));
         }
-        self.set_rename(q.kind, &q.sent, Some(to));
         Ok(AuthQuery {
             name: to.to_string(),
             ..q.clone()
@@ -544,24 +546,30 @@ impl StreamPolicy {
             // keys are never consulted for a play, so a play is no oracle
             // for them, and what may be a key is never logged, claimed or
             // sent to the auth service.
-            _ if kind == Kind::Play && self.names_are_secret(Kind::Publish) => {
-                match self.origin_name(Kind::Publish, &sent.name) {
-                    Some(public) => Some(Some(public.to_string())),
-                    None if self.is_public_name(&sent.name) => None,
-                    None => {
-                        return Err(denial(
-                            kind,
-                            stream_id,
-                            "",
-                            Reason::Unauthorized,
-                            INVALID_KEY.into(),
-                        ))
-                    }
+            // Whatever the publish mode, a play of a name this session
+            // published under another name (a key, a 3xx's renamed name)
+            // plays that name: the name sent may be a secret.
+            _ if kind == Kind::Play => match self.origin_name(Kind::Publish, &sent.name) {
+                Some(public) => Some(Some(public.to_string())),
+                None if !self.names_are_secret(Kind::Publish) => None,
+                None if self.is_public_name(&sent.name) => None,
+                None => {
+                    return Err(denial(
+                        kind,
+                        stream_id,
+                        "",
+                        Reason::Unauthorized,
+                        INVALID_KEY.into(),
+                    ))
                 }
-            }
+            },
             _ => None,
         };
-        self.set_rename(kind, &sent.name, public.as_ref().and_then(Option::as_deref));
+        // A rename is recorded once found; one is dropped only when a
+        // later decision on the name succeeds without one (`complete`).
+        if let Some(Some(to)) = &public {
+            self.set_rename(kind, &sent.name, Some(to));
+        }
         let name = match &public {
             Some(found) => found.clone().unwrap_or_default(),
             None => sent.name.clone(),
@@ -613,6 +621,7 @@ impl StreamPolicy {
     /// A session playing a name it already plays takes no second place.
     pub fn complete(&mut self, q: &AuthQuery) -> Result<(), Denial> {
         if !q.claim {
+            self.settle_rename(q);
             return Ok(());
         }
         let playing = self
@@ -635,12 +644,22 @@ impl StreamPolicy {
                 });
             }
         }
+        self.settle_rename(q);
         if q.kind == Kind::Publish {
             self.publish_stream_id = q.stream_id;
         }
         self.last_stream_id = q.stream_id;
         self.streams.push((q.kind, q.name.clone()));
         Ok(())
+    }
+
+    /// A decision on `q` succeeded: if it kept the name sent, an earlier
+    /// rename of that name (or a withheld 3xx) no longer holds. A refused
+    /// decision leaves renames as they were.
+    fn settle_rename(&mut self, q: &AuthQuery) {
+        if q.name == q.sent {
+            self.set_rename(q.kind, &q.sent, None);
+        }
     }
 
     /// The refusal of a query the auth service denied or could not answer.

@@ -1630,4 +1630,45 @@ mod tests {
             assert!(forwarded(&r, &fc, 0).is_err(), "{location:?}");
         }
     }
+
+    #[test]
+    fn a_name_renamed_by_a_3xx_is_played_and_closed_by_its_new_name_and_kept_on_refusal() {
+        let mut r = http_rules(Arc::new(Registry::default()));
+        let publish = cmd("publish", &[s("secret1")]);
+        let Verdict::Ask(query) = judge(&mut r, &publish, 1, 0) else {
+            panic!("expected a question");
+        };
+        assert_eq!(
+            r.answer(&query, Answer::Rename("renamed1".into())),
+            Verdict::Opened
+        );
+        // The same name published again, and refused: the rename holds.
+        for (answer, at) in [(Answer::Deny, 1000), (Answer::Unavailable, 2000)] {
+            let Verdict::Ask(query) = judge(&mut r, &publish, 1, at) else {
+                panic!("expected a question");
+            };
+            assert!(matches!(r.answer(&query, answer), Verdict::Refuse(_)));
+            let out = forwarded(&r, &cmd("FCUnpublish", &[s("secret1")]), 0)
+                .unwrap()
+                .expect("renamed");
+            let out = command::decode(20, &out, 8).unwrap();
+            assert_eq!(named(&Some(out)).as_deref(), Some("renamed1"));
+        }
+        // A play of the name before the rename plays renamed1: the auth
+        // service and the origin never see secret1 for it.
+        let play = cmd("play", &[s("secret1")]);
+        let Verdict::Ask(query) = judge(&mut r, &play, 2, 3000) else {
+            panic!("expected a question");
+        };
+        assert!(
+            query.form.contains("name=renamed1") && !query.form.contains("secret1"),
+            "{}",
+            query.form
+        );
+        assert_eq!(r.answer(&query, Answer::Allow), Verdict::Opened);
+        let out = forwarded(&r, &play, 2).unwrap().expect("renamed");
+        let out = command::decode(20, &out, 8).unwrap();
+        assert_eq!(named(&Some(out)).as_deref(), Some("renamed1"));
+        assert!(r.streams().iter().all(|(_, n)| n != "secret1"));
+    }
 }
