@@ -344,7 +344,8 @@ pub struct StreamPolicy {
     renames: Vec<(Kind, String, String)>,
 }
 
-/// Renames a session keeps at most; the oldest go first.
+/// Renames a session keeps, besides those of its open publishes; the
+/// oldest go first.
 const RENAMES_KEPT: usize = 32;
 
 impl StreamPolicy {
@@ -434,7 +435,20 @@ impl StreamPolicy {
             .retain(|(k, from, _)| !(*k == kind && from == sent));
         if let Some(to) = to {
             if self.renames.len() >= RENAMES_KEPT {
-                self.renames.remove(0);
+                // The oldest goes, unless it names an open publish: the
+                // origin knows that stream by its new name until it ends,
+                // and an `FCUnpublish` of the name sent must still say so.
+                // (Open publishes are at most `max_streams`.)
+                let open = |(k, _, to): &(Kind, String, String)| {
+                    *k == Kind::Publish
+                        && self
+                            .claims
+                            .iter()
+                            .any(|h| h.kind == Kind::Publish && h.name == *to)
+                };
+                if let Some(i) = self.renames.iter().position(|r| !open(r)) {
+                    self.renames.remove(i);
+                }
             }
             self.renames.push((kind, sent.to_string(), to.to_string()));
         }
@@ -1048,6 +1062,51 @@ mod tests {
             (d.reason, d.stream.as_str()),
             (Reason::ContentBlocked, "cam7")
         );
+    }
+
+    #[test]
+    fn the_rename_of_an_open_publish_is_never_pushed_out() {
+        let a = app(
+            "publish = \"http\"\nplay = \"http\"\nhttp_auth = { url = \"http://127.0.0.1:1/\" }\n",
+        );
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let q = p
+            .decide(Kind::Publish, "secret1", 1, true, unix_now())
+            .unwrap()
+            .expect("a question");
+        let q = p.rename(&q, "renamed1").unwrap();
+        p.complete(&q).unwrap();
+        for i in 0..3 * RENAMES_KEPT {
+            let q = p
+                .decide(Kind::Play, &format!("x{i}"), 2, false, unix_now())
+                .unwrap()
+                .expect("a question");
+            let q = p.rename(&q, &format!("y{i}")).unwrap();
+            p.complete(&q).unwrap();
+        }
+        assert_eq!(p.origin_name(Kind::Publish, "secret1"), Some("renamed1"));
+        assert_eq!(
+            p.origin_name(Kind::Play, "x0"),
+            None,
+            "the oldest others go"
+        );
+        assert_eq!(
+            p.origin_name(Kind::Play, &format!("x{}", 3 * RENAMES_KEPT - 1)),
+            Some(format!("y{}", 3 * RENAMES_KEPT - 1).as_str())
+        );
+        assert!(p.renames.len() <= RENAMES_KEPT);
+        // Once the publish ends, its rename is one like the others.
+        p.release(1);
+        for i in 0..RENAMES_KEPT {
+            let q = p
+                .decide(Kind::Play, &format!("z{i}"), 2, false, unix_now())
+                .unwrap()
+                .expect("a question");
+            let q = p.rename(&q, &format!("w{i}")).unwrap();
+            p.complete(&q).unwrap();
+        }
+        assert_eq!(p.origin_name(Kind::Publish, "secret1"), None);
     }
 
     #[test]
