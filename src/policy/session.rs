@@ -499,6 +499,15 @@ impl SessionRules {
                 "the auth service answered with an rtmp:// Location (nginx-rtmp's relay to                  another server); the guard connects only to the upstreams its config names",
             ));
         }
+        if location.contains("://")
+            || location.starts_with('/')
+            || location.split('/').any(|seg| seg == "..")
+        {
+            return Err(refuse(
+                "the auth service answered with a Location that is a URL, an absolute path or \
+                 holds a '..' segment; the guard takes only a stream name",
+            ));
+        }
         let unusable = location.is_empty()
             || location.len() > self.max_name_length
             || location
@@ -1459,6 +1468,12 @@ mod tests {
             "bad\nname",
             "bad\u{FFFD}",
             "seventeen-chars!!",
+            "http://x/y",
+            "rtmps://evil/x",
+            "/abs/name",
+            "../other",
+            "a/../b",
+            "a/..",
         ] {
             let mut r = http_rules(Arc::new(Registry::default()));
             let (verdict, out) = answered(&mut r, "secret-name", Answer::Rename(location.into()));
