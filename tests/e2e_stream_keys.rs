@@ -56,7 +56,7 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     let keys = dir.path().join("live.keys");
     std::fs::write(
         &keys,
-        format!("# cameras\ncam7 = {KEY}\ncam8 = sk_live_other\n"),
+        format!("# cameras\ncam7 = {KEY}\ncam8 = sk_live_other_000\n"),
     )
     .unwrap();
     let token = dir.path().join("admin.token");
@@ -186,7 +186,7 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(nginx.wait_publishing("cam9"), "{}", guard.log_text());
     let _ = wait_exit(&mut p, Duration::from_secs(20));
     let out = refused_publish(
-        &format!("rtmp://{}/live/sk_live_other", guard.rtmp),
+        &format!("rtmp://{}/live/sk_live_other_000", guard.rtmp),
         &log("removed.log"),
     );
     assert!(out.contains("invalid stream key"), "{out}");
@@ -208,7 +208,13 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(guard_log.contains("publish cam7"), "{guard_log}");
     assert!(nginx.error_log().contains("name='cam7'"));
     for (what, out) in &outputs {
-        for secret in [KEY, WRONG, NEW_KEY, "sk_live_other", "sk_live_random_guess"] {
+        for secret in [
+            KEY,
+            WRONG,
+            NEW_KEY,
+            "sk_live_other_000",
+            "sk_live_random_guess",
+        ] {
             assert!(!out.contains(secret), "{secret} in the {what}:\n{out}");
         }
     }

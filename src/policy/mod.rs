@@ -905,7 +905,7 @@ mod tests {
 
     fn stream_key_app(extra: &str) -> Arc<App> {
         app(&format!(
-            "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n{extra}"
+            "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other_00000000\" }}\n{extra}"
         ))
     }
 
@@ -1041,7 +1041,7 @@ mod tests {
             Ok(None)
         );
         let d = second
-            .on_command(&cmd("publish", "sk_other"), 1, unix_now())
+            .on_command(&cmd("publish", "sk_other_00000000"), 1, unix_now())
             .unwrap_err();
         assert_eq!(
             (d.reason, d.stream.as_str()),
@@ -1130,10 +1130,43 @@ mod tests {
             "{e}"
         );
         assert!(err("play = \"stream_key\"\nkeys = { a = \"k\" }\n").contains("publish mode"));
-        let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same\", b = \"sk_same\" }\n");
-        assert!(e.contains("same key") && !e.contains("sk_same"), "{e}");
+        let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same_000000000\", b = \"sk_same_000000000\" }\n");
+        assert!(
+            e.contains("same key") && !e.contains("sk_same_000000000"),
+            "{e}"
+        );
+        // Stream keys of at least 16 bytes; the error names no key.
+        let e = err("publish = \"stream_key\"\nkeys = { cam7 = \"sk_short_key\" }\n");
+        assert!(
+            e.contains("t.toml:")
+                && e.contains("keys")
+                && e.contains("16 bytes")
+                && !e.contains("sk_short_key"),
+            "{e}"
+        );
+        // Inline public names are checked as a keys file's are.
+        for bad in ["\"a/b\"", "\"a b\"", "\"a?b\"", "\"\"", "\"a=b\""] {
+            let e = err(&format!(
+                "publish = \"key\"\nkeys = {{ {bad} = \"{KEY}\" }}\n"
+            ));
+            assert!(e.contains("public name") && !e.contains(KEY), "{bad}: {e}");
+        }
+        let e = err(&format!(
+            "publish = \"stream_key\"\nkeys = {{ {} = \"{KEY}\" }}\n",
+            "n".repeat(300)
+        ));
+        assert!(e.contains("max_name_length") && !e.contains(KEY), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("live.keys");
+        std::fs::write(&file, format!("{} = {KEY}\n", "n".repeat(300))).unwrap();
+        let e = err(&format!(
+            "publish = \"stream_key\"\nkeys_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(
+            e.contains("keys_file") && e.contains("max_name_length") && !e.contains(KEY),
+            "{e}"
+        );
         std::fs::write(&file, format!("cam7 = {KEY}\ncam8 = cam7\n")).unwrap();
         let e = err(&format!(
             "publish = \"stream_key\"\nkeys_file = \"{}\"\n",

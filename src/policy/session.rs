@@ -1219,12 +1219,12 @@ mod tests {
     }
 
     /// Names are at most 16 bytes in these rules.
-    const KEY: &str = "sk_9f8e7d6c";
+    const KEY: &str = "sk_9f8e7d6c5b4a3";
 
     fn stream_key_rules(registry: Arc<Registry>) -> SessionRules {
         rules_in(
             &format!(
-                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n"
+                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other_0000000\" }}\n"
             ),
             registry,
         )
@@ -1339,7 +1339,7 @@ mod tests {
         }
         // A second publish with the other key, on another stream: that
         // stream, under its own public name.
-        let (verdict, out) = sent_on(&mut r, &cmd("publish", &[s("sk_other")]), 2, 1000);
+        let (verdict, out) = sent_on(&mut r, &cmd("publish", &[s("sk_other_0000000")]), 2, 1000);
         assert_eq!(verdict, Verdict::Opened);
         assert_eq!(named(&out).as_deref(), Some("cam8"));
         // The same key from another session: the name is taken.
