@@ -250,9 +250,9 @@ fn fuzz_limits() -> ChunkLimits {
 }
 
 /// The key of [`stream_key_rules`]' app, for public name `cam7`.
-pub const FUZZ_STREAM_KEY: &str = "sk_fuzz_7f3a9c";
+pub const FUZZ_STREAM_KEY: &str = "sk_fuzz_7f3a9c0123";
 /// Another key of that app, for `cam8`.
-pub const FUZZ_OTHER_KEY: &str = "sk_fuzz_other";
+pub const FUZZ_OTHER_KEY: &str = "sk_fuzz_other_0123";
 
 /// A fresh session of app `live` in `stream_key` mode (`cam7` =
 /// [`FUZZ_STREAM_KEY`], `cam8` = [`FUZZ_OTHER_KEY`]), players open to all,

@@ -56,7 +56,7 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     let keys = dir.path().join("live.keys");
     std::fs::write(
         &keys,
-        format!("# cameras\ncam7 = {KEY}\ncam8 = sk_live_other\n"),
+        format!("# cameras\ncam7 = {KEY}\ncam8 = sk_live_other_000\n"),
     )
     .unwrap();
     let token = dir.path().join("admin.token");
@@ -134,6 +134,20 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(out.contains("NetStream.Publish.BadName"), "{out}");
     assert_eq!(guard.metric(&blocked_sample("session", "stream_busy")), 1.0);
 
+    // Another session playing the live key, or a random name: refused
+    // alike (a play is no oracle for keys), and the key never reaches
+    // nginx, the logs or the API.
+    for name in [KEY, "sk_live_random_guess_0000"] {
+        let (frames, out) = ffmpeg_play(&format!("rtmp://{}/live/{name}", guard.rtmp), 2);
+        assert_eq!(frames, 0, "a play of {name:?} got frames");
+        assert!(!out.status.success());
+    }
+    assert_eq!(
+        guard.metric(&blocked_sample("session", "unauthorized")),
+        4.0
+    );
+    assert!(!nginx.stat().contains(KEY));
+
     // A block on cam7 ends the key's publisher and refuses it next time.
     let (status, body) = api(
         admin,
@@ -172,7 +186,7 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(nginx.wait_publishing("cam9"), "{}", guard.log_text());
     let _ = wait_exit(&mut p, Duration::from_secs(20));
     let out = refused_publish(
-        &format!("rtmp://{}/live/sk_live_other", guard.rtmp),
+        &format!("rtmp://{}/live/sk_live_other_000", guard.rtmp),
         &log("removed.log"),
     );
     assert!(out.contains("invalid stream key"), "{out}");
@@ -194,7 +208,13 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     assert!(guard_log.contains("publish cam7"), "{guard_log}");
     assert!(nginx.error_log().contains("name='cam7'"));
     for (what, out) in &outputs {
-        for secret in [KEY, WRONG, NEW_KEY, "sk_live_other"] {
+        for secret in [
+            KEY,
+            WRONG,
+            NEW_KEY,
+            "sk_live_other_000",
+            "sk_live_random_guess",
+        ] {
             assert!(!out.contains(secret), "{secret} in the {what}:\n{out}");
         }
     }
@@ -202,7 +222,7 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
     let refusals = guard_log
         .lines()
         .filter(|l| l.contains("\"blocked\"") && l.contains("\"unauthorized\""));
-    assert_eq!(refusals.clone().count(), 3, "{guard_log}");
+    assert_eq!(refusals.clone().count(), 5, "{guard_log}");
     for line in refusals {
         assert!(line.contains("\"stream\":\"\""), "{line}");
     }

@@ -265,11 +265,12 @@ fn validate(raw: raw::Config, base: Option<&Path>) -> Result<Config, Invalid> {
         )?;
         not_zero(t.handshake_timeout, &["tls", "handshake_timeout"])?;
     }
+    let max_name_length = raw.limits.max_name_length;
     let apps = raw
         .apps
         .into_iter()
         .enumerate()
-        .map(|(i, app)| build_app(i, app, base).map(Arc::new))
+        .map(|(i, app)| build_app(i, app, base, max_name_length).map(Arc::new))
         .collect::<Result<_, _>>()?;
     let state = raw.state.map(|s| State {
         path: resolve(base, &s.path),
@@ -403,7 +404,12 @@ fn build_admin(admin: raw::Admin, base: Option<&Path>) -> Result<Admin, Invalid>
 
 /// Reads an app's keys file and token secret, and gives each mode what it
 /// checks against.
-fn build_app(i: usize, app: raw::App, base: Option<&Path>) -> Result<App, Invalid> {
+fn build_app(
+    i: usize,
+    app: raw::App,
+    base: Option<&Path>,
+    max_name_length: usize,
+) -> Result<App, Invalid> {
     let at = |key: &str| vec![seg("app"), PathSeg::Index(i), seg(key)];
     let raw::App {
         name,
@@ -424,8 +430,17 @@ fn build_app(i: usize, app: raw::App, base: Option<&Path>) -> Result<App, Invali
         max_publish_bitrate,
         http_auth,
     } = app;
+    secret::check_public_names(&keys, max_name_length).map_err(|why| Invalid {
+        path: at("keys"),
+        why,
+    })?;
     if let Some(file) = &keys_file {
-        keys.extend(secret::read_keys(base, file, at("keys_file"))?);
+        let from_file = secret::read_keys(base, file, at("keys_file"))?;
+        secret::check_public_names(&from_file, max_name_length).map_err(|why| Invalid {
+            path: at("keys_file"),
+            why: format!("{}: {why}", resolve(base, file).display()),
+        })?;
+        keys.extend(from_file);
     }
     let index = if publish == raw::AuthMode::StreamKey {
         let key = if keys_file.is_some() {
@@ -694,6 +709,12 @@ fn check_apps(apps: &[raw::App], upstreams: &[raw::Upstream]) -> Result<(), Inva
             a.play != raw::AuthMode::StreamKey,
             at("play"),
             STREAM_KEY_IS_FOR_PUBLISHING,
+        )?;
+        check_at(
+            !(a.publish == raw::AuthMode::StreamKey && a.play == raw::AuthMode::Key),
+            at("play"),
+            "play = \"key\" cannot go with publish = \"stream_key\": the viewers' play key \
+             would be the publisher's secret stream key",
         )?;
         check_at(
             a.publish != raw::AuthMode::StreamKey || !a.keys.is_empty() || a.keys_file.is_some(),

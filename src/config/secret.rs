@@ -2,7 +2,7 @@
 //! `token_secret_file`, and the admin API's `token_file`. Relative paths
 //! are relative to the config file's directory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -99,6 +99,32 @@ pub fn parse_keys_file(text: &str) -> Result<BTreeMap<String, Secret>, (usize, S
     Ok(keys)
 }
 
+/// Shortest key a `stream_key` app accepts: the key is the whole secret.
+pub const MIN_STREAM_KEY: usize = 16;
+
+/// Checks the public names of `keys` (from `keys` or a `keys_file`):
+/// plain stream names (see [`valid_public_name`]) within `max_len`
+/// bytes. Public names are no secret: the error names them.
+pub(super) fn check_public_names(
+    keys: &BTreeMap<String, Secret>,
+    max_len: usize,
+) -> Result<(), String> {
+    for name in keys.keys() {
+        if !valid_public_name(name) {
+            return Err(format!(
+                "public name {name:?} is not a plain stream name \
+                 (empty, or holds '?', '/', '=', '#' or a space)"
+            ));
+        }
+        if name.len() > max_len {
+            return Err(format!(
+                "public name {name:?} is longer than max_name_length ({max_len})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The keys of a `stream_key` app, by an HMAC of the key: the stream name
 /// a publisher sends is the secret, and the index gives the public name
 /// it publishes as. A lookup hashes what was sent with a key drawn at
@@ -108,6 +134,9 @@ pub fn parse_keys_file(text: &str) -> Result<BTreeMap<String, Secret>, (usize, S
 #[derive(Clone)]
 pub struct KeyIndex {
     by_mac: HashMap<[u8; 32], (String, Secret)>,
+    /// The public names, which are no secret: what a play, or a command
+    /// naming a stream, may name in a `stream_key` app.
+    public: BTreeSet<String>,
 }
 
 impl fmt::Debug for KeyIndex {
@@ -132,8 +161,9 @@ fn index_mac(key: &str) -> [u8; 32] {
 impl KeyIndex {
     /// Indexes `keys` (public name → key). A key must be usable as the
     /// stream name a publisher sends (no `?`, whitespace or control
-    /// character), belong to one name only, and not be a public name of
-    /// the same app; the error says which rule a key broke, never the key.
+    /// character), not be a public name of the same app, be at least
+    /// [`MIN_STREAM_KEY`] bytes, and belong to one name only; the error
+    /// says which rule a key broke, never the key.
     pub fn new(keys: &BTreeMap<String, Secret>) -> Result<KeyIndex, String> {
         let mut by_mac = HashMap::with_capacity(keys.len());
         for (name, key) in keys {
@@ -150,11 +180,27 @@ impl KeyIndex {
             if keys.contains_key(k) {
                 return Err(format!("the key of {name:?} is also a public name"));
             }
+            if k.len() < MIN_STREAM_KEY {
+                return Err(format!(
+                    "the key of {name:?} is shorter than {MIN_STREAM_KEY} bytes \
+                     (`rtmp-guard key --name {name}` prints a strong one)"
+                ));
+            }
             if let Some((other, _)) = by_mac.insert(index_mac(k), (name.clone(), key.clone())) {
                 return Err(format!("{other:?} and {name:?} have the same key"));
             }
         }
-        Ok(KeyIndex { by_mac })
+        Ok(KeyIndex {
+            by_mac,
+            public: keys.keys().cloned().collect(),
+        })
+    }
+
+    /// Whether `name` is one of the public names (never a key: a key is
+    /// no public name of its app). Plays are checked here, never against
+    /// the keys, so a play tells nothing of them.
+    pub fn is_public(&self, name: &str) -> bool {
+        self.public.contains(name)
     }
 
     /// The public name whose key is `sent`, if any.
@@ -211,17 +257,19 @@ mod tests {
     fn the_index_finds_a_public_name_by_its_key_only() {
         let index = KeyIndex::new(&keys(&[
             ("cam7", "sk_live_9f8e7d6c5b4a"),
-            ("cam8", "sk_live_other"),
+            ("cam8", "sk_live_other_0000"),
         ]))
         .unwrap();
         assert_eq!(index.public_name("sk_live_9f8e7d6c5b4a"), Some("cam7"));
-        assert_eq!(index.public_name("sk_live_other"), Some("cam8"));
+        assert_eq!(index.public_name("sk_live_other_0000"), Some("cam8"));
+        assert!(index.is_public("cam7") && index.is_public("cam8"));
+        assert!(!index.is_public("sk_live_9f8e7d6c5b4a"));
         for wrong in [
             "cam7",
             "sk_live_9f8e7d6c5b4",
             "sk_live_9f8e7d6c5b4a ",
             "",
-            "SK_LIVE_OTHER",
+            "SK_LIVE_OTHER_0000",
         ] {
             assert_eq!(index.public_name(wrong), None, "{wrong:?}");
         }
@@ -230,16 +278,32 @@ mod tests {
 
     #[test]
     fn keys_that_cannot_be_told_apart_are_refused_without_showing_them() {
+        const K1: &str = "k1_0123456789abcdef";
         for (pairs, why) in [
-            (&[("a", "k1"), ("b", "k1")][..], "same key"),
-            (&[("a", "b"), ("b", "k2")][..], "also a public name"),
+            (&[("a", K1), ("b", K1)][..], "same key"),
+            (
+                &[("a", "b"), ("b", "k2_0123456789abcdef")][..],
+                "also a public name",
+            ),
             (&[("a", "k?x")][..], "cannot be sent"),
             (&[("a", "k\u{7}")][..], "cannot be sent"),
+            (&[("a", "k_012345678901")][..], "shorter than 16 bytes"),
         ] {
             let e = KeyIndex::new(&keys(pairs)).unwrap_err();
             assert!(e.contains(why), "{e}");
-            assert!(!e.contains("k1") && !e.contains("k?x"), "{e}");
+            assert!(
+                !e.contains("k1_") && !e.contains("k?x") && !e.contains("k_0"),
+                "{e}"
+            );
         }
+        assert!(KeyIndex::new(&keys(&[("a", "k_0123456789abcd")])).is_ok());
+        let names = |n: &str| keys(&[(n, "k")]);
+        assert!(check_public_names(&names("cam7"), 16).is_ok());
+        for bad in ["a/b", "a?b", "a b", "", "a=b"] {
+            assert!(check_public_names(&names(bad), 16).is_err(), "{bad:?}");
+        }
+        let e = check_public_names(&names("seventeen-chars!!"), 16).unwrap_err();
+        assert!(e.contains("max_name_length"), "{e}");
     }
 
     #[test]

@@ -344,7 +344,8 @@ pub struct StreamPolicy {
     renames: Vec<(Kind, String, String)>,
 }
 
-/// Renames a session keeps at most; the oldest go first.
+/// Renames a session keeps, besides those of its open publishes; the
+/// oldest go first.
 const RENAMES_KEPT: usize = 32;
 
 impl StreamPolicy {
@@ -385,6 +386,16 @@ impl StreamPolicy {
         matches!(self.mode(kind), AuthMode::StreamKey { .. })
     }
 
+    /// Whether `name` (without query) is a public name of this
+    /// `stream_key` app: one a play, or a command that names a stream,
+    /// may carry to the origin as it is. Never a key.
+    pub fn is_public_name(&self, name: &str) -> bool {
+        match &self.app.publish {
+            AuthMode::StreamKey { index } => index.is_public(name),
+            _ => false,
+        }
+    }
+
     /// The name the origin knows `raw` (a name as the client sent it,
     /// query included) by, for `kind`, when this session's decisions
     /// renamed it: the public name of a key, or a 3xx's `Location`.
@@ -395,6 +406,26 @@ impl StreamPolicy {
             .rev()
             .find(|(k, from, _)| *k == kind && from == sent)
             .map(|(_, _, to)| to.as_str())
+            .filter(|to| !to.is_empty())
+    }
+
+    /// Whether `raw` (query included) must not reach the origin for
+    /// `kind` under any name: the auth service's 3xx for it gave a
+    /// `Location` the guard refused, so the name sent may be a secret.
+    /// Even dry run, which lets the refusal through, does not forward it.
+    pub fn withheld(&self, kind: Kind, raw: &str) -> bool {
+        let sent = raw.split('?').next().unwrap_or(raw);
+        self.renames
+            .iter()
+            .rev()
+            .find(|(k, from, _)| *k == kind && from == sent)
+            .is_some_and(|(_, _, to)| to.is_empty())
+    }
+
+    /// Marks the name a refused 3xx answered for as withheld (see
+    /// [`StreamPolicy::withheld`]).
+    pub fn withhold(&mut self, q: &AuthQuery) {
+        self.set_rename(q.kind, &q.sent, Some(""));
     }
 
     /// Records that the origin knows `sent` (without query) as `to` for
@@ -404,7 +435,20 @@ impl StreamPolicy {
             .retain(|(k, from, _)| !(*k == kind && from == sent));
         if let Some(to) = to {
             if self.renames.len() >= RENAMES_KEPT {
-                self.renames.remove(0);
+                // The oldest goes, unless it names an open publish: the
+                // origin knows that stream by its new name until it ends,
+                // and an `FCUnpublish` of the name sent must still say so.
+                // (Open publishes are at most `max_streams`.)
+                let open = |(k, _, to): &(Kind, String, String)| {
+                    *k == Kind::Publish
+                        && self
+                            .claims
+                            .iter()
+                            .any(|h| h.kind == Kind::Publish && h.name == *to)
+                };
+                if let Some(i) = self.renames.iter().position(|r| !open(r)) {
+                    self.renames.remove(i);
+                }
             }
             self.renames.push((kind, sent.to_string(), to.to_string()));
         }
@@ -416,6 +460,9 @@ impl StreamPolicy {
     /// allow. From here on the origin, the claims, the logs and the
     /// operator see only `to`; the name sent is never shown.
     pub fn rename(&mut self, q: &AuthQuery, to: &str) -> Result<AuthQuery, Denial> {
+        // Recorded first: dry run lets a block through, and the origin is
+        // then sent `to`, never the name sent.
+        self.set_rename(q.kind, &q.sent, Some(to));
         if self.blocked(to) {
             return Err(denial(
                 q.kind,
@@ -425,7 +472,6 @@ impl StreamPolicy {
                 "blocked content".into(),
             ));
         }
-        self.set_rename(q.kind, &q.sent, Some(to));
         Ok(AuthQuery {
             name: to.to_string(),
             ..q.clone()
@@ -507,15 +553,37 @@ impl StreamPolicy {
             AuthMode::StreamKey { index } => {
                 Some(index.public_name(&sent.name).map(str::to_string))
             }
-            // A publisher playing the key it published with plays the
-            // public name. (Only a key this session published with: any
-            // other would make plays an oracle for keys.)
-            _ if kind == Kind::Play && self.names_are_secret(Kind::Publish) => self
-                .origin_name(Kind::Publish, &sent.name)
-                .map(|public| Some(public.to_string())),
+            // A play in a `stream_key` app names a public name, or a key
+            // this session published with (it plays the public name).
+            // Any other name, another session's key as much as a random
+            // string, is refused as a wrong key, naming no stream: the
+            // keys are never consulted for a play, so a play is no oracle
+            // for them, and what may be a key is never logged, claimed or
+            // sent to the auth service.
+            // Whatever the publish mode, a play of a name this session
+            // published under another name (a key, a 3xx's renamed name)
+            // plays that name: the name sent may be a secret.
+            _ if kind == Kind::Play => match self.origin_name(Kind::Publish, &sent.name) {
+                Some(public) => Some(Some(public.to_string())),
+                None if !self.names_are_secret(Kind::Publish) => None,
+                None if self.is_public_name(&sent.name) => None,
+                None => {
+                    return Err(denial(
+                        kind,
+                        stream_id,
+                        "",
+                        Reason::Unauthorized,
+                        INVALID_KEY.into(),
+                    ))
+                }
+            },
             _ => None,
         };
-        self.set_rename(kind, &sent.name, public.as_ref().and_then(Option::as_deref));
+        // A rename is recorded once found; one is dropped only when a
+        // later decision on the name succeeds without one (`complete`).
+        if let Some(Some(to)) = &public {
+            self.set_rename(kind, &sent.name, Some(to));
+        }
         let name = match &public {
             Some(found) => found.clone().unwrap_or_default(),
             None => sent.name.clone(),
@@ -567,6 +635,7 @@ impl StreamPolicy {
     /// A session playing a name it already plays takes no second place.
     pub fn complete(&mut self, q: &AuthQuery) -> Result<(), Denial> {
         if !q.claim {
+            self.settle_rename(q);
             return Ok(());
         }
         let playing = self
@@ -589,12 +658,22 @@ impl StreamPolicy {
                 });
             }
         }
+        self.settle_rename(q);
         if q.kind == Kind::Publish {
             self.publish_stream_id = q.stream_id;
         }
         self.last_stream_id = q.stream_id;
         self.streams.push((q.kind, q.name.clone()));
         Ok(())
+    }
+
+    /// A decision on `q` succeeded: if it kept the name sent, an earlier
+    /// rename of that name (or a withheld 3xx) no longer holds. A refused
+    /// decision leaves renames as they were.
+    fn settle_rename(&mut self, q: &AuthQuery) {
+        if q.name == q.sent {
+            self.set_rename(q.kind, &q.sent, None);
+        }
     }
 
     /// The refusal of a query the auth service denied or could not answer.
@@ -826,7 +905,7 @@ mod tests {
 
     fn stream_key_app(extra: &str) -> Arc<App> {
         app(&format!(
-            "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n{extra}"
+            "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other_00000000\" }}\n{extra}"
         ))
     }
 
@@ -861,14 +940,52 @@ mod tests {
         assert_eq!(p.on_command(&cmd("play", KEY), 2, unix_now()), Ok(None));
         assert_eq!(p.streams[1], (Kind::Play, "cam7".to_string()));
         assert_eq!(p.origin_name(Kind::Play, KEY), Some("cam7"));
-        // A viewer playing a key it never published with: a name like any
-        // other (no oracle for keys).
+        // A viewer plays the public names only.
         let mut viewer = policy(&a, &r, "192.0.2.9");
         assert_eq!(
-            viewer.on_command(&cmd("play", "sk_other"), 1, unix_now()),
+            viewer.on_command(&cmd("play", "cam8?x=1"), 1, unix_now()),
             Ok(None)
         );
-        assert_eq!(viewer.origin_name(Kind::Play, "sk_other"), None);
+        assert_eq!(viewer.origin_name(Kind::Play, "cam8"), None);
+    }
+
+    #[test]
+    fn a_play_of_a_key_is_refused_like_any_unknown_name_naming_nothing() {
+        let a = stream_key_app("");
+        let keyed = app("publish = \"key\"\nplay = \"key\"\nkeys = { cam7 = \"s3cret\" }\n");
+        let r = Arc::new(Registry::default());
+        let in_key_mode = policy(&keyed, &r, "192.0.2.1")
+            .on_command(&cmd("play", "cam7?key=wrong"), 1, unix_now())
+            .unwrap_err();
+        let mut publisher = policy(&a, &r, "192.0.2.1");
+        publisher
+            .on_command(&cmd("publish", KEY), 1, unix_now())
+            .unwrap();
+        // A valid key (published by another session), a random string,
+        // a key with a query: the same answer, naming no stream.
+        let mut viewer = policy(&a, &r, "192.0.2.9");
+        let answers: Vec<Denial> = [KEY, "sk_live_0000000000", &format!("{KEY}?x=1"), "CAM7"]
+            .into_iter()
+            .map(|sent| {
+                viewer
+                    .on_command(&cmd("play", sent), 1, unix_now())
+                    .unwrap_err()
+            })
+            .collect();
+        for d in &answers {
+            assert_eq!(
+                (d.reason, d.code, d.description.as_str(), d.stream.as_str()),
+                (
+                    in_key_mode.reason,
+                    in_key_mode.code,
+                    in_key_mode.description.as_str(),
+                    ""
+                )
+            );
+        }
+        assert!(viewer.streams.is_empty());
+        assert_eq!(viewer.origin_name(Kind::Play, KEY), None);
+        assert_eq!(r.counts("live"), (1, 0));
     }
 
     #[test]
@@ -924,7 +1041,7 @@ mod tests {
             Ok(None)
         );
         let d = second
-            .on_command(&cmd("publish", "sk_other"), 1, unix_now())
+            .on_command(&cmd("publish", "sk_other_00000000"), 1, unix_now())
             .unwrap_err();
         assert_eq!(
             (d.reason, d.stream.as_str()),
@@ -948,6 +1065,51 @@ mod tests {
     }
 
     #[test]
+    fn the_rename_of_an_open_publish_is_never_pushed_out() {
+        let a = app(
+            "publish = \"http\"\nplay = \"http\"\nhttp_auth = { url = \"http://127.0.0.1:1/\" }\n",
+        );
+        let r = Arc::new(Registry::default());
+        let mut p = policy(&a, &r, "192.0.2.1");
+        let q = p
+            .decide(Kind::Publish, "secret1", 1, true, unix_now())
+            .unwrap()
+            .expect("a question");
+        let q = p.rename(&q, "renamed1").unwrap();
+        p.complete(&q).unwrap();
+        for i in 0..3 * RENAMES_KEPT {
+            let q = p
+                .decide(Kind::Play, &format!("x{i}"), 2, false, unix_now())
+                .unwrap()
+                .expect("a question");
+            let q = p.rename(&q, &format!("y{i}")).unwrap();
+            p.complete(&q).unwrap();
+        }
+        assert_eq!(p.origin_name(Kind::Publish, "secret1"), Some("renamed1"));
+        assert_eq!(
+            p.origin_name(Kind::Play, "x0"),
+            None,
+            "the oldest others go"
+        );
+        assert_eq!(
+            p.origin_name(Kind::Play, &format!("x{}", 3 * RENAMES_KEPT - 1)),
+            Some(format!("y{}", 3 * RENAMES_KEPT - 1).as_str())
+        );
+        assert!(p.renames.len() <= RENAMES_KEPT);
+        // Once the publish ends, its rename is one like the others.
+        p.release(1);
+        for i in 0..RENAMES_KEPT {
+            let q = p
+                .decide(Kind::Play, &format!("z{i}"), 2, false, unix_now())
+                .unwrap()
+                .expect("a question");
+            let q = p.rename(&q, &format!("w{i}")).unwrap();
+            p.complete(&q).unwrap();
+        }
+        assert_eq!(p.origin_name(Kind::Publish, "secret1"), None);
+    }
+
+    #[test]
     fn stream_key_config_rules() {
         let parse = |tables: &str| {
             Config::parse(
@@ -960,11 +1122,51 @@ mod tests {
         };
         let err = |tables: &str| parse(tables).unwrap_err().to_string();
         assert!(err("publish = \"stream_key\"\n").contains("needs keys"));
+        let e = err(&format!(
+            "publish = \"stream_key\"\nplay = \"key\"\nkeys = {{ cam7 = \"{KEY}\" }}\n"
+        ));
+        assert!(
+            e.contains("t.toml:") && e.contains("play") && e.contains("secret") && !e.contains(KEY),
+            "{e}"
+        );
         assert!(err("play = \"stream_key\"\nkeys = { a = \"k\" }\n").contains("publish mode"));
-        let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same\", b = \"sk_same\" }\n");
-        assert!(e.contains("same key") && !e.contains("sk_same"), "{e}");
+        let e = err("publish = \"stream_key\"\nkeys = { a = \"sk_same_000000000\", b = \"sk_same_000000000\" }\n");
+        assert!(
+            e.contains("same key") && !e.contains("sk_same_000000000"),
+            "{e}"
+        );
+        // Stream keys of at least 16 bytes; the error names no key.
+        let e = err("publish = \"stream_key\"\nkeys = { cam7 = \"sk_short_key\" }\n");
+        assert!(
+            e.contains("t.toml:")
+                && e.contains("keys")
+                && e.contains("16 bytes")
+                && !e.contains("sk_short_key"),
+            "{e}"
+        );
+        // Inline public names are checked as a keys file's are.
+        for bad in ["\"a/b\"", "\"a b\"", "\"a?b\"", "\"\"", "\"a=b\""] {
+            let e = err(&format!(
+                "publish = \"key\"\nkeys = {{ {bad} = \"{KEY}\" }}\n"
+            ));
+            assert!(e.contains("public name") && !e.contains(KEY), "{bad}: {e}");
+        }
+        let e = err(&format!(
+            "publish = \"stream_key\"\nkeys = {{ {} = \"{KEY}\" }}\n",
+            "n".repeat(300)
+        ));
+        assert!(e.contains("max_name_length") && !e.contains(KEY), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("live.keys");
+        std::fs::write(&file, format!("{} = {KEY}\n", "n".repeat(300))).unwrap();
+        let e = err(&format!(
+            "publish = \"stream_key\"\nkeys_file = \"{}\"\n",
+            file.display()
+        ));
+        assert!(
+            e.contains("keys_file") && e.contains("max_name_length") && !e.contains(KEY),
+            "{e}"
+        );
         std::fs::write(&file, format!("cam7 = {KEY}\ncam8 = cam7\n")).unwrap();
         let e = err(&format!(
             "publish = \"stream_key\"\nkeys_file = \"{}\"\n",

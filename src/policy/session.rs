@@ -426,7 +426,10 @@ impl SessionRules {
             stream_id,
             // The logs cut and escape it; a name that may be a key is
             // never logged.
-            stream: if self.policy.names_are_secret(kind) {
+            // In a `stream_key` app a play's name may be a key too.
+            stream: if self.policy.names_are_secret(kind)
+                || self.policy.names_are_secret(Kind::Publish)
+            {
                 String::new()
             } else {
                 name.to_string()
@@ -469,6 +472,16 @@ impl SessionRules {
     /// remote `rtmp://` relay, or a name an origin could read otherwise
     /// than the guard, is refused as `unauthorized`, logging neither name.
     fn renamed(&mut self, query: &AuthQuery, location: &str) -> Result<AuthQuery, Refusal> {
+        let renamed = self.usable_location(query, location);
+        if renamed.is_err() {
+            // Dry run lets an `unauthorized` refusal through: the name
+            // sent, a secret once a 3xx renames it, still never goes.
+            self.policy.withhold(query);
+        }
+        renamed
+    }
+
+    fn usable_location(&mut self, query: &AuthQuery, location: &str) -> Result<AuthQuery, Refusal> {
         let refuse = |detail: &str| Refusal {
             reason: Reason::Unauthorized,
             detail: detail.to_string(),
@@ -484,6 +497,15 @@ impl SessionRules {
         {
             return Err(refuse(
                 "the auth service answered with an rtmp:// Location (nginx-rtmp's relay to                  another server); the guard connects only to the upstreams its config names",
+            ));
+        }
+        if location.contains("://")
+            || location.starts_with('/')
+            || location.split('/').any(|seg| seg == "..")
+        {
+            return Err(refuse(
+                "the auth service answered with a Location that is a URL, an absolute path or \
+                 holds a '..' segment; the guard takes only a stream name",
             ));
         }
         let unusable = location.is_empty()
@@ -522,25 +544,95 @@ impl SessionRules {
         };
         // A publish or play, and its preludes, were decided for their own
         // role; the others follow whichever the session renamed.
-        let roles: &[Kind] = match command {
+        let publishes = matches!(
+            command,
             ClientCommand::Publish { .. }
-            | ClientCommand::FcPublish { .. }
-            | ClientCommand::ReleaseStream { .. } => &[Kind::Publish],
+                | ClientCommand::FcPublish { .. }
+                | ClientCommand::ReleaseStream { .. }
+        );
+        let roles: &[Kind] = match command {
+            _ if publishes => &[Kind::Publish],
             ClientCommand::Play { .. }
             | ClientCommand::Play2 { .. }
             | ClientCommand::FcSubscribe { .. } => &[Kind::Play],
             ClientCommand::NamesStream { .. } => &[Kind::Play, Kind::Publish],
             _ => &[Kind::Publish, Kind::Play],
         };
-        let Some(to) = roles
-            .iter()
-            .find_map(|&kind| self.policy.origin_name(kind, sent))
-        else {
-            return Ok(None);
+        let to = self.origin_spelling(roles, sent, publishes, m.header.stream_id)?;
+        // play2's `oldStreamName` names a stream too.
+        let old = match command {
+            ClientCommand::Play2 { .. } => match command::play2_old_name(&cmd) {
+                Some(old) => self.origin_spelling(
+                    &[Kind::Play, Kind::Publish],
+                    old,
+                    false,
+                    m.header.stream_id,
+                )?,
+                None => None,
+            },
+            _ => None,
         };
-        command::encode(&command::with_stream_name(&cmd, to))
+        if to.is_none() && old.is_none() {
+            return Ok(None);
+        }
+        let mut out = command::with_stream_name(&cmd, to.as_deref().unwrap_or(sent));
+        if let Some(old) = &old {
+            command::set_play2_old_name(&mut out, old);
+        }
+        command::encode(&out)
             .map(Some)
             .map_err(|e| Refusal::violation(format!("a renamed command does not encode: {e}")))
+    }
+
+    /// How a stream name `sent` (query included) reaches the origin:
+    /// `Some`, under the name this session's decisions renamed it to for
+    /// one of `roles`; `None`, as it is. In a `stream_key` app a name no
+    /// decision renamed goes only if it is a public name and the command
+    /// is no publish (or prelude); any other is refused as a wrong key,
+    /// naming no stream, even in dry run: it may be a key.
+    fn origin_spelling(
+        &self,
+        roles: &[Kind],
+        sent: &str,
+        publishes: bool,
+        stream_id: u32,
+    ) -> Result<Option<String>, Refusal> {
+        let kind = if publishes { Kind::Publish } else { Kind::Play };
+        let withheld = roles.iter().any(|&k| self.policy.withheld(k, sent));
+        if !withheld {
+            if let Some(to) = roles
+                .iter()
+                .find_map(|&kind| self.policy.origin_name(kind, sent))
+            {
+                return Ok(Some(to.to_string()));
+            }
+            let bare = sent.split('?').next().unwrap_or(sent);
+            if !self.policy.names_are_secret(Kind::Publish)
+                || (!publishes && self.policy.is_public_name(bare))
+            {
+                return Ok(None);
+            }
+        }
+        Err(Refusal {
+            reason: Reason::Unauthorized,
+            detail: if withheld {
+                "a command names a stream whose 3xx Location was refused: not forwarded"
+            } else {
+                "a command names a stream that is neither a public name nor one this \
+                 session was allowed (stream_key app): not forwarded"
+            }
+            .into(),
+            status: Some(Denial {
+                reason: Reason::Unauthorized,
+                description: super::INVALID_KEY.into(),
+                code: match kind {
+                    Kind::Publish => super::PUBLISH_BAD_NAME,
+                    Kind::Play => super::PLAY_FAILED,
+                },
+                stream_id,
+                stream: String::new(),
+            }),
+        })
     }
 
     /// Judges one whole command or data message from the origin.
@@ -1127,12 +1219,12 @@ mod tests {
     }
 
     /// Names are at most 16 bytes in these rules.
-    const KEY: &str = "sk_9f8e7d6c";
+    const KEY: &str = "sk_9f8e7d6c5b4a3";
 
     fn stream_key_rules(registry: Arc<Registry>) -> SessionRules {
         rules_in(
             &format!(
-                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other\" }}\n"
+                "publish = \"stream_key\"\nkeys = {{ cam7 = \"{KEY}\", cam8 = \"sk_other_0000000\" }}\n"
             ),
             registry,
         )
@@ -1208,9 +1300,9 @@ mod tests {
             r.on_media(&header(types::VIDEO, 1, 10)).is_err(),
             "closed by its key"
         );
-        // Names that are not this session's keys go as they are.
-        let (_, out) = step(&mut r, cmd("FCUnpublish", &[s("sk_other")]), 0);
-        assert_eq!(named(&out).as_deref(), Some("sk_other"));
+        // Public names go as they are.
+        let (_, out) = step(&mut r, cmd("FCUnsubscribe", &[s("cam8")]), 0);
+        assert_eq!(named(&out).as_deref(), Some("cam8"));
         let (_, out) = step(&mut r, cmd("getServerTime", &[s(KEY)]), 0);
         assert!(out.is_some());
     }
@@ -1247,7 +1339,7 @@ mod tests {
         }
         // A second publish with the other key, on another stream: that
         // stream, under its own public name.
-        let (verdict, out) = sent_on(&mut r, &cmd("publish", &[s("sk_other")]), 2, 1000);
+        let (verdict, out) = sent_on(&mut r, &cmd("publish", &[s("sk_other_0000000")]), 2, 1000);
         assert_eq!(verdict, Verdict::Opened);
         assert_eq!(named(&out).as_deref(), Some("cam8"));
         // The same key from another session: the name is taken.
@@ -1376,6 +1468,12 @@ mod tests {
             "bad\nname",
             "bad\u{FFFD}",
             "seventeen-chars!!",
+            "http://x/y",
+            "rtmps://evil/x",
+            "/abs/name",
+            "../other",
+            "a/../b",
+            "a/..",
         ] {
             let mut r = http_rules(Arc::new(Registry::default()));
             let (verdict, out) = answered(&mut r, "secret-name", Answer::Rename(location.into()));
@@ -1414,5 +1512,178 @@ mod tests {
             panic!("expected a question");
         };
         assert_eq!(r.answer(&query, Answer::Allow), Verdict::Opened);
+    }
+
+    /// The message `values` on `stream_id`, and what `for_origin` makes
+    /// of it.
+    fn forwarded(
+        r: &SessionRules,
+        values: &[V],
+        stream_id: u32,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let payload = encode(values).unwrap();
+        let message = Message {
+            header: header(types::COMMAND_AMF0, stream_id, payload.len()),
+            payload: &payload,
+        };
+        r.for_origin(&message)
+    }
+
+    #[test]
+    fn in_a_stream_key_app_plays_name_public_names_or_this_sessions_keys() {
+        let registry = Arc::new(Registry::default());
+        let mut publisher = stream_key_rules(registry.clone());
+        sent_on(&mut publisher, &cmd("publish", &[s(KEY)]), 1, 0);
+        let play2 = |name: &str, old: Option<&str>| {
+            let mut props = vec![("streamName".to_string(), s(name))];
+            props.extend(old.map(|o| ("oldStreamName".to_string(), s(o))));
+            cmd("play2", &[V::Object(props)])
+        };
+        // Another session: the key, a random name, are refused alike.
+        for values in [
+            cmd("play", &[s(KEY)]),
+            cmd("play", &[s("sk_random_guess")]),
+            play2(KEY, None),
+            cmd("FCSubscribe", &[s(KEY)]),
+        ] {
+            let mut viewer = stream_key_rules(registry.clone());
+            let Verdict::Refuse(refusal) = judge(&mut viewer, &values, 1, 0) else {
+                panic!("{values:?} passed");
+            };
+            assert_eq!(refusal.reason, Reason::Unauthorized);
+            assert!(!refusal.detail.contains(KEY));
+            let status = refusal.status.expect("an onStatus");
+            assert_eq!(
+                (
+                    status.code,
+                    status.description.as_str(),
+                    status.stream.as_str()
+                ),
+                (super::super::PLAY_FAILED, "invalid stream key", "")
+            );
+            assert!(viewer.streams().is_empty());
+        }
+        // A bad name in a play is not logged either.
+        let mut viewer = stream_key_rules(registry.clone());
+        let Verdict::Refuse(refusal) = judge(&mut viewer, &cmd("play", &[s("sk\nx")]), 1, 0) else {
+            panic!("passed");
+        };
+        assert_eq!(refusal.status.map(|d| d.stream), Some(String::new()));
+        // Public names play; an oldStreamName that is a key is not
+        // forwarded.
+        let mut viewer = stream_key_rules(registry.clone());
+        let (verdict, out) = sent_on(&mut viewer, &cmd("play", &[s("cam7")]), 1, 0);
+        assert_eq!(verdict, Verdict::Opened);
+        assert_eq!(named(&out).as_deref(), Some("cam7"));
+        assert!(forwarded(&viewer, &play2("cam7", Some(KEY)), 1).is_err());
+        assert_eq!(
+            forwarded(&viewer, &play2("cam7", Some("cam8")), 1),
+            Ok(None)
+        );
+        // The publisher's own key, in a play2's oldStreamName, is renamed.
+        let out = forwarded(&publisher, &play2("cam8", Some(KEY)), 2)
+            .unwrap()
+            .expect("renamed");
+        let out = command::decode(20, &out, 8).unwrap();
+        assert_eq!(command::play2_old_name(&out), Some("cam7"));
+    }
+
+    #[test]
+    fn commands_naming_an_unknown_name_in_a_stream_key_app_are_refused() {
+        let r = stream_key_rules(Arc::new(Registry::default()));
+        for name in [
+            "FCUnpublish",
+            "getStreamLength",
+            "FCUnsubscribe",
+            "closeStream",
+        ] {
+            let refusal = forwarded(&r, &cmd(name, &[s(KEY)]), 0).unwrap_err();
+            assert_eq!(refusal.reason, Reason::Unauthorized, "{name}");
+            assert_eq!(refusal.status.unwrap().stream, "");
+            assert!(!refusal.detail.contains(KEY));
+            assert_eq!(
+                forwarded(&r, &cmd(name, &[s("cam8")]), 0),
+                Ok(None),
+                "{name}"
+            );
+        }
+        assert!(forwarded(&r, &cmd("deleteStream", &[s(KEY)]), 0).is_err());
+        assert_eq!(
+            forwarded(&r, &cmd("deleteStream", &[V::Number(1.0)]), 0),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn in_dry_run_an_unrenamed_publish_never_reaches_the_origin() {
+        // A wrong key: dry run lets the refusal through, the origin is
+        // sent nothing.
+        for values in [
+            cmd("publish", &[s("sk_guess")]),
+            cmd("FCPublish", &[s("sk_guess")]),
+            cmd("releaseStream", &[s("cam8")]),
+            cmd("publish", &[s("cam8")]),
+        ] {
+            let mut r = stream_key_rules(Arc::new(Registry::default())).in_dry_run(true);
+            let verdict = judge(&mut r, &values, 1, 0);
+            assert_eq!(reason(verdict), Some(Reason::Unauthorized), "{values:?}");
+            let refusal = forwarded(&r, &values, 1).unwrap_err();
+            assert_eq!(refusal.status.unwrap().stream, "");
+        }
+        // A 3xx to a remote relay or an unusable name, in http mode: the
+        // name sent is not forwarded either.
+        for location in ["rtmp://evil.example/live/x", "bad\nname"] {
+            let mut r = http_rules(Arc::new(Registry::default())).in_dry_run(true);
+            let values = cmd("publish", &[s("secret-name")]);
+            let Verdict::Ask(query) = judge(&mut r, &values, 1, 0) else {
+                panic!("expected a question");
+            };
+            let verdict = r.answer(&query, Answer::Rename(location.into()));
+            assert_eq!(reason(verdict), Some(Reason::Unauthorized), "{location:?}");
+            assert!(forwarded(&r, &values, 1).is_err(), "{location:?}");
+            let fc = cmd("FCUnpublish", &[s("secret-name")]);
+            assert!(forwarded(&r, &fc, 0).is_err(), "{location:?}");
+        }
+    }
+
+    #[test]
+    fn a_name_renamed_by_a_3xx_is_played_and_closed_by_its_new_name_and_kept_on_refusal() {
+        let mut r = http_rules(Arc::new(Registry::default()));
+        let publish = cmd("publish", &[s("secret1")]);
+        let Verdict::Ask(query) = judge(&mut r, &publish, 1, 0) else {
+            panic!("expected a question");
+        };
+        assert_eq!(
+            r.answer(&query, Answer::Rename("renamed1".into())),
+            Verdict::Opened
+        );
+        // The same name published again, and refused: the rename holds.
+        for (answer, at) in [(Answer::Deny, 1000), (Answer::Unavailable, 2000)] {
+            let Verdict::Ask(query) = judge(&mut r, &publish, 1, at) else {
+                panic!("expected a question");
+            };
+            assert!(matches!(r.answer(&query, answer), Verdict::Refuse(_)));
+            let out = forwarded(&r, &cmd("FCUnpublish", &[s("secret1")]), 0)
+                .unwrap()
+                .expect("renamed");
+            let out = command::decode(20, &out, 8).unwrap();
+            assert_eq!(named(&Some(out)).as_deref(), Some("renamed1"));
+        }
+        // A play of the name before the rename plays renamed1: the auth
+        // service and the origin never see secret1 for it.
+        let play = cmd("play", &[s("secret1")]);
+        let Verdict::Ask(query) = judge(&mut r, &play, 2, 3000) else {
+            panic!("expected a question");
+        };
+        assert!(
+            query.form.contains("name=renamed1") && !query.form.contains("secret1"),
+            "{}",
+            query.form
+        );
+        assert_eq!(r.answer(&query, Answer::Allow), Verdict::Opened);
+        let out = forwarded(&r, &play, 2).unwrap().expect("renamed");
+        let out = command::decode(20, &out, 8).unwrap();
+        assert_eq!(named(&Some(out)).as_deref(), Some("renamed1"));
+        assert!(r.streams().iter().all(|(_, n)| n != "secret1"));
     }
 }

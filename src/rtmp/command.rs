@@ -337,6 +337,30 @@ pub fn with_stream_name(cmd: &Command, name: &str) -> Command {
     out
 }
 
+/// A `play2`'s `oldStreamName`, if it carries one as a string: the
+/// stream a transition switches from, which names a stream too.
+pub fn play2_old_name(cmd: &Command) -> Option<&str> {
+    if cmd.name != "play2" {
+        return None;
+    }
+    cmd.arguments.first()?.get("oldStreamName")?.as_str()
+}
+
+/// Sets every `oldStreamName` of a `play2` to `name`.
+pub fn set_play2_old_name(cmd: &mut Command, name: &str) {
+    if cmd.name != "play2" {
+        return;
+    }
+    if let Some(Amf0Value::Object(props) | Amf0Value::EcmaArray(props)) = cmd.arguments.first_mut()
+    {
+        for (key, value) in props.iter_mut() {
+            if key == "oldStreamName" {
+                *value = Amf0Value::String(name.to_string());
+            }
+        }
+    }
+}
+
 /// A command's AMF0 bytes: name, transaction id, object, arguments.
 pub fn encode(cmd: &Command) -> Result<Vec<u8>, amf0::Amf0EncodeError> {
     let mut values = vec![
