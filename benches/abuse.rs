@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{connect_bytes, connect_from};
 use common::config::GuardConfig;
-use common::procs::{rss_kib, GuardProc, Proc};
+use common::procs::{cpu_seconds, rss_kib, GuardProc, Proc};
 use rtmp_guard::proxy_protocol;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
@@ -71,21 +71,6 @@ fn main() {
     if wants("kernel") {
         kernel_bans_rate();
     }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

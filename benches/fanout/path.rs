@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use crate::client::{publish, view, Failure, Failures, Target, ViewerEnd};
 use crate::common;
-use crate::common::procs::{rss_kib, GuardProc};
+use crate::common::procs::{cpu_seconds, rss_kib, GuardProc};
 use crate::peers::{
-    cpu_seconds, guard_blocked, guard_refusals, Origin, Peer, SESSIONS_ACTIVE, UPSTREAM_TO_CLIENT,
+    guard_blocked, guard_refusals, Origin, Peer, SESSIONS_ACTIVE, UPSTREAM_TO_CLIENT,
 };
 use crate::{PathKind, Plan, WARM_UP};
 

@@ -18,8 +18,6 @@ use crate::common::tls::{client_config, tls_table, TestCert};
 use crate::{PathKind, APP, FD_RESERVE, STREAM};
 use rtmp_guard::config::Config;
 
-/// Clock ticks per second in /proc/PID/stat.
-const CLK_TCK: f64 = 100.0;
 pub const UPSTREAM_TO_CLIENT: &str = "rtmp_guard_bytes_total{direction=\"upstream_to_client\"}";
 pub const SESSIONS_ACTIVE: &str = "rtmp_guard_sessions_active{app=\"live\"}";
 const BLOCKED: &str = "rtmp_guard_blocked_sessions_total{";
@@ -346,22 +344,6 @@ impl Peer {
             _ => None,
         }
     }
-}
-
-/// utime + stime of a process, in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / CLK_TCK
 }
 
 /// Sum of every sample whose name starts with `prefix`.
