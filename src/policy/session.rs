@@ -854,22 +854,34 @@ mod tests {
         }
     }
 
+    /// A client's command on `stream_id`: its header and payload.
+    fn command_message(values: &[V], stream_id: u32) -> (MessageHeader, Vec<u8>) {
+        let payload = encode(values).unwrap();
+        (
+            header(types::COMMAND_AMF0, stream_id, payload.len()),
+            payload,
+        )
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            session: Duration::from_millis(ms),
+            unix: 0,
+        }
+    }
+
     fn judge(
         rules: &mut SessionRules,
         values: &[V],
         stream_id: u32,
         at_ms: u64,
     ) -> Verdict<AuthQuery> {
-        let payload = encode(values).unwrap();
+        let (header, payload) = command_message(values, stream_id);
         let message = Message {
-            header: header(types::COMMAND_AMF0, stream_id, payload.len()),
+            header,
             payload: &payload,
         };
-        let now = Now {
-            session: Duration::from_millis(at_ms),
-            unix: 0,
-        };
-        rules.on_message(&message, now)
+        rules.on_message(&message, at(at_ms))
     }
 
     fn reason(v: Verdict<AuthQuery>) -> Option<Reason> {
@@ -1238,16 +1250,12 @@ mod tests {
         stream_id: u32,
         at_ms: u64,
     ) -> (Verdict<AuthQuery>, Option<Command>) {
-        let payload = encode(values).unwrap();
+        let (header, payload) = command_message(values, stream_id);
         let message = Message {
-            header: header(types::COMMAND_AMF0, stream_id, payload.len()),
+            header,
             payload: &payload,
         };
-        let now = Now {
-            session: Duration::from_millis(at_ms),
-            unix: 0,
-        };
-        let verdict = rules.on_message(&message, now);
+        let verdict = rules.on_message(&message, at(at_ms));
         if !matches!(verdict, Verdict::Pass | Verdict::Opened) {
             return (verdict, None);
         }
