@@ -260,6 +260,22 @@ enum End {
 }
 
 impl End {
+    /// How a failed write to the origin ends the session.
+    fn writing_to_origin(e: WriteError) -> End {
+        match e {
+            WriteError::Failed => End::UpstreamError,
+            WriteError::Stalled => End::UpstreamStalled,
+        }
+    }
+
+    /// How a failed write to the client ends the session.
+    fn writing_to_client(e: WriteError) -> End {
+        match e {
+            WriteError::Failed => End::ClientError,
+            WriteError::Stalled => End::SlowConsumer,
+        }
+    }
+
     fn as_str(&self) -> &'static str {
         match self {
             End::ClientClosed => "client_closed",
@@ -280,9 +296,9 @@ impl End {
 enum PumpEnd {
     Eof,
     Read,
-    Write,
-    /// The peer written to took no byte for `write_timeout`.
-    Stalled,
+    /// The write to the other peer failed, or it took no byte for
+    /// `write_timeout`.
+    Write(WriteError),
     /// The client was refused: its `onStatus`, if a publish or play.
     Refused(Option<Denial>),
     /// The origin broke the protocol or the flows.
@@ -429,10 +445,7 @@ impl Relay<'_> {
         let stall = self.ctx.config.server.write_timeout;
         buffers::write_all(origin, &out, stall)
             .await
-            .map_err(|e| match e {
-                WriteError::Failed => End::UpstreamError,
-                WriteError::Stalled => End::UpstreamStalled,
-            })?;
+            .map_err(End::writing_to_origin)?;
         self.count(
             &self.session.client_to_upstream,
             &self.ctx.guard.metrics.bytes_client_to_upstream,
@@ -443,10 +456,7 @@ impl Relay<'_> {
             .own_control(&mut out, Control::SetChunkSize(OUT_CHUNK_SIZE));
         buffers::write_all(client, &out, stall)
             .await
-            .map_err(|e| match e {
-                WriteError::Failed => End::ClientError,
-                WriteError::Stalled => End::SlowConsumer,
-            })?;
+            .map_err(End::writing_to_client)?;
         // Every byte written to a peer is counted, the guard's own too.
         self.count(
             &self.session.upstream_to_client,
@@ -502,8 +512,7 @@ impl Relay<'_> {
             end = self.pump(client_read, origin_write, up_dir, std::mem::take(up_pending), &up) => match end {
                 PumpEnd::Eof => End::ClientClosed,
                 PumpEnd::Read => End::ClientError,
-                PumpEnd::Write => End::UpstreamError,
-                PumpEnd::Stalled => End::UpstreamStalled,
+                PumpEnd::Write(e) => End::writing_to_origin(e),
                 PumpEnd::Refused(denial) => {
                     refusal = denial;
                     End::ClientRefused
@@ -513,8 +522,7 @@ impl Relay<'_> {
             end = self.pump(origin_read, client_write, down_dir, std::mem::take(down_pending), &down) => match end {
                 PumpEnd::Eof => End::UpstreamClosed,
                 PumpEnd::Read => End::UpstreamError,
-                PumpEnd::Write => End::ClientError,
-                PumpEnd::Stalled => End::SlowConsumer,
+                PumpEnd::Write(e) => End::writing_to_client(e),
                 PumpEnd::Refused(_) => End::ClientRefused,
                 PumpEnd::Violation(why) => End::UpstreamViolation(why),
             },
@@ -720,10 +728,7 @@ impl Relay<'_> {
         let stall = self.ctx.config.server.write_timeout;
         buffers::write_all(writer, out, stall)
             .await
-            .map_err(|e| match e {
-                WriteError::Failed => PumpEnd::Write,
-                WriteError::Stalled => PumpEnd::Stalled,
-            })?;
+            .map_err(PumpEnd::Write)?;
         flow.writing.store(false, Ordering::Relaxed);
         self.count(flow.moved, flow.counter, out.len());
         self.activity.touch();
