@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::{Closed, RawClient};
-use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
+use common::procs::{
+    ffmpeg_play, ffmpeg_publish, rtmpdump_background, wait_exit, GuardProc, Nginx,
+};
 use common::{blocked_sample, have_tools, hostile, wait_for};
 
 fn guard_for(nginx: &Nginx) -> GuardProc {
@@ -41,16 +43,7 @@ fn ffmpeg_publishes_and_ffmpeg_and_rtmpdump_play_through_the_guard() {
     );
 
     let flv = dir.path().join("out.flv");
-    let rtmpdump = std::thread::spawn({
-        let url = url.clone();
-        let flv = flv.clone();
-        move || {
-            Command::new("timeout")
-                .args(["6", "rtmpdump", "--live", "-q", "-r", &url, "-o"])
-                .arg(&flv)
-                .status()
-        }
-    });
+    let rtmpdump = rtmpdump_background(&url, &flv);
     let (frames, out) = ffmpeg_play(&url, 7);
     let _ = rtmpdump.join();
     assert!(

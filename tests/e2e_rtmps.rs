@@ -9,10 +9,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
+use common::procs::{
+    ffmpeg_play, ffmpeg_publish, rtmpdump_background, wait_exit, GuardProc, Nginx,
+};
 use common::tls::{connect, tls_table, TestCert};
 use common::{have_tools, hostile, wait_for};
 
@@ -52,16 +53,7 @@ fn ffmpeg_publishes_rtmps_into_plain_nginx_and_ffmpeg_and_rtmpdump_play_it_back(
     );
 
     let flv = dir.path().join("out.flv");
-    let rtmpdump = std::thread::spawn({
-        let url = url.clone();
-        let flv = flv.clone();
-        move || {
-            Command::new("timeout")
-                .args(["6", "rtmpdump", "--live", "-q", "-r", &url, "-o"])
-                .arg(&flv)
-                .status()
-        }
-    });
+    let rtmpdump = rtmpdump_background(&url, &flv);
     let (frames, out) = ffmpeg_play(&url, 7);
     let _ = rtmpdump.join();
     assert!(

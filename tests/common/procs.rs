@@ -507,6 +507,21 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// rtmpdump saving `url`'s live stream to `flv` for up to 6 s, on a
+/// thread, so a second player can run beside it.
+pub fn rtmpdump_background(
+    url: &str,
+    flv: &Path,
+) -> std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>> {
+    let (url, flv) = (url.to_string(), flv.to_path_buf());
+    std::thread::spawn(move || {
+        Command::new("timeout")
+            .args(["6", "rtmpdump", "--live", "-q", "-r", &url, "-o"])
+            .arg(&flv)
+            .status()
+    })
+}
+
 /// A process's CPU time (utime + stime), in seconds, at the kernel's
 /// USER_HZ of 100.
 pub fn cpu_seconds(pid: u32) -> f64 {
