@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::config::GuardConfig;
 use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
-use common::{blocked_sample, have_tools, wait_for};
+use common::{blocked_sample, form_service, have_tools, wait_for};
 
 /// An auth service: allows a form whose `name` is `good`, refuses any
 /// other; records every form it was sent.
@@ -26,44 +25,15 @@ struct AuthService {
 
 impl AuthService {
     fn start() -> AuthService {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let forms = Arc::new(Mutex::new(Vec::new()));
         let seen = forms.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream);
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let lower = line.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    let _ = reader.read_exact(&mut body);
-                    let form = String::from_utf8_lossy(&body).into_owned();
-                    let allow = rtmp_guard::policy::parse_query(&form)
-                        .iter()
-                        .any(|(k, v)| k == "name" && v == "good");
-                    seen.lock().unwrap().push(form);
-                    let status = if allow { "200 OK" } else { "403 Forbidden" };
-                    let mut stream = reader.into_inner();
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                });
-            }
+        let addr = form_service(move |form| {
+            let allow = rtmp_guard::policy::parse_query(form)
+                .iter()
+                .any(|(k, v)| k == "name" && v == "good");
+            seen.lock().unwrap().push(form.to_string());
+            let status = if allow { "200 OK" } else { "403 Forbidden" };
+            status.to_string()
         });
         AuthService { addr, forms }
     }

@@ -11,14 +11,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use common::config::GuardConfig;
 use common::procs::{ffmpeg_play, ffmpeg_publish, wait_exit, GuardProc, Nginx};
-use common::{blocked_sample, free_port, have_tools, http, wait_for};
+use common::{blocked_sample, form_service, free_port, have_tools, http, wait_for};
 
 const KEY: &str = "sk_live_9f8e7d6c5b4aE2eTestKey";
 const WRONG: &str = "sk_live_9f8e7d6c5b4aE2eWrongKy";
@@ -233,51 +232,21 @@ fn a_stream_key_publishes_as_the_public_name_and_the_key_shows_nowhere() {
 /// `remote` is sent to a remote relay (`302 Location: rtmp://...`),
 /// anything else is refused.
 fn start_auth_service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream);
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0u8; length];
-                let _ = reader.read_exact(&mut body);
-                let form = String::from_utf8_lossy(&body).into_owned();
-                let fields = rtmp_guard::policy::parse_query(&form);
-                let name = fields
-                    .iter()
-                    .find(|(k, _)| k == "name")
-                    .map(|(_, v)| v.as_str());
-                let head = match name {
-                    Some("orig-secret-1") => "302 Found\r\nLocation: renamed1".to_string(),
-                    Some("remote") => format!(
-                        "302 Found\r\nLocation: rtmp://127.0.0.1:{}/live/x",
-                        free_port()
-                    ),
-                    _ => "403 Forbidden".to_string(),
-                };
-                let mut stream = reader.into_inner();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            });
+    form_service(|form| {
+        let fields = rtmp_guard::policy::parse_query(form);
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v.as_str());
+        match name {
+            Some("orig-secret-1") => "302 Found\r\nLocation: renamed1".to_string(),
+            Some("remote") => format!(
+                "302 Found\r\nLocation: rtmp://127.0.0.1:{}/live/x",
+                free_port()
+            ),
+            _ => "403 Forbidden".to_string(),
         }
-    });
-    addr
+    })
 }
 
 #[test]
