@@ -650,6 +650,8 @@ impl Link {
         }
         let until = std::time::Instant::now() + Duration::from_millis(ttl_ms);
         self.guard.admission.bans().ban(cidr, until, reason);
+        // Into the kernel too, as a ban made here is (report.rs).
+        self.guard.kernel.changed();
     }
 
     /// Writes changes to Redis, each kept only if later than Redis's.
