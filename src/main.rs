@@ -7,6 +7,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rtmp_guard::config::{Config, DEFAULT_CONFIG_NAME};
 use rtmp_guard::verdict::Kind;
 
+/// jemalloc rather than glibc's malloc: a session is a few dozen small
+/// objects that outlive the handshake's and the origin dial's transient
+/// ones, and glibc keeps the holes those leave between them resident for
+/// good (at 1,000 viewers opened 200 at a time, 2.7 KiB a viewer).
+/// jemalloc keeps each size class in its own pages and gives a page back
+/// as soon as it is empty. One arena and no thread caches: the guard has
+/// two busy threads, and per-thread caches hold memory per thread.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation (`MALLOC_CONF` syntax).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+
 /// An inline, RTMP-aware reverse proxy that enforces a streaming host's
 /// acceptable-use rules in front of RTMP origins.
 ///

@@ -71,22 +71,24 @@ pub async fn run(
 async fn stages(ctx: &mut Ctx, conn: &mut Connection<Transport>, start: Start) -> Result<(), Stop> {
     let mut ticket = match start {
         Start::Admitted(ticket) => ticket,
-        Start::ProxyHeader(slot) => admit::behind_proxy(ctx, conn, slot).await?,
+        Start::ProxyHeader(slot) => Box::pin(admit::behind_proxy(ctx, conn, slot)).await?,
     };
     let ctx = &*ctx;
+    // The stages before the relay are boxed, and so freed when done: a
+    // session's future keeps room for its largest stage for its whole
+    // life, and the relay's state is all a relaying session should hold.
     if ctx.transport == Kind::Rtmps {
-        tls::accept(ctx, conn).await?;
+        Box::pin(tls::accept(ctx, conn)).await?;
     }
-    handshake::run(ctx, conn).await?;
+    Box::pin(handshake::run(ctx, conn)).await?;
     ctx.guard
         .metrics
         .handshake_duration
         .observe(ctx.accepted.elapsed().as_secs_f64());
-    // Boxed: the session's future keeps room for what it holds across an
-    // await for the session's whole life.
     let connect = Box::new(connect::read(ctx, conn).await?);
     let route = connect::route(ctx, conn, &connect.request).await?;
     ticket.connected();
-    let origin = upstream::open(ctx, conn, &route, connect.request.transaction_id).await?;
+    let opened = upstream::open(ctx, conn, &route, connect.request.transaction_id);
+    let origin = Box::pin(opened).await?;
     relay::run(ctx, conn, origin, &route, connect).await
 }

@@ -4,13 +4,15 @@
 //! [`Registration`] drops, so the registry cannot leak an entry even if
 //! the session's task unwinds.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use futures_util::task::AtomicWaker;
 
 use crate::policy::Kind;
 use crate::verdict::Reason;
@@ -33,30 +35,41 @@ pub struct Session {
     pub streams: Mutex<Vec<(Kind, String)>>,
     pub client_to_upstream: AtomicU64,
     pub upstream_to_client: AtomicU64,
-    kick: watch::Sender<Option<Kick>>,
+    /// The operator's kick, once there is one. A flag and a waker rather
+    /// than a channel: the relay checks it on every pass, and thousands of
+    /// sessions each carry one.
+    kick: Mutex<Option<Kick>>,
+    kicked: AtomicBool,
+    kick_waker: AtomicWaker,
 }
 
 impl Session {
     /// Ends the session; the first kick wins.
     pub fn kick(&self, kick: Kick) {
-        self.kick.send_if_modified(|k| {
-            let fresh = k.is_none();
-            if fresh {
-                *k = Some(kick);
-            }
-            fresh
-        });
+        let mut slot = lock(&self.kick);
+        if slot.is_none() {
+            *slot = Some(kick);
+            self.kicked.store(true, Ordering::Release);
+            drop(slot);
+            self.kick_waker.wake();
+        }
+    }
+
+    /// Ready with the kick once the session is kicked; wakes `cx` then.
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
+        self.kick_waker.register(cx.waker());
+        if !self.kicked.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        lock(&self.kick).clone().map_or(Poll::Pending, Poll::Ready)
     }
 
     pub fn streams(&self) -> Vec<(Kind, String)> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.streams).clone()
     }
 
     pub fn set_streams(&self, streams: &[(Kind, String)]) {
-        *self.streams.lock().unwrap_or_else(|p| p.into_inner()) = streams.to_vec();
+        *lock(&self.streams) = streams.to_vec();
     }
 
     pub fn bytes(&self) -> (u64, u64) {
@@ -68,15 +81,12 @@ impl Session {
 }
 
 /// Resolves when the session is kicked; never otherwise.
-pub async fn kicked(mut rx: watch::Receiver<Option<Kick>>) -> Kick {
-    loop {
-        if let Some(kick) = rx.borrow_and_update().clone() {
-            return kick;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+pub async fn kicked(session: &Session) -> Kick {
+    poll_fn(|cx| session.poll_kicked(cx)).await
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Default)]
@@ -88,7 +98,6 @@ pub struct Sessions {
 /// A session's place in the registry; removes it when dropped.
 pub struct Registration<'a> {
     pub session: Arc<Session>,
-    pub kicks: watch::Receiver<Option<Kick>>,
     sessions: &'a Sessions,
 }
 
@@ -101,7 +110,6 @@ impl Drop for Registration<'_> {
 impl Sessions {
     pub fn register(&self, client: SocketAddr, app: &str) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (kick, kicks) = watch::channel(None);
         let session = Arc::new(Session {
             id,
             client,
@@ -110,12 +118,13 @@ impl Sessions {
             streams: Mutex::new(Vec::new()),
             client_to_upstream: AtomicU64::new(0),
             upstream_to_client: AtomicU64::new(0),
-            kick,
+            kick: Mutex::new(None),
+            kicked: AtomicBool::new(false),
+            kick_waker: AtomicWaker::new(),
         });
         self.live.insert(id, session.clone());
         Registration {
             session,
-            kicks,
             sessions: self,
         }
     }
@@ -169,11 +178,9 @@ mod tests {
         };
         let n = sessions.kick_where(|s| s.client.ip() == addr.ip(), &kick);
         assert_eq!(n, 1);
-        assert_eq!(kicked(reg.kicks.clone()).await, kick);
-        let pending = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            kicked(other.kicks.clone()),
-        );
+        assert_eq!(kicked(&reg.session).await, kick);
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(50), kicked(&other.session));
         assert!(pending.await.is_err(), "the other session was not kicked");
         drop(reg);
         assert_eq!(sessions.len(), 1);

@@ -23,9 +23,10 @@ pub const READ_SIZE: usize = 64 * 1024;
 const CAPACITY: usize = READ_SIZE + READ_SIZE / 8;
 
 /// Free buffers the pool keeps; more are given back to the allocator. At
-/// any moment only the sessions being polled, and those waiting on a slow
-/// peer, hold one, so a few dozen cover a busy guard.
-const KEEP: usize = 64;
+/// any moment only the sessions being polled (one per worker thread), and
+/// those waiting on a slow peer, hold one; a busy guard's bursts need a
+/// few more, and each kept buffer costs its pages for good.
+const KEEP: usize = 16;
 
 /// The shared pool.
 #[derive(Default)]
@@ -104,20 +105,41 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     bytes: &[u8],
     stall: Duration,
 ) -> Result<(), WriteError> {
-    let mut pos = 0;
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
-    poll_fn(|cx| {
-        while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
+    let mut write = Write::default();
+    poll_fn(|cx| write.poll(writer, bytes, stall, cx)).await
+}
+
+/// A write in progress: how far it got, and its stall timer once the
+/// socket was full. What a relay direction keeps between polls.
+#[derive(Default)]
+pub struct Write {
+    pos: usize,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Write {
+    /// Writes on from where the last poll stopped until all of `bytes` is
+    /// written; the same `bytes` each time. Ready resets it for the next.
+    pub fn poll<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+        bytes: &[u8],
+        stall: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        while let Some(rest) = bytes.get(self.pos..).filter(|r| !r.is_empty()) {
             match Pin::new(&mut *writer).poll_write(cx, rest) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Err(WriteError::Failed))
                 }
                 Poll::Ready(Ok(n)) => {
-                    pos += n;
-                    deadline = None;
+                    self.pos += n;
+                    self.deadline = None;
                 }
                 Poll::Pending => {
-                    let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    let timer = self
+                        .deadline
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(WriteError::Stalled));
                     }
@@ -125,9 +147,9 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
                 }
             }
         }
+        *self = Write::default();
         Poll::Ready(Ok(()))
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

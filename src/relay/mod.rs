@@ -24,7 +24,8 @@
 //! operator kicks it, a peer takes no byte for `write_timeout` while data
 //! waits for it, or nothing moves in either direction for `idle_timeout`.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -32,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::{Callbacks, Reply};
@@ -40,7 +41,7 @@ use crate::config::{App, HttpAuth, Mode, OnError};
 use crate::connect::{Connect, Route};
 use crate::connection::Connection;
 use crate::context::{Ctx, Stop};
-use crate::control::sessions::{self, Kick, Session};
+use crate::control::sessions::{Kick, Session};
 use crate::metrics::upstream_kind;
 use crate::policy::session::{Answer, Now, SessionRules};
 use crate::policy::{AuthQuery, StreamPolicy};
@@ -54,9 +55,11 @@ use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
 
 pub mod buffers;
 pub mod direction;
+mod pump;
 
 use buffers::WriteError;
-use direction::{Direction, Side, Sink, Stop as DirStop};
+use direction::{Direction, Side, Sink};
+use pump::Pump;
 
 /// The chunk size the guard writes to both peers.
 pub const OUT_CHUNK_SIZE: u32 = 4096;
@@ -133,7 +136,7 @@ pub async fn run<C: Halves, O: Halves>(
                     &mut client.stream,
                     &mut origin_stream,
                     &mut legs,
-                    &registration.kicks,
+                    &registration.session,
                 )
                 .await
         }
@@ -305,6 +308,32 @@ enum PumpEnd {
     Violation(String),
 }
 
+/// How the client-to-origin direction's end ends the session; a refused
+/// publish or play keeps its `onStatus` for the client.
+fn from_client(end: PumpEnd, refusal: &mut Option<Denial>) -> End {
+    match end {
+        PumpEnd::Eof => End::ClientClosed,
+        PumpEnd::Read => End::ClientError,
+        PumpEnd::Write(e) => End::writing_to_origin(e),
+        PumpEnd::Refused(denial) => {
+            *refusal = denial;
+            End::ClientRefused
+        }
+        PumpEnd::Violation(why) => End::UpstreamViolation(why),
+    }
+}
+
+/// How the origin-to-client direction's end ends the session.
+fn from_origin(end: PumpEnd) -> End {
+    match end {
+        PumpEnd::Eof => End::UpstreamClosed,
+        PumpEnd::Read => End::UpstreamError,
+        PumpEnd::Write(e) => End::writing_to_client(e),
+        PumpEnd::Refused(_) => End::ClientRefused,
+        PumpEnd::Violation(why) => End::UpstreamViolation(why),
+    }
+}
+
 /// When anything last moved, in either direction.
 struct Activity {
     start: Instant,
@@ -335,17 +364,6 @@ impl Activity {
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        }
-    }
-
-    /// Resolves once nothing has moved for `limit`.
-    async fn idle(&self, limit: Duration) {
-        loop {
-            let deadline = self.last() + limit;
-            if Instant::now() >= deadline {
-                return;
-            }
-            sleep_until(deadline).await;
         }
     }
 }
@@ -478,14 +496,12 @@ impl Relay<'_> {
         client: &mut C,
         origin: &mut O,
         legs: &mut Legs,
-        kicks: &tokio::sync::watch::Receiver<Option<Kick>>,
+        session: &Session,
     ) -> End {
         let metrics = &self.ctx.guard.metrics;
         let to_client_writing = AtomicBool::new(false);
         let to_origin_writing = AtomicBool::new(false);
-        let (client_read, client_write) = client.halves();
-        let (origin_read, origin_write) = origin.halves();
-        let up = Flow {
+        let up_flow = Flow {
             from: Side::Client,
             moved: &self.session.client_to_upstream,
             counter: &metrics.bytes_client_to_upstream,
@@ -493,7 +509,7 @@ impl Relay<'_> {
             outbox: &self.to_origin,
             reply_to_sender: &self.to_client,
         };
-        let down = Flow {
+        let down_flow = Flow {
             from: Side::Origin,
             moved: &self.session.upstream_to_client,
             counter: &metrics.bytes_upstream_to_client,
@@ -508,26 +524,55 @@ impl Relay<'_> {
             down_pending,
         } = legs;
         let mut refusal = None;
-        let end = tokio::select! {
-            end = self.pump(client_read, origin_write, up_dir, std::mem::take(up_pending), &up) => match end {
-                PumpEnd::Eof => End::ClientClosed,
-                PumpEnd::Read => End::ClientError,
-                PumpEnd::Write(e) => End::writing_to_origin(e),
-                PumpEnd::Refused(denial) => {
-                    refusal = denial;
-                    End::ClientRefused
+        let end = {
+            let (client_read, client_write) = client.halves();
+            let (origin_read, origin_write) = origin.halves();
+            let up_pending = std::mem::take(up_pending);
+            let down_pending = std::mem::take(down_pending);
+            let mut up = Pump::new(
+                self,
+                &up_flow,
+                up_dir,
+                (client_read, origin_write),
+                up_pending,
+            );
+            let mut down = Pump::new(
+                self,
+                &down_flow,
+                &mut *down_dir,
+                (origin_read, client_write),
+                down_pending,
+            );
+            let idle_limit = self.ctx.config.server.idle_timeout;
+            let mut idle = pin!(sleep_until(self.activity.last() + idle_limit));
+            // Each direction goes first on every other pass, so neither
+            // can starve the other of the task's budget.
+            let mut up_first = false;
+            poll_fn(|cx| {
+                if let Poll::Ready(kick) = session.poll_kicked(cx) {
+                    return Poll::Ready(End::Kicked(kick));
                 }
-                PumpEnd::Violation(why) => End::UpstreamViolation(why),
-            },
-            end = self.pump(origin_read, client_write, down_dir, std::mem::take(down_pending), &down) => match end {
-                PumpEnd::Eof => End::UpstreamClosed,
-                PumpEnd::Read => End::UpstreamError,
-                PumpEnd::Write(e) => End::writing_to_client(e),
-                PumpEnd::Refused(_) => End::ClientRefused,
-                PumpEnd::Violation(why) => End::UpstreamViolation(why),
-            },
-            _ = self.activity.idle(self.ctx.config.server.idle_timeout) => End::Idle,
-            kick = sessions::kicked(kicks.clone()) => End::Kicked(kick),
+                up_first = !up_first;
+                for up_now in [up_first, !up_first] {
+                    let end = if up_now {
+                        up.poll(cx).map(|end| from_client(end, &mut refusal))
+                    } else {
+                        down.poll(cx).map(from_origin)
+                    };
+                    if end.is_ready() {
+                        return end;
+                    }
+                }
+                while idle.as_mut().poll(cx).is_ready() {
+                    let deadline = self.activity.last() + idle_limit;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(End::Idle);
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            })
+            .await
         };
         if let End::Kicked(kick) = &end {
             refusal = Some(
@@ -542,144 +587,6 @@ impl Relay<'_> {
             refuse_stream(client, down_dir, &denial).await;
         }
         end
-    }
-
-    /// Copies one direction, judging everything it forwards. Buffers come
-    /// from the pool for one read and its write, and go back once the write
-    /// has drained; while waiting for bytes the direction holds none.
-    async fn pump<R, W>(
-        &self,
-        mut reader: R,
-        mut writer: W,
-        dir: &mut Direction,
-        first: Vec<u8>,
-        flow: &Flow<'_>,
-    ) -> PumpEnd
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let pool = &self.ctx.guard.buffers;
-        // What was read before the relay began; an empty one may still
-        // hold the handshake's buffer, which an idle session must not keep.
-        let mut input = first;
-        if input.is_empty() {
-            input = Vec::new();
-        }
-        loop {
-            if input.is_empty() {
-                // Bytes from the peer, or control messages owed to the
-                // one written to: whichever comes first.
-                let woke = poll_fn(|cx| {
-                    flow.outbox.waker.register(cx.waker());
-                    if flow.outbox.has_mail() {
-                        return Poll::Ready(None);
-                    }
-                    pool.poll_read(&mut reader, cx).map(Some)
-                });
-                match woke.await {
-                    None => {}
-                    Some(Ok(buf)) if buf.is_empty() => {
-                        pool.give(buf);
-                        return PumpEnd::Eof;
-                    }
-                    Some(Ok(buf)) => {
-                        input = buf;
-                        self.activity.touch();
-                    }
-                    Some(Err(_)) => return PumpEnd::Read,
-                }
-            }
-            let mut out = pool.take();
-            let mut ended = self.judge(&mut writer, dir, &input, &mut out, flow).await;
-            pool.give(std::mem::take(&mut input));
-            if ended.is_none() {
-                ended = self.write(&mut writer, &out, flow).await.err();
-            }
-            pool.give(out);
-            if let Some(end) = ended {
-                return end;
-            }
-        }
-    }
-
-    /// Parses and judges one read's bytes into `out`, with what the guard
-    /// owes the peer written to. A held publish or play, and everything
-    /// after it, waits for the auth service's answer; the origin sees it
-    /// only if the answer allows it.
-    async fn judge<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-        dir: &mut Direction,
-        input: &[u8],
-        out: &mut Vec<u8>,
-        flow: &Flow<'_>,
-    ) -> Option<PumpEnd> {
-        for control in flow.outbox.take() {
-            dir.own_control(out, control);
-        }
-        if let Some(ack) = dir.received(input.len()) {
-            flow.reply_to_sender.push(ack);
-        }
-        let mut to_sender = Vec::new();
-        let mut pos = 0;
-        while let Some(rest) = input.get(pos..).filter(|r| !r.is_empty()) {
-            let now = self.activity.now();
-            let fed = self.sink(out, &mut to_sender, |sink| {
-                dir.feed(rest, &mut self.rules(), now, sink)
-            });
-            pos += fed.consumed;
-            let held = match fed.stop {
-                None => continue,
-                Some(DirStop::Refused(denial)) => return Some(PumpEnd::Refused(denial)),
-                Some(DirStop::Violation(why)) => return Some(PumpEnd::Violation(why)),
-                Some(DirStop::Held(held)) => held,
-            };
-            // Boxed: rare, and a session's future would otherwise carry
-            // room for the auth call all its life.
-            let waited = Box::pin(self.hold(writer, dir, held, out, &mut to_sender, flow));
-            if let Some(end) = waited.await {
-                return Some(end);
-            }
-        }
-        for control in to_sender {
-            flow.reply_to_sender.push(control);
-        }
-        if flow.from == Side::Client {
-            let verdict = self
-                .rules()
-                .on_bytes(input.len() as u64, self.activity.now());
-            if let Err(refusal) = verdict {
-                if self.enforce(&refusal) {
-                    return Some(PumpEnd::Refused(refusal.status));
-                }
-            }
-        }
-        None
-    }
-
-    /// Writes what came before a held publish or play, asks the auth
-    /// service, and forwards it if the answer allows it.
-    async fn hold<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-        dir: &mut Direction,
-        held: direction::Held,
-        out: &mut Vec<u8>,
-        to_sender: &mut Vec<Control>,
-        flow: &Flow<'_>,
-    ) -> Option<PumpEnd> {
-        if let Err(end) = self.write(writer, out, flow).await {
-            return Some(end);
-        }
-        out.clear();
-        let answer = self.ask(&held.query).await;
-        match self.sink(out, to_sender, |sink| {
-            dir.resume(held, answer, &mut self.rules(), sink)
-        }) {
-            Some(DirStop::Refused(denial)) => Some(PumpEnd::Refused(denial)),
-            _ => None,
-        }
     }
 
     /// Runs `f` with a sink that writes to `out`, reports refusals, and
@@ -712,27 +619,6 @@ impl Relay<'_> {
             .with_app(&self.app.name)
             .with_stream(stream);
         self.ctx.refuse(&block)
-    }
-
-    /// Writes what a direction framed, and counts it.
-    async fn write<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-        out: &[u8],
-        flow: &Flow<'_>,
-    ) -> Result<(), PumpEnd> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        flow.writing.store(true, Ordering::Relaxed);
-        let stall = self.ctx.config.server.write_timeout;
-        buffers::write_all(writer, out, stall)
-            .await
-            .map_err(PumpEnd::Write)?;
-        flow.writing.store(false, Ordering::Relaxed);
-        self.count(flow.moved, flow.counter, out.len());
-        self.activity.touch();
-        Ok(())
     }
 
     /// Asks the app's auth service about a held publish or play.

@@ -1,0 +1,242 @@
+//! One direction's I/O: wait for bytes, read them into a pooled buffer,
+//! judge them, write what passed, give the buffers back.
+//!
+//! A state machine the relay polls, not an async fn: a session then keeps
+//! room only for this state, and not for the locals of every await point
+//! of nested futures. With thousands of viewers each carrying two, that
+//! room was most of a session's memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::buffers::Write;
+use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
+use super::{Flow, PumpEnd, Relay};
+use crate::policy::session::Answer;
+
+/// The auth service's answer to a held publish or play, with it.
+type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
+
+/// One direction, from `reader` to `writer`.
+pub(super) struct Pump<'a, R, W> {
+    relay: &'a Relay<'a>,
+    flow: &'a Flow<'a>,
+    dir: &'a mut Direction,
+    reader: R,
+    writer: W,
+    /// Bytes read and not yet judged: `input[judged..]`.
+    input: Vec<u8>,
+    judged: usize,
+    /// Bytes judged and not yet written.
+    out: Vec<u8>,
+    write: Write,
+    /// A held publish or play, waiting for the auth service. The rest of
+    /// `input` waits with it; what came before it is written first.
+    asking: Option<Asking<'a>>,
+}
+
+impl<'a, R, W> Pump<'a, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Starts with `first`, what was read before the relay began.
+    pub(super) fn new(
+        relay: &'a Relay<'a>,
+        flow: &'a Flow<'a>,
+        dir: &'a mut Direction,
+        (reader, writer): (R, W),
+        first: Vec<u8>,
+    ) -> Self {
+        Pump {
+            relay,
+            flow,
+            dir,
+            reader,
+            writer,
+            // An empty one may still hold the handshake's buffer, which an
+            // idle session must not keep.
+            input: if first.is_empty() { Vec::new() } else { first },
+            judged: 0,
+            out: Vec::new(),
+            write: Write::default(),
+            asking: None,
+        }
+    }
+
+    /// Moves bytes until nothing more can be done now (`Pending`) or the
+    /// direction ends.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PumpEnd> {
+        loop {
+            if !self.out.is_empty() {
+                if let Err(end) = ready!(self.poll_write(cx)) {
+                    return Poll::Ready(end);
+                }
+            } else if let Some(asking) = &mut self.asking {
+                let (answer, held) = ready!(asking.as_mut().poll(cx));
+                self.asking = None;
+                if let Some(end) = self.resume(held, answer) {
+                    return Poll::Ready(end);
+                }
+            } else if self.judged < self.input.len() || self.flow.outbox.has_mail() {
+                if let Some(end) = self.judge() {
+                    return Poll::Ready(end);
+                }
+            } else if let Some(end) = ready!(self.poll_read(cx)) {
+                return Poll::Ready(end);
+            }
+        }
+    }
+
+    /// Waits for bytes from the peer, or for control messages owed to the
+    /// one written to: whichever comes first. Holds no buffer meanwhile.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Option<PumpEnd>> {
+        let outbox = self.flow.outbox;
+        outbox.waker.register(cx.waker());
+        if outbox.has_mail() {
+            return Poll::Ready(None);
+        }
+        let pool = &self.relay.ctx.guard.buffers;
+        match ready!(pool.poll_read(&mut self.reader, cx)) {
+            Ok(buf) if buf.is_empty() => {
+                pool.give(buf);
+                Poll::Ready(Some(PumpEnd::Eof))
+            }
+            Ok(buf) => {
+                self.relay.activity.touch();
+                if let Some(ack) = self.dir.received(buf.len()) {
+                    self.flow.reply_to_sender.push(ack);
+                }
+                self.input = buf;
+                self.judged = 0;
+                Poll::Ready(None)
+            }
+            Err(_) => Poll::Ready(Some(PumpEnd::Read)),
+        }
+    }
+
+    /// Parses and judges the unjudged input into `out`, after what the
+    /// guard owes the peer written to. Stops at a held publish or play:
+    /// the auth service is asked once what came before it is written.
+    fn judge(&mut self) -> Option<PumpEnd> {
+        let relay = self.relay;
+        self.take_out_buffer();
+        for control in self.flow.outbox.take() {
+            self.dir.own_control(&mut self.out, control);
+        }
+        while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
+            let now = relay.activity.now();
+            let fed = sink(relay, self.flow, &mut self.out, |sink| {
+                self.dir.feed(rest, &mut relay.rules(), now, sink)
+            });
+            self.judged += fed.consumed;
+            match fed.stop {
+                None => {}
+                Some(DirStop::Refused(denial)) => return Some(PumpEnd::Refused(denial)),
+                Some(DirStop::Violation(why)) => return Some(PumpEnd::Violation(why)),
+                Some(DirStop::Held(held)) => {
+                    self.give_out_buffer_if_empty();
+                    self.asking = Some(Box::pin(async move {
+                        let answer = relay.ask(&held.query).await;
+                        (answer, held)
+                    }));
+                    return None;
+                }
+            }
+        }
+        let read = self.input.len();
+        relay
+            .ctx
+            .guard
+            .buffers
+            .give(std::mem::take(&mut self.input));
+        self.judged = 0;
+        if self.flow.from == Side::Client {
+            let verdict = relay.rules().on_bytes(read as u64, relay.activity.now());
+            if let Err(refusal) = verdict {
+                if relay.enforce(&refusal) {
+                    return Some(PumpEnd::Refused(refusal.status));
+                }
+            }
+        }
+        self.give_out_buffer_if_empty();
+        None
+    }
+
+    /// Applies the auth service's answer to a held publish or play.
+    fn resume(&mut self, held: Held, answer: Answer) -> Option<PumpEnd> {
+        let relay = self.relay;
+        self.take_out_buffer();
+        let stop = sink(relay, self.flow, &mut self.out, |sink| {
+            self.dir.resume(held, answer, &mut relay.rules(), sink)
+        });
+        self.give_out_buffer_if_empty();
+        match stop {
+            Some(DirStop::Refused(denial)) => Some(PumpEnd::Refused(denial)),
+            _ => None,
+        }
+    }
+
+    /// Writes `out` on, and gives it back to the pool once drained.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
+        let flow = self.flow;
+        flow.writing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let stall = self.relay.ctx.config.server.write_timeout;
+        ready!(self.write.poll(&mut self.writer, &self.out, stall, cx)).map_err(PumpEnd::Write)?;
+        flow.writing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.relay.count(flow.moved, flow.counter, self.out.len());
+        self.relay.activity.touch();
+        self.relay
+            .ctx
+            .guard
+            .buffers
+            .give(std::mem::take(&mut self.out));
+        Poll::Ready(Ok(()))
+    }
+
+    fn take_out_buffer(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out = self.relay.ctx.guard.buffers.take();
+        }
+    }
+
+    fn give_out_buffer_if_empty(&mut self) {
+        if self.out.is_empty() {
+            self.relay
+                .ctx
+                .guard
+                .buffers
+                .give(std::mem::take(&mut self.out));
+        }
+    }
+}
+
+impl<R, W> Drop for Pump<'_, R, W> {
+    /// Buffers in hand go back to the pool when the direction ends.
+    fn drop(&mut self) {
+        let pool = &self.relay.ctx.guard.buffers;
+        pool.give(std::mem::take(&mut self.input));
+        pool.give(std::mem::take(&mut self.out));
+    }
+}
+
+/// Runs `f` with a sink into `out`; control messages owed to the sender go
+/// to the other direction's outbox.
+fn sink<T>(
+    relay: &Relay<'_>,
+    flow: &Flow<'_>,
+    out: &mut Vec<u8>,
+    f: impl FnOnce(&mut Sink<'_>) -> T,
+) -> T {
+    let mut to_sender = Vec::new();
+    let result = relay.sink(out, &mut to_sender, f);
+    for control in to_sender {
+        flow.reply_to_sender.push(control);
+    }
+    result
+}
