@@ -21,6 +21,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 interop="${RTMP_GUARD_INTEROP_DIR:-$root/target/interop}"
 
 need=()
+# jemalloc (the guard's allocator) is built from source: a C compiler and make.
+command -v cc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
