@@ -51,6 +51,11 @@ where
         (reader, writer): (R, W),
         first: Vec<u8>,
     ) -> Self {
+        // What was read before the relay counts towards acknowledgements
+        // like every later read.
+        if let Some(ack) = dir.received(first.len()) {
+            flow.reply_to_sender.push(ack);
+        }
         Pump {
             relay,
             flow,
