@@ -4,7 +4,6 @@
 //! [`Registration`] drops, so the registry cannot leak an entry even if
 //! the session's task unwinds.
 
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,11 +77,6 @@ impl Session {
             self.upstream_to_client.load(Ordering::Relaxed),
         )
     }
-}
-
-/// Resolves when the session is kicked; never otherwise.
-pub async fn kicked(session: &Session) -> Kick {
-    poll_fn(|cx| session.poll_kicked(cx)).await
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +158,12 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
+
+    /// Resolves when the session is kicked; never otherwise.
+    async fn kicked(session: &Session) -> Kick {
+        poll_fn(|cx| session.poll_kicked(cx)).await
+    }
 
     #[tokio::test]
     async fn a_kick_reaches_the_session_and_dropping_unregisters() {

@@ -14,8 +14,10 @@
 //! acknowledgements on that leg and are said again, by the guard, on the
 //! other. User control events that name a stream travel on.
 //!
-//! Buffers are lent from a shared pool only while data is in flight
-//! ([`buffers`]): a session waiting for bytes holds none. Each direction
+//! Each direction's I/O is a hand-written state machine (`pump.rs`), so a
+//! session keeps room only for its state. Buffers are lent from a shared
+//! pool only while data is in flight ([`buffers`]): a session waiting for
+//! bytes holds none. Each direction
 //! writes what one read produced before it reads again, so a peer that
 //! reads slowly holds back only its own upstream connection, and the guard
 //! holds at most one buffer of output for it.
