@@ -503,3 +503,55 @@ fn a_clients_ping_is_answered_by_the_guard_and_not_forwarded() {
         "the ping reached the origin"
     );
 }
+
+/// The guard acknowledges what the client sent by its own count, and that
+/// count includes the bytes that came in the same read as `connect`,
+/// before the relay began: a client that enforces its window would
+/// otherwise wait for an acknowledgement that never comes.
+#[test]
+fn the_guard_acknowledges_every_byte_after_connect_including_those_read_with_it() {
+    use rtmp_guard::rtmp::chunk::{writer::ChunkWriter, MessageHeader};
+    use rtmp_guard::rtmp::control::{Control, UserEvent};
+    let encode = |control: Control| {
+        let (type_id, payload) = control.encode();
+        let mut bytes = Vec::new();
+        ChunkWriter::new().write(
+            &mut bytes,
+            &MessageHeader::for_payload(2, type_id, 0, &payload),
+            &payload,
+        );
+        bytes
+    };
+    let window = encode(Control::WindowAckSize(50));
+    let ping = encode(Control::User(UserEvent::PingRequest(7)));
+    assert_eq!((window.len(), ping.len()), (16, 18));
+    let h = Harness::new();
+    let mut c = RawClient::handshaken(h.addr());
+    // One write: the window most likely arrives in the connect stage's
+    // read, and is counted when the relay starts; if not, in the relay's
+    // first read. Either way the count is the same.
+    c.send(&[connect_bytes("live"), window].concat());
+    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200));
+    // 16 + 18 + 18 = 52 bytes since connect: past the window of 50.
+    c.send(&ping);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&ping);
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let ack = common::wait_for(Duration::from_secs(5), || {
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        messages_in(&got).into_iter().find(|(h, _)| h.type_id == 3)
+    })
+    .expect("an acknowledgement once 50 bytes had come");
+    assert_eq!(
+        ack.1,
+        52u32.to_be_bytes(),
+        "the sequence number counts them all"
+    );
+}
