@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::client::{
     command_bytes, command_names, command_on, commands_in, connect_bytes, connect_values,
-    create_stream, messages_in, status_code, Closed, RawClient,
+    control_bytes, create_stream, messages_in, status_code, Closed, RawClient,
 };
 use common::config::GuardConfig;
 use common::hostile;
@@ -17,6 +17,7 @@ use common::origin::{
 use rtmp_guard::config::Config;
 use rtmp_guard::rtmp::amf0::Amf0Value;
 use rtmp_guard::rtmp::command;
+use rtmp_guard::rtmp::control::{Control, UserEvent};
 use rtmp_guard::verdict::{Reason, Stage};
 
 #[test]
@@ -60,18 +61,9 @@ fn valid_connect_is_reencoded_and_relayed_both_ways() {
     );
     // The origin's hello (its Window Acknowledgement Size) reaches the
     // client, said by the guard, after the guard's own SetChunkSize.
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut got = Vec::new();
-    let hello = common::wait_for(Duration::from_secs(5), || {
-        let mut buf = [0u8; 256];
-        if let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        messages_in(&got).into_iter().find(|(h, _)| h.type_id == 5)
-    })
-    .expect("the origin's window size");
+    let hello = c
+        .read_message(Duration::from_secs(5), |h, _| h.type_id == 5)
+        .expect("the origin's window size");
     assert_eq!(hello.1, ORIGIN_HELLO[12..].to_vec());
     assert_eq!(h.origin.accepted(), 1);
 }
@@ -466,35 +458,19 @@ fn keys_of(value: &Amf0Value) -> Vec<&str> {
 /// direction owes), and never reaches the origin.
 #[test]
 fn a_clients_ping_is_answered_by_the_guard_and_not_forwarded() {
-    use rtmp_guard::rtmp::chunk::{writer::ChunkWriter, MessageHeader};
-    use rtmp_guard::rtmp::control::{Control, UserEvent};
     let h = Harness::new();
     let mut c = RawClient::handshaken(h.addr());
     c.send(&connect_bytes("live"));
     assert!(h.origin.reaches(1, Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(200));
-    let (type_id, payload) = Control::User(UserEvent::PingRequest(0x1234_5678)).encode();
-    let mut ping = Vec::new();
-    ChunkWriter::new().write(
-        &mut ping,
-        &MessageHeader::for_payload(2, type_id, 0, &payload),
-        &payload,
-    );
-    c.send(&ping);
-    c.stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut got = Vec::new();
-    let pong = common::wait_for(Duration::from_secs(5), || {
-        let mut buf = [0u8; 1024];
-        if let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        messages_in(&got)
-            .into_iter()
-            .find(|(h, p)| h.type_id == 4 && p.get(..2) == Some(&[0, 7][..]))
-    })
-    .expect("a ping response");
+    c.send(&control_bytes(Control::User(UserEvent::PingRequest(
+        0x1234_5678,
+    ))));
+    let pong = c
+        .read_message(Duration::from_secs(5), |h, p| {
+            h.type_id == 4 && p.get(..2) == Some(&[0, 7][..])
+        })
+        .expect("a ping response");
     assert_eq!(pong.1, [0, 7, 0x12, 0x34, 0x56, 0x78]);
     let all = h.origin.received.lock().unwrap();
     let at_origin = messages_in(all.first().map(Vec::as_slice).unwrap_or_default());
@@ -510,20 +486,8 @@ fn a_clients_ping_is_answered_by_the_guard_and_not_forwarded() {
 /// otherwise wait for an acknowledgement that never comes.
 #[test]
 fn the_guard_acknowledges_every_byte_after_connect_including_those_read_with_it() {
-    use rtmp_guard::rtmp::chunk::{writer::ChunkWriter, MessageHeader};
-    use rtmp_guard::rtmp::control::{Control, UserEvent};
-    let encode = |control: Control| {
-        let (type_id, payload) = control.encode();
-        let mut bytes = Vec::new();
-        ChunkWriter::new().write(
-            &mut bytes,
-            &MessageHeader::for_payload(2, type_id, 0, &payload),
-            &payload,
-        );
-        bytes
-    };
-    let window = encode(Control::WindowAckSize(50));
-    let ping = encode(Control::User(UserEvent::PingRequest(7)));
+    let window = control_bytes(Control::WindowAckSize(50));
+    let ping = control_bytes(Control::User(UserEvent::PingRequest(7)));
     assert_eq!((window.len(), ping.len()), (16, 18));
     let h = Harness::new();
     let mut c = RawClient::handshaken(h.addr());
@@ -537,18 +501,9 @@ fn the_guard_acknowledges_every_byte_after_connect_including_those_read_with_it(
     c.send(&ping);
     std::thread::sleep(Duration::from_millis(50));
     c.send(&ping);
-    c.stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut got = Vec::new();
-    let ack = common::wait_for(Duration::from_secs(5), || {
-        let mut buf = [0u8; 1024];
-        if let Ok(n) = std::io::Read::read(&mut c.stream, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        messages_in(&got).into_iter().find(|(h, _)| h.type_id == 3)
-    })
-    .expect("an acknowledgement once 50 bytes had come");
+    let ack = c
+        .read_message(Duration::from_secs(5), |h, _| h.type_id == 3)
+        .expect("an acknowledgement once 50 bytes had come");
     assert_eq!(
         ack.1,
         52u32.to_be_bytes(),

@@ -9,6 +9,7 @@ use rtmp_guard::rtmp::amf0::{self, Amf0Value};
 use rtmp_guard::rtmp::chunk::writer::ChunkWriter;
 use rtmp_guard::rtmp::chunk::{ChunkParser, MessageHeader, Reassembler};
 use rtmp_guard::rtmp::command;
+use rtmp_guard::rtmp::control::Control;
 use rtmp_guard::rtmp::handshake::ClientHandshake;
 
 pub struct RawClient {
@@ -92,6 +93,33 @@ impl RawClient {
         let _ = self.stream.write_all(bytes);
     }
 
+    /// Reads what the guard sends until a message `wanted` picks has come,
+    /// for at most `within`.
+    pub fn read_message(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&MessageHeader, &[u8]) -> bool,
+    ) -> Option<(MessageHeader, Vec<u8>)> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return None;
+            }
+            let wait = left.min(Duration::from_millis(200));
+            self.stream.set_read_timeout(Some(wait)).ok();
+            if let Ok(n) = self.stream.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            let found = messages_in(&got).into_iter().find(|(h, p)| wanted(h, p));
+            if found.is_some() {
+                return found;
+            }
+        }
+    }
+
     /// Waits for the guard to close the connection, collecting what it sent.
     pub fn wait_closed(&mut self, within: Duration) -> Closed {
         let start = Instant::now();
@@ -113,6 +141,18 @@ impl RawClient {
             }
         }
     }
+}
+
+/// A protocol control or user control message, on csid 2 and stream 0.
+pub fn control_bytes(control: Control) -> Vec<u8> {
+    let (type_id, payload) = control.encode();
+    let mut bytes = Vec::new();
+    ChunkWriter::new().write(
+        &mut bytes,
+        &MessageHeader::for_payload(2, type_id, 0, &payload),
+        &payload,
+    );
+    bytes
 }
 
 pub fn cmd_header(len: usize) -> MessageHeader {
