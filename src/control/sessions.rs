@@ -5,8 +5,8 @@
 //! the session's task unwinds.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -34,22 +34,17 @@ pub struct Session {
     pub streams: Mutex<Vec<(Kind, String)>>,
     pub client_to_upstream: AtomicU64,
     pub upstream_to_client: AtomicU64,
-    /// The operator's kick, once there is one. A flag and a waker rather
+    /// The operator's kick, once there is one. Set once and a waker rather
     /// than a channel: the relay checks it on every pass, and thousands of
     /// sessions each carry one.
-    kick: Mutex<Option<Kick>>,
-    kicked: AtomicBool,
+    kick: OnceLock<Kick>,
     kick_waker: AtomicWaker,
 }
 
 impl Session {
     /// Ends the session; the first kick wins.
     pub fn kick(&self, kick: Kick) {
-        let mut slot = lock(&self.kick);
-        if slot.is_none() {
-            *slot = Some(kick);
-            self.kicked.store(true, Ordering::Release);
-            drop(slot);
+        if self.kick.set(kick).is_ok() {
             self.kick_waker.wake();
         }
     }
@@ -57,18 +52,18 @@ impl Session {
     /// Ready with the kick once the session is kicked; wakes `cx` then.
     pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
         self.kick_waker.register(cx.waker());
-        if !self.kicked.load(Ordering::Acquire) {
-            return Poll::Pending;
-        }
-        lock(&self.kick).clone().map_or(Poll::Pending, Poll::Ready)
+        self.kick.get().cloned().map_or(Poll::Pending, Poll::Ready)
     }
 
     pub fn streams(&self) -> Vec<(Kind, String)> {
-        lock(&self.streams).clone()
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_streams(&self, streams: &[(Kind, String)]) {
-        *lock(&self.streams) = streams.to_vec();
+        *self.streams.lock().unwrap_or_else(|p| p.into_inner()) = streams.to_vec();
     }
 
     pub fn bytes(&self) -> (u64, u64) {
@@ -77,10 +72,6 @@ impl Session {
             self.upstream_to_client.load(Ordering::Relaxed),
         )
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Default)]
@@ -112,8 +103,7 @@ impl Sessions {
             streams: Mutex::new(Vec::new()),
             client_to_upstream: AtomicU64::new(0),
             upstream_to_client: AtomicU64::new(0),
-            kick: Mutex::new(None),
-            kicked: AtomicBool::new(false),
+            kick: OnceLock::new(),
             kick_waker: AtomicWaker::new(),
         });
         self.live.insert(id, session.clone());

@@ -60,7 +60,7 @@ pub mod direction;
 mod pump;
 
 use buffers::WriteError;
-use direction::{Direction, Side, Sink};
+use direction::{Direction, Side};
 use pump::Pump;
 
 /// The chunk size the guard writes to both peers.
@@ -134,12 +134,7 @@ pub async fn run<C: Halves, O: Halves>(
         Err(end) => end,
         Ok(()) => {
             relay
-                .pump_both(
-                    &mut client.stream,
-                    &mut origin_stream,
-                    &mut legs,
-                    &registration.session,
-                )
+                .pump_both(&mut client.stream, &mut origin_stream, &mut legs)
                 .await
         }
     };
@@ -498,7 +493,6 @@ impl Relay<'_> {
         client: &mut C,
         origin: &mut O,
         legs: &mut Legs,
-        session: &Session,
     ) -> End {
         let metrics = &self.ctx.guard.metrics;
         let to_client_writing = AtomicBool::new(false);
@@ -551,7 +545,7 @@ impl Relay<'_> {
             // can starve the other of the task's budget.
             let mut up_first = false;
             poll_fn(|cx| {
-                if let Poll::Ready(kick) = session.poll_kicked(cx) {
+                if let Poll::Ready(kick) = self.session.poll_kicked(cx) {
                     return Poll::Ready(End::Kicked(kick));
                 }
                 up_first = !up_first;
@@ -589,29 +583,6 @@ impl Relay<'_> {
             refuse_stream(client, down_dir, &denial).await;
         }
         end
-    }
-
-    /// Runs `f` with a sink that writes to `out`, reports refusals, and
-    /// shows the operator any stream the session opened.
-    fn sink<T>(
-        &self,
-        out: &mut Vec<u8>,
-        to_sender: &mut Vec<Control>,
-        f: impl FnOnce(&mut Sink<'_>) -> T,
-    ) -> T {
-        let mut enforce = |r: &Refusal| self.enforce(r);
-        let mut sink = Sink {
-            out,
-            to_sender,
-            enforce: &mut enforce,
-            opened: false,
-            forwarded: None,
-        };
-        let result = f(&mut sink);
-        if sink.opened {
-            self.session.set_streams(self.rules().streams());
-        }
-        result
     }
 
     /// Reports a refusal of the client; true to enforce it.

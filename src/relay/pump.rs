@@ -8,14 +8,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::buffers::Write;
+use super::buffers::{BufferPool, Write};
 use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
+use crate::verdict::Refusal;
 
 /// The auth service's answer to a held publish or play, with it.
 type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
@@ -104,7 +106,7 @@ where
         if outbox.has_mail() {
             return Poll::Ready(None);
         }
-        let pool = &self.relay.ctx.guard.buffers;
+        let pool = self.pool();
         match ready!(pool.poll_read(&mut self.reader, cx)) {
             Ok(buf) if buf.is_empty() => {
                 pool.give(buf);
@@ -153,11 +155,7 @@ where
             }
         }
         let read = self.input.len();
-        relay
-            .ctx
-            .guard
-            .buffers
-            .give(std::mem::take(&mut self.input));
+        self.pool().give(std::mem::take(&mut self.input));
         self.judged = 0;
         if self.flow.from == Side::Client {
             let verdict = relay.rules().on_bytes(read as u64, relay.activity.now());
@@ -188,50 +186,48 @@ where
     /// Writes `out` on, and gives it back to the pool once drained.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
         let flow = self.flow;
-        flow.writing
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        flow.writing.store(true, Ordering::Relaxed);
         let stall = self.relay.ctx.config.server.write_timeout;
         ready!(self.write.poll(&mut self.writer, &self.out, stall, cx)).map_err(PumpEnd::Write)?;
-        flow.writing
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        flow.writing.store(false, Ordering::Relaxed);
         self.relay.count(flow.moved, flow.counter, self.out.len());
         self.relay.activity.touch();
-        self.relay
-            .ctx
-            .guard
-            .buffers
-            .give(std::mem::take(&mut self.out));
+        self.pool().give(std::mem::take(&mut self.out));
         Poll::Ready(Ok(()))
     }
 
     fn take_out_buffer(&mut self) {
         if self.out.capacity() == 0 {
-            self.out = self.relay.ctx.guard.buffers.take();
+            self.out = self.pool().take();
         }
     }
 
     fn give_out_buffer_if_empty(&mut self) {
         if self.out.is_empty() {
-            self.relay
-                .ctx
-                .guard
-                .buffers
-                .give(std::mem::take(&mut self.out));
+            self.pool().give(std::mem::take(&mut self.out));
         }
+    }
+}
+
+impl<'a, R, W> Pump<'a, R, W> {
+    /// The guard's shared buffer pool.
+    fn pool(&self) -> &'a BufferPool {
+        &self.relay.ctx.guard.buffers
     }
 }
 
 impl<R, W> Drop for Pump<'_, R, W> {
     /// Buffers in hand go back to the pool when the direction ends.
     fn drop(&mut self) {
-        let pool = &self.relay.ctx.guard.buffers;
+        let pool = self.pool();
         pool.give(std::mem::take(&mut self.input));
         pool.give(std::mem::take(&mut self.out));
     }
 }
 
-/// Runs `f` with a sink into `out`; control messages owed to the sender go
-/// to the other direction's outbox.
+/// Runs `f` with a sink that writes to `out` and reports refusals. Control
+/// messages owed to the sender go to the other direction's outbox, and a
+/// stream the session opened is shown to the operator.
 fn sink<T>(
     relay: &Relay<'_>,
     flow: &Flow<'_>,
@@ -239,7 +235,18 @@ fn sink<T>(
     f: impl FnOnce(&mut Sink<'_>) -> T,
 ) -> T {
     let mut to_sender = Vec::new();
-    let result = relay.sink(out, &mut to_sender, f);
+    let mut enforce = |r: &Refusal| relay.enforce(r);
+    let mut sink = Sink {
+        out,
+        to_sender: &mut to_sender,
+        enforce: &mut enforce,
+        opened: false,
+        forwarded: None,
+    };
+    let result = f(&mut sink);
+    if sink.opened {
+        relay.session.set_streams(relay.rules().streams());
+    }
     for control in to_sender {
         flow.reply_to_sender.push(control);
     }
