@@ -162,24 +162,25 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind
             }
         }
     };
-    let stream = match stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, client = %client.ip(), client_port = client.port(), "cannot register connection");
-            return;
-        }
-    };
     let config = arc_swap::Guard::into_inner(config);
     let guard = guard.clone();
-    let task = async move {
+    let workers = guard.workers.clone();
+    workers.spawn(|seat| async move {
+        let _seat = seat;
+        // Registered here, on the thread that runs the session.
+        let registered = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        let stream = match registered {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, client = %client.ip(), client_port = client.port(), "cannot register connection");
+                return;
+            }
+        };
         session::run(guard, config, stream, client, start, kind).await;
         drop(permit);
-    };
-    tracing::trace!(bytes = std::mem::size_of_val(&task), "session task size");
-    tokio::spawn(task);
+    });
 }
 
 /// Closes a refused connection with a reset: no lingering state, no

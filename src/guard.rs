@@ -22,6 +22,7 @@ use crate::policy::Registry;
 use crate::pool::Pools;
 use crate::refusals::RefusalHistory;
 use crate::relay::buffers::BufferPool;
+use crate::workers::Workers;
 
 /// State shared by every connection.
 pub struct Guard {
@@ -60,6 +61,8 @@ pub struct Guard {
     pub ready: AtomicBool,
     /// Fleet mode (`[fleet]`, fixed at start): the fleet task's handle.
     pub fleet: Option<FleetHandle>,
+    /// The threads sessions run on.
+    pub workers: Arc<Workers>,
     /// What the fleet task reads, until it starts and takes it.
     pub fleet_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Outgoing>>>,
 }
@@ -82,6 +85,7 @@ impl Guard {
         };
         Guard {
             fleet,
+            workers: Arc::default(),
             fleet_queue: std::sync::Mutex::new(fleet_queue),
             pools,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),

@@ -65,7 +65,8 @@ pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod verdict;
+pub mod workers;
 
 pub use guard::Guard;
 pub use rtmp::proxy_protocol;
-pub use server::{start, start_from, Running};
+pub use server::{start, start_from, start_with, Running};

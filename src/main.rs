@@ -218,7 +218,16 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
         }
     };
     raise_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let workers = match rtmp_guard::workers::Workers::per_cpu() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("cannot start the worker threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The listeners, the metrics and admin servers and the upkeep: the
+    // sessions run on the workers.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -229,7 +238,7 @@ fn run(path: Option<PathBuf>, format: LogFormat) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let running = match rtmp_guard::start_from(config, path).await {
+        let running = match rtmp_guard::start_with(config, path, workers).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{e}");

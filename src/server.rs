@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::transport::Kind;
+use crate::workers::Workers;
 use crate::{accept, admin, audit, control, fleet, health, kernel, metrics};
 
 /// How often stale address state and expired bans are dropped.
@@ -122,6 +123,15 @@ pub async fn start(config: Config) -> std::io::Result<Running> {
 
 /// As [`start`], remembering the file to reload the config from.
 pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Result<Running> {
+    start_with(config, path, Workers::default()).await
+}
+
+/// As [`start_from`], running sessions on `workers`.
+pub async fn start_with(
+    config: Config,
+    path: Option<PathBuf>,
+    workers: Workers,
+) -> std::io::Result<Running> {
     let apps: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
     let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     let metrics = Metrics::new(&apps, &upstreams).map_err(std::io::Error::other)?;
@@ -169,7 +179,9 @@ pub async fn start_from(config: Config, path: Option<PathBuf>) -> std::io::Resul
 
     // Fixed for the life of the process: a reload cannot remove the token.
     let admin_token_required = config.admin.as_ref().is_some_and(|a| a.token.is_some());
-    let guard = Arc::new(Guard::new(config, path, metrics.clone(), audit));
+    let mut guard = Guard::new(config, path, metrics.clone(), audit);
+    guard.workers = Arc::new(workers);
+    let guard = Arc::new(guard);
     control::remedies::load_state(&guard);
     let mut tasks = vec![
         tokio::spawn(metrics::serve(metrics_listener, metrics)),

@@ -510,3 +510,89 @@ fn the_guard_acknowledges_every_byte_after_connect_including_those_read_with_it(
         "the sequence number counts them all"
     );
 }
+
+/// Video message bytes.
+const VIDEO_LEN: usize = 5000;
+
+fn video_payload() -> Vec<u8> {
+    (0..VIDEO_LEN as u32).map(|i| i as u8).collect()
+}
+
+/// A video message on csid 6, stream 1, in the client's default 128-byte
+/// chunks: (its first 33 chunks, the rest). The first part is more than
+/// one of the guard's 4096-byte chunks, so the guard has output for it.
+fn video_in_two_parts() -> (Vec<u8>, Vec<u8>) {
+    let payload = video_payload();
+    let len = (VIDEO_LEN as u32).to_be_bytes();
+    let mut first = vec![0x06, 0, 0, 0, len[1], len[2], len[3], 9, 1, 0, 0, 0];
+    let mut rest = Vec::new();
+    for (i, chunk) in payload.chunks(128).enumerate() {
+        let part = if i < 33 { &mut first } else { &mut rest };
+        if i > 0 {
+            part.push(0xc6);
+        }
+        part.extend_from_slice(chunk);
+    }
+    (first, rest)
+}
+
+fn origin_video(h: &Harness) -> Vec<Vec<u8>> {
+    let all = h.origin.received.lock().unwrap();
+    let Some(bytes) = all.first() else {
+        return Vec::new();
+    };
+    messages_in(bytes)
+        .into_iter()
+        .filter(|(h, _)| h.type_id == 9)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+#[test]
+fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
+    let h = Harness::new();
+    let mut c = RawClient::handshaken(h.addr());
+    c.publish("cam");
+    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    let (first, rest) = video_in_two_parts();
+    c.send(&first);
+    std::thread::sleep(Duration::from_millis(300));
+    let written = h.origin.received.lock().unwrap()[0].len();
+    c.send(&rest);
+    let video = common::wait_for(Duration::from_secs(5), || {
+        let v = origin_video(&h);
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("the video reached the origin");
+    assert_eq!(video, [video_payload()]);
+    let total = h.origin.received.lock().unwrap()[0].len();
+    assert!(
+        total - written >= VIDEO_LEN,
+        "none of the message was written before its rest came ({written} then {total})"
+    );
+}
+
+#[test]
+fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
+    let h = Harness::new();
+    let mut c = RawClient::handshaken(h.addr());
+    c.publish("cam");
+    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    // A whole audio message, then the start of a video message, then the
+    // end of the client's stream.
+    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
+    let (first, _) = video_in_two_parts();
+    c.send(&[&audio[..], &first].concat());
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
+        let all = h.origin.received.lock().unwrap();
+        let found = messages_in(all.first()?)
+            .into_iter()
+            .any(|(h, p)| h.type_id == 8 && p == [0xaf, 0x01]);
+        found.then_some(())
+    });
+    assert!(
+        audio_at_origin.is_some(),
+        "the whole audio message was written"
+    );
+}

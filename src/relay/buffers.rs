@@ -8,6 +8,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,10 +29,17 @@ const CAPACITY: usize = READ_SIZE + READ_SIZE / 8;
 /// few more, and each kept buffer costs its pages for good.
 const KEEP: usize = 16;
 
+/// Output that waits for the rest of its message, guard-wide, at most
+/// (about 64 sessions' worth at nginx-rtmp's 4 KiB chunks). Past it,
+/// output is written as it comes.
+const PARK_BUDGET: usize = 256 * 1024;
+
 /// The shared pool.
 #[derive(Default)]
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
+    /// Bytes parked now ([`BufferPool::park`]).
+    parked: AtomicUsize,
 }
 
 impl BufferPool {
@@ -52,6 +60,38 @@ impl BufferPool {
         if free.len() < KEEP {
             free.push(buf);
         }
+    }
+
+    /// Moves `out` into a buffer of its own size, to wait for the rest of
+    /// its last message, and gives the pooled one back: many sessions may
+    /// wait so at once. False, and `out` untouched, when the guard-wide
+    /// budget is spent.
+    pub fn park(&self, out: &mut Vec<u8>) -> bool {
+        let len = out.len();
+        let reserved = self
+            .parked
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                (p + len <= PARK_BUDGET).then_some(p + len)
+            });
+        if reserved.is_err() {
+            return false;
+        }
+        let own = out.to_vec();
+        self.give(std::mem::replace(out, own));
+        true
+    }
+
+    /// Moves parked bytes back into a pooled buffer, to add to or write.
+    pub fn unpark(&self, out: &mut Vec<u8>) {
+        self.forget_parked(out);
+        let mut pooled = self.take();
+        pooled.extend_from_slice(out);
+        *out = pooled;
+    }
+
+    /// Returns a parked buffer's share of the budget.
+    pub fn forget_parked(&self, out: &[u8]) {
+        self.parked.fetch_sub(out.len(), Ordering::Relaxed);
     }
 
     /// Free buffers held now.
@@ -172,6 +212,37 @@ mod tests {
         b.extend_from_slice(b"left over");
         pool.give(b);
         assert!(pool.take().is_empty(), "given back buffers come back empty");
+    }
+
+    #[test]
+    fn parked_output_keeps_its_bytes_in_its_own_buffer_within_the_budget() {
+        let pool = BufferPool::default();
+        let mut out = pool.take();
+        out.extend_from_slice(&[7; 4000]);
+        assert!(pool.park(&mut out));
+        assert_eq!(out, vec![7; 4000]);
+        assert!(out.capacity() < READ_SIZE, "not a pooled buffer");
+        assert_eq!(pool.free(), 1, "the pooled buffer went back");
+        pool.unpark(&mut out);
+        assert_eq!(out, vec![7; 4000]);
+        assert!(out.capacity() >= READ_SIZE, "pooled again");
+        assert_eq!(pool.parked.load(Ordering::Relaxed), 0);
+
+        // Past the budget, output stays where it is, to be written.
+        let mut parked = Vec::new();
+        loop {
+            let mut out = vec![1; 4096];
+            if !pool.park(&mut out) {
+                assert_eq!(out, vec![1; 4096]);
+                break;
+            }
+            parked.push(out);
+        }
+        assert_eq!(parked.len(), PARK_BUDGET / 4096);
+        for out in &parked {
+            pool.forget_parked(out);
+        }
+        assert_eq!(pool.parked.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

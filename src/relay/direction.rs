@@ -131,6 +131,11 @@ impl Direction {
         self.emitter.whole(out, COMMAND_CSID, header, payload);
     }
 
+    /// True when what was fed so far ends inside a message.
+    pub fn in_message(&self) -> bool {
+        self.parser.in_message()
+    }
+
     /// Counts bytes read from the sender; an Acknowledgement it is owed.
     pub fn received(&mut self, n: usize) -> Option<Control> {
         self.acks.received(n).map(Control::Acknowledgement)

@@ -19,6 +19,13 @@ use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
 use crate::verdict::Refusal;
 
+/// Output below this size that ends inside a message waits for the rest of
+/// the message before it is written: a sender writes a message's chunks
+/// back to back (nginx-rtmp with one send each), and the receiver can use
+/// none of it before the last one. One send per message instead of one per
+/// chunk halves the relay's sends, and the receiver's wake-ups.
+const COALESCE: usize = 16 * 1024;
+
 /// The auth service's answer to a held publish or play, with it.
 type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 
@@ -34,6 +41,9 @@ pub(super) struct Pump<'a, R, W> {
     judged: usize,
     /// Bytes judged and not yet written.
     out: Vec<u8>,
+    /// `out` ends inside a message and waits for the rest of it, in a
+    /// buffer of its own size ([`BufferPool::park`]).
+    parked: bool,
     write: Write,
     /// A held publish or play, waiting for the auth service. The rest of
     /// `input` waits with it; what came before it is written first.
@@ -69,6 +79,7 @@ where
             input: if first.is_empty() { Vec::new() } else { first },
             judged: 0,
             out: Vec::new(),
+            parked: false,
             write: Write::default(),
             asking: None,
         }
@@ -78,7 +89,7 @@ where
     /// direction ends.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PumpEnd> {
         loop {
-            if !self.out.is_empty() {
+            if !self.out.is_empty() && !self.parked {
                 if let Err(end) = ready!(self.poll_write(cx)) {
                     return Poll::Ready(end);
                 }
@@ -110,6 +121,12 @@ where
         match ready!(pool.poll_read(&mut self.reader, cx)) {
             Ok(buf) if buf.is_empty() => {
                 pool.give(buf);
+                if self.parked {
+                    // The rest never comes: what is parked goes now, and
+                    // the next read sees the end again.
+                    self.unpark();
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(Some(PumpEnd::Eof))
             }
             Ok(buf) => {
@@ -131,8 +148,10 @@ where
     fn judge(&mut self) -> Option<PumpEnd> {
         let relay = self.relay;
         self.take_out_buffer();
+        let mut owed = false;
         for control in self.flow.outbox.take() {
             self.dir.own_control(&mut self.out, control);
+            owed = true;
         }
         while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
             let now = relay.activity.now();
@@ -165,6 +184,10 @@ where
                 }
             }
         }
+        // What the guard owes the peer goes at once.
+        if !owed && !self.out.is_empty() && self.out.len() < COALESCE && self.dir.in_message() {
+            self.parked = self.pool().park(&mut self.out);
+        }
         self.give_out_buffer_if_empty();
         None
     }
@@ -196,10 +219,18 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// A pooled buffer for `out`, holding what was parked in it.
     fn take_out_buffer(&mut self) {
-        if self.out.capacity() == 0 {
+        if self.parked {
+            self.unpark();
+        } else if self.out.capacity() == 0 {
             self.out = self.pool().take();
         }
+    }
+
+    fn unpark(&mut self) {
+        self.parked = false;
+        self.pool().unpark(&mut self.out);
     }
 
     fn give_out_buffer_if_empty(&mut self) {
@@ -220,6 +251,9 @@ impl<R, W> Drop for Pump<'_, R, W> {
     /// Buffers in hand go back to the pool when the direction ends.
     fn drop(&mut self) {
         let pool = self.pool();
+        if self.parked {
+            pool.forget_parked(&self.out);
+        }
         pool.give(std::mem::take(&mut self.input));
         pool.give(std::mem::take(&mut self.out));
     }
