@@ -8,8 +8,9 @@
 //! per-prefix limits.
 //! Refused sockets are taken with a raw accept(2) and reset at once, never
 //! registered with the async reactor, so a flood of refusals costs two
-//! system calls each. Admitted ones get their own task, so a fault in one
-//! session can never stop the guard.
+//! system calls each. Admitted ones get their own task, on the worker
+//! thread running the fewest sessions ([`crate::workers`]), so a fault in
+//! one session can never stop the guard.
 //!
 //! A refusal here is audited like any other, and the audit log never drops
 //! a line: if its queue is full, the accept loop awaits room before it
@@ -105,7 +106,13 @@ pub async fn accept_loop(listener: Listener, guard: Arc<Guard>) {
         // Drain the accept queue, then wait for readiness again.
         loop {
             match ready.get_inner().accept() {
-                Ok((stream, peer)) => on_accept(&guard, stream, peer, kind).await,
+                Ok((stream, peer)) => {
+                    on_accept(&guard, stream, peer, kind).await;
+                    // A raw accept spends none of tokio's budget: without
+                    // this, a flood would keep this loop from ever giving
+                    // the thread back to signals, metrics and the admin API.
+                    tokio::task::coop::consume_budget().await;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     break;
@@ -163,6 +170,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind
         }
     };
     let config = arc_swap::Guard::into_inner(config);
+    let open = guard.hold_open();
     let guard = guard.clone();
     let workers = guard.workers.clone();
     workers.spawn(|seat| async move {
@@ -178,7 +186,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind
                 return;
             }
         };
-        session::run(guard, config, stream, client, start, kind).await;
+        session::run(guard, config, stream, open, client, start, kind).await;
         drop(permit);
     });
 }

@@ -133,11 +133,13 @@ impl Guard {
     }
 
     /// Counts a connection as open until the hold drops, in the gauge and
-    /// in the count a drain waits on, even if the task unwinds.
-    pub fn hold_open(&self) -> OpenHold<'_> {
+    /// in the count a drain waits on, even if the task unwinds. Taken at
+    /// accept, so a drain also waits for a session handed to a worker
+    /// that has not run it yet.
+    pub fn hold_open(self: &Arc<Self>) -> OpenHold {
         self.open.count.fetch_add(1, Ordering::SeqCst);
         self.metrics.connections_active.inc();
-        OpenHold(self)
+        OpenHold(self.clone())
     }
 }
 
@@ -166,9 +168,9 @@ impl OpenConnections {
 }
 
 /// One open connection; see [`Guard::hold_open`].
-pub struct OpenHold<'a>(&'a Guard);
+pub struct OpenHold(Arc<Guard>);
 
-impl Drop for OpenHold<'_> {
+impl Drop for OpenHold {
     fn drop(&mut self) {
         self.0.metrics.connections_active.dec();
         self.0.open.count.fetch_sub(1, Ordering::SeqCst);

@@ -19,7 +19,7 @@ use crate::admit::admission::{PendingSlot, Ticket};
 use crate::config::Config;
 use crate::connection::{ClientAddr, Connection};
 use crate::context::{Ctx, Stop};
-use crate::guard::Guard;
+use crate::guard::{Guard, OpenHold};
 use crate::transport::{Kind, Transport};
 use crate::{connect, handshake, relay, tls, upstream};
 
@@ -33,17 +33,18 @@ pub enum Start {
 }
 
 /// Runs one connection to its end under `config`, the config it was
-/// accepted with, from a listener of `kind`. Never panics on client input;
-/// a panic elsewhere would end only this task.
+/// accepted with, from a listener of `kind`; it counts as open while
+/// `_open` lives. Never panics on client input; a panic elsewhere would
+/// end only this task.
 pub async fn run(
     guard: Arc<Guard>,
     config: Arc<Config>,
     socket: TcpStream,
+    _open: OpenHold,
     peer: ClientAddr,
     start: Start,
     kind: Kind,
 ) {
-    let _open = guard.hold_open();
     let _ = socket.set_nodelay(true);
     let local = socket.local_addr().unwrap_or(peer.socket());
     let mut ctx = Ctx {

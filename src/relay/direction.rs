@@ -131,9 +131,10 @@ impl Direction {
         self.emitter.whole(out, COMMAND_CSID, header, payload);
     }
 
-    /// True when what was fed so far ends inside a message.
-    pub fn in_message(&self) -> bool {
-        self.parser.in_message()
+    /// True when the output so far ends inside a media message whose rest
+    /// is still to be read.
+    pub fn ends_inside_message(&self) -> bool {
+        self.emitter.ends_inside_message()
     }
 
     /// Counts bytes read from the sender; an Acknowledgement it is owed.

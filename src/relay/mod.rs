@@ -20,7 +20,9 @@
 //! bytes holds none. Each direction
 //! writes what one read produced before it reads again, so a peer that
 //! reads slowly holds back only its own upstream connection, and the guard
-//! holds at most one buffer of output for it.
+//! holds at most one buffer of output for it. Output that ends inside a
+//! message may wait for the rest of that message first, so that one send
+//! carries it (`pump.rs`).
 //!
 //! The session ends when either side closes, a peer breaks the rules, the
 //! operator kicks it, a peer takes no byte for `write_timeout` while data

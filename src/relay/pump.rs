@@ -19,11 +19,12 @@ use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
 use crate::verdict::Refusal;
 
-/// Output below this size that ends inside a message waits for the rest of
-/// the message before it is written: a sender writes a message's chunks
-/// back to back (nginx-rtmp with one send each), and the receiver can use
-/// none of it before the last one. One send per message instead of one per
-/// chunk halves the relay's sends, and the receiver's wake-ups.
+/// Output below this size that ends inside a media message waits for the
+/// rest of that message before it is written: a sender writes a message's
+/// chunks back to back (nginx-rtmp with one send each), and the receiver
+/// can use none of the message before its last chunk. One send per message
+/// instead of one per chunk halves the relay's sends, and the receiver's
+/// wake-ups. Whole messages before it in the same output wait with it.
 const COALESCE: usize = 16 * 1024;
 
 /// The auth service's answer to a held publish or play, with it.
@@ -185,7 +186,11 @@ where
             }
         }
         // What the guard owes the peer goes at once.
-        if !owed && !self.out.is_empty() && self.out.len() < COALESCE && self.dir.in_message() {
+        if !owed
+            && !self.out.is_empty()
+            && self.out.len() < COALESCE
+            && self.dir.ends_inside_message()
+        {
             self.parked = self.pool().park(&mut self.out);
         }
         self.give_out_buffer_if_empty();

@@ -283,8 +283,6 @@ pub struct ChunkParser {
     returned: Option<usize>,
     /// Bytes held in `kept` buffers of unfinished messages, all csids.
     buffered: usize,
-    /// Stream of the last payload bytes read.
-    last: Option<usize>,
     bytes: u64,
     media_started: u64,
 }
@@ -300,7 +298,6 @@ impl ChunkParser {
             header_len: 0,
             returned: None,
             buffered: 0,
-            last: None,
             bytes: 0,
             media_started: 0,
         }
@@ -330,21 +327,6 @@ impl ChunkParser {
     /// True between chunks: no header or payload is half-read.
     pub fn at_chunk_boundary(&self) -> bool {
         matches!(self.state, State::Header) && self.header_len == 0
-    }
-
-    /// True when the input so far ends inside a message: in a chunk
-    /// header, or after a chunk whose message has more chunks to come. A
-    /// sender writes a message's chunks back to back, so the rest is
-    /// usually on its way.
-    pub fn in_message(&self) -> bool {
-        match self.state {
-            State::Payload { .. } => true,
-            State::Header if self.header_len > 0 => true,
-            State::Header => self
-                .last
-                .and_then(|i| self.streams.get(i))
-                .is_some_and(|s| s.remaining > 0),
-        }
     }
 
     /// Consumes input until it is exhausted, a kept message completes, or a
@@ -567,7 +549,6 @@ impl ChunkParser {
         input: &[u8],
     ) -> Result<(usize, Read), ChunkError> {
         let n = (left_in_chunk as usize).min(input.len());
-        self.last = Some(index);
         let limit = (self.limits.max_command_size as usize).saturating_mul(2);
         let stream = &mut self.streams[index];
         let kept = MessageClass::of(stream.type_id) != MessageClass::Media;
@@ -909,34 +890,6 @@ mod tests {
         assert_eq!(p.media_started(), 1);
         assert_eq!(p.bytes(), bytes.len() as u64);
         assert!(p.at_chunk_boundary());
-    }
-
-    #[test]
-    fn in_message_says_whether_the_input_ends_inside_a_message() {
-        // Two 128-byte chunks: header, first payload; then the second.
-        let mut bytes = Vec::new();
-        let video = vec![1u8; 200];
-        ChunkWriter::new().write(&mut bytes, &header(6, 40, types::VIDEO, 1, 200), &video);
-        let first_chunk = 12 + 128;
-        let mut p = ChunkParser::new(test_limits());
-        assert!(!p.in_message(), "nothing read yet");
-        parse_all(&mut p, &bytes[..5], 64).unwrap();
-        assert!(p.in_message(), "half a chunk header");
-        parse_all(&mut p, &bytes[5..first_chunk - 10], 64).unwrap();
-        assert!(p.in_message(), "inside a chunk");
-        parse_all(&mut p, &bytes[first_chunk - 10..first_chunk], 64).unwrap();
-        assert!(p.at_chunk_boundary());
-        assert!(p.in_message(), "between the chunks of one message");
-        parse_all(&mut p, &bytes[first_chunk..], 64).unwrap();
-        assert!(!p.in_message(), "the message is complete");
-        // A message left unfinished on another csid does not count once a
-        // later chunk completed its own message.
-        let mut more = Vec::new();
-        ChunkWriter::new().write(&mut more, &header(4, 0, types::AUDIO, 1, 10), &[2; 10]);
-        let mut p = ChunkParser::new(test_limits());
-        parse_all(&mut p, &bytes[..first_chunk], 64).unwrap();
-        parse_all(&mut p, &more, 64).unwrap();
-        assert!(!p.in_message());
     }
 
     #[test]

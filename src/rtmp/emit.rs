@@ -66,6 +66,9 @@ struct MediaOut {
 pub struct Emitter {
     chunk_size: u32,
     media: Vec<MediaOut>,
+    /// The last bytes appended were a media message's chunks, and more of
+    /// that message is to come.
+    open_tail: bool,
 }
 
 impl Emitter {
@@ -75,11 +78,18 @@ impl Emitter {
         Emitter {
             chunk_size: chunk_size.max(1),
             media: Vec::new(),
+            open_tail: false,
         }
     }
 
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
+    }
+
+    /// True when the output so far ends inside a media message: what was
+    /// appended last is part of one, and the rest of it is still to come.
+    pub fn ends_inside_message(&self) -> bool {
+        self.open_tail
     }
 
     /// Appends one whole message on `csid`.
@@ -90,6 +100,7 @@ impl Emitter {
             ..*header
         };
         let size = self.chunk_size as usize;
+        self.open_tail = false;
         chunk_header(out, 0, &header);
         let mut chunks = payload.chunks(size);
         if let Some(first) = chunks.next() {
@@ -104,6 +115,23 @@ impl Emitter {
     /// Appends the complete chunks a media piece finishes. A new message's
     /// first piece must come after its predecessor's last, on each csid.
     pub fn media(&mut self, out: &mut Vec<u8>, piece: &MediaPiece<'_>) -> Result<(), EmitError> {
+        let before = out.len();
+        let index = self.append_media(out, piece)?;
+        if out.len() > before {
+            self.open_tail = self
+                .media
+                .get(index)
+                .is_some_and(|m| m.sent < m.header.length);
+        }
+        Ok(())
+    }
+
+    /// [`Emitter::media`]'s chunks; the index of the message's state.
+    fn append_media(
+        &mut self,
+        out: &mut Vec<u8>,
+        piece: &MediaPiece<'_>,
+    ) -> Result<usize, EmitError> {
         let size = self.chunk_size;
         let index = self.stream_for(piece)?;
         let Some(m) = self.media.get_mut(index) else {
@@ -127,7 +155,7 @@ impl Emitter {
             let need = chunk - m.staged.len();
             if bytes.len() < need || (chunk == 0 && m.sent > 0) {
                 m.staged.extend_from_slice(bytes);
-                return Ok(());
+                return Ok(index);
             }
             let (now, rest) = bytes.split_at(need);
             chunk_header(out, if m.sent == 0 { 0 } else { 3 }, &m.header);
@@ -139,7 +167,7 @@ impl Emitter {
             m.sent += chunk as u32;
             bytes = rest;
             if m.sent == m.header.length {
-                return Ok(());
+                return Ok(index);
             }
         }
     }
@@ -293,6 +321,31 @@ mod tests {
         e.media(&mut out, &piece(130, &payload[130..])).unwrap();
         let back = read_back(&out, 100);
         assert_eq!(back, vec![(MessageHeader { csid: 4, ..h }, payload)]);
+    }
+
+    #[test]
+    fn the_output_ends_inside_a_message_only_while_its_last_chunk_has_more_to_come() {
+        let mut e = Emitter::new(100);
+        let h = header(6, types::VIDEO, 40, 1, 250);
+        let payload = vec![7u8; 250];
+        let mut out = Vec::new();
+        let piece = |offset: usize, bytes| MediaPiece {
+            header: h,
+            offset: offset as u32,
+            bytes,
+        };
+        assert!(!e.ends_inside_message());
+        e.media(&mut out, &piece(0, &payload[..60])).unwrap();
+        assert!(!e.ends_inside_message(), "nothing of it written yet");
+        e.media(&mut out, &piece(60, &payload[60..130])).unwrap();
+        assert!(e.ends_inside_message(), "one chunk of three written");
+        let command = header(3, types::COMMAND_AMF0, 0, 1, 3);
+        e.whole(&mut out, COMMAND_CSID, &command, &[1, 2, 3]);
+        assert!(!e.ends_inside_message(), "a whole message came last");
+        e.media(&mut out, &piece(130, &payload[130..210])).unwrap();
+        assert!(e.ends_inside_message(), "a second chunk written");
+        e.media(&mut out, &piece(210, &payload[210..])).unwrap();
+        assert!(!e.ends_inside_message(), "the message is complete");
     }
 
     #[test]
