@@ -171,9 +171,8 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind
     };
     let config = arc_swap::Guard::into_inner(config);
     let open = guard.hold_open();
-    let guard = guard.clone();
-    let workers = guard.workers.clone();
-    workers.spawn(|seat| async move {
+    let session_guard = guard.clone();
+    guard.workers.spawn(|seat| async move {
         let _seat = seat;
         // Registered here, on the thread that runs the session.
         let registered = stream
@@ -186,7 +185,7 @@ async fn on_accept(guard: &Arc<Guard>, stream: StdStream, peer: SocketAddr, kind
                 return;
             }
         };
-        session::run(guard, config, stream, open, client, start, kind).await;
+        session::run(session_guard, config, stream, open, client, start, kind).await;
         drop(permit);
     });
 }

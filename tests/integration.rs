@@ -536,31 +536,39 @@ fn video_in_two_parts() -> (Vec<u8>, Vec<u8>) {
     (first, rest)
 }
 
-fn origin_video(h: &Harness) -> Vec<Vec<u8>> {
+/// The payloads of type `type_id` the origin read on its first connection.
+fn origin_payloads(h: &Harness, type_id: u8) -> Vec<Vec<u8>> {
     let all = h.origin.received.lock().unwrap();
     let Some(bytes) = all.first() else {
         return Vec::new();
     };
     messages_in(bytes)
         .into_iter()
-        .filter(|(h, _)| h.type_id == 9)
+        .filter(|(h, _)| h.type_id == type_id)
         .map(|(_, p)| p)
         .collect()
+}
+
+/// A client that has published `cam` through the guard, once the origin
+/// has its connection.
+fn publishing(h: &Harness) -> RawClient {
+    let mut c = RawClient::handshaken(h.addr());
+    c.publish("cam");
+    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    c
 }
 
 #[test]
 fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
     let h = Harness::new();
-    let mut c = RawClient::handshaken(h.addr());
-    c.publish("cam");
-    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    let mut c = publishing(&h);
     let (first, rest) = video_in_two_parts();
     c.send(&first);
     std::thread::sleep(Duration::from_millis(300));
     let written = h.origin.received.lock().unwrap()[0].len();
     c.send(&rest);
     let video = common::wait_for(Duration::from_secs(5), || {
-        let v = origin_video(&h);
+        let v = origin_payloads(&h, 9);
         (!v.is_empty()).then_some(v)
     })
     .expect("the video reached the origin");
@@ -575,9 +583,7 @@ fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
 #[test]
 fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
     let h = Harness::new();
-    let mut c = RawClient::handshaken(h.addr());
-    c.publish("cam");
-    assert!(h.origin.reaches(1, Duration::from_secs(5)));
+    let mut c = publishing(&h);
     // A whole audio message, then the start of a video message, then the
     // end of the client's stream.
     let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
@@ -585,11 +591,9 @@ fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
     c.send(&[&audio[..], &first].concat());
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
-        let all = h.origin.received.lock().unwrap();
-        let found = messages_in(all.first()?)
-            .into_iter()
-            .any(|(h, p)| h.type_id == 8 && p == [0xaf, 0x01]);
-        found.then_some(())
+        origin_payloads(&h, 8)
+            .contains(&vec![0xaf, 0x01])
+            .then_some(())
     });
     assert!(
         audio_at_origin.is_some(),

@@ -289,6 +289,15 @@ mod tests {
         }
     }
 
+    /// `bytes` of the message `header`, from `offset` in its payload.
+    fn piece(header: MessageHeader, offset: usize, bytes: &[u8]) -> MediaPiece<'_> {
+        MediaPiece {
+            header,
+            offset: offset as u32,
+            bytes,
+        }
+    }
+
     #[test]
     fn whole_messages_read_back_with_the_guards_framing() {
         let mut e = Emitter::new(100);
@@ -309,16 +318,11 @@ mod tests {
         let h = header(6, types::VIDEO, 40, 1, 250);
         let payload = vec![7u8; 250];
         let mut out = Vec::new();
-        let piece = |offset: usize, bytes| MediaPiece {
-            header: h,
-            offset: offset as u32,
-            bytes,
-        };
-        e.media(&mut out, &piece(0, &payload[..60])).unwrap();
+        e.media(&mut out, &piece(h, 0, &payload[..60])).unwrap();
         assert!(out.is_empty(), "half a chunk waits");
-        e.media(&mut out, &piece(60, &payload[60..130])).unwrap();
+        e.media(&mut out, &piece(h, 60, &payload[60..130])).unwrap();
         assert_eq!(out.len(), 12 + 100);
-        e.media(&mut out, &piece(130, &payload[130..])).unwrap();
+        e.media(&mut out, &piece(h, 130, &payload[130..])).unwrap();
         let back = read_back(&out, 100);
         assert_eq!(back, vec![(MessageHeader { csid: 4, ..h }, payload)]);
     }
@@ -329,22 +333,18 @@ mod tests {
         let h = header(6, types::VIDEO, 40, 1, 250);
         let payload = vec![7u8; 250];
         let mut out = Vec::new();
-        let piece = |offset: usize, bytes| MediaPiece {
-            header: h,
-            offset: offset as u32,
-            bytes,
-        };
         assert!(!e.ends_inside_message());
-        e.media(&mut out, &piece(0, &payload[..60])).unwrap();
+        e.media(&mut out, &piece(h, 0, &payload[..60])).unwrap();
         assert!(!e.ends_inside_message(), "nothing of it written yet");
-        e.media(&mut out, &piece(60, &payload[60..130])).unwrap();
+        e.media(&mut out, &piece(h, 60, &payload[60..130])).unwrap();
         assert!(e.ends_inside_message(), "one chunk of three written");
         let command = header(3, types::COMMAND_AMF0, 0, 1, 3);
         e.whole(&mut out, COMMAND_CSID, &command, &[1, 2, 3]);
         assert!(!e.ends_inside_message(), "a whole message came last");
-        e.media(&mut out, &piece(130, &payload[130..210])).unwrap();
+        e.media(&mut out, &piece(h, 130, &payload[130..210]))
+            .unwrap();
         assert!(e.ends_inside_message(), "a second chunk written");
-        e.media(&mut out, &piece(210, &payload[210..])).unwrap();
+        e.media(&mut out, &piece(h, 210, &payload[210..])).unwrap();
         assert!(!e.ends_inside_message(), "the message is complete");
     }
 
@@ -353,25 +353,8 @@ mod tests {
         let mut e = Emitter::new(100);
         let h = header(6, types::VIDEO, 0, 1, 250);
         let mut out = Vec::new();
-        e.media(
-            &mut out,
-            &MediaPiece {
-                header: h,
-                offset: 0,
-                bytes: &[1; 10],
-            },
-        )
-        .unwrap();
-        assert!(e
-            .media(
-                &mut out,
-                &MediaPiece {
-                    header: h,
-                    offset: 20,
-                    bytes: &[1; 10]
-                }
-            )
-            .is_err());
+        e.media(&mut out, &piece(h, 0, &[1; 10])).unwrap();
+        assert!(e.media(&mut out, &piece(h, 20, &[1; 10])).is_err());
     }
 
     #[test]
