@@ -109,13 +109,42 @@ impl AsyncWrite for Transport {
 
 /// A stream the relay reads and writes at once, from its two directions.
 pub trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
-    type Read<'a>: AsyncRead + Unpin + Send
+    type Read<'a>: AsyncRead + ReadNow + Unpin + Send
     where
         Self: 'a;
     type Write<'a>: AsyncWrite + Unpin + Send
     where
         Self: 'a;
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+}
+
+/// A reading half that can read what has arrived without waiting for
+/// tokio to see it. tokio takes a short read to mean the socket is empty
+/// until its next poll, but the sender may have written since: nginx-rtmp
+/// holds a message's next chunk until the read of the one before is
+/// acknowledged, and that read sent the acknowledgement.
+pub trait ReadNow {
+    /// Reads what has arrived into `buf`, without waiting. `None`: this
+    /// stream cannot (TLS, whose bytes must be decrypted first).
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
+}
+
+impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let stream: &TcpStream = self.as_ref();
+        // The socket is non-blocking: nothing there is `WouldBlock`.
+        let socket = socket2::SockRef::from(stream);
+        Some(io::Read::read(&mut &*socket, buf))
+    }
+}
+
+impl ReadNow for ReadHalf<'_> {
+    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self {
+            ReadHalf::Plain(s) => s.read_now(buf),
+            ReadHalf::Tls(_) | ReadHalf::Closed => None,
+        }
+    }
 }
 
 impl Halves for TcpStream {
@@ -290,5 +319,32 @@ mod tests {
         let mut out = String::new();
         r.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    /// After a short read tokio takes the socket to be empty until its
+    /// driver next runs; `read_now` still gets what arrived since.
+    #[tokio::test]
+    async fn read_now_takes_bytes_that_tokio_has_not_seen_yet() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (mut read, _write) = receiver.split();
+        sender.write_all(b"first").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(read.read(&mut buf).await.unwrap(), 5);
+        let mut nothing = [0u8; 64];
+        let empty = read.read_now(&mut nothing).expect("a plain socket");
+        assert_eq!(empty.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+
+        // Written and arrived, with no await in between for the driver to
+        // notice: tokio's own try_read still says there is nothing.
+        std::io::Write::write_all(&mut &*socket2::SockRef::from(&sender), b"rest").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let tokio_says = read.try_read(&mut buf);
+        assert_eq!(tokio_says.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let n = read.read_now(&mut buf).expect("a plain socket").unwrap();
+        assert_eq!(&buf[..n], b"rest");
     }
 }

@@ -17,6 +17,7 @@ use super::buffers::{BufferPool, Write};
 use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
+use crate::transport::ReadNow;
 use crate::verdict::Refusal;
 
 /// Output below this size that ends inside a media message waits for the
@@ -45,6 +46,9 @@ pub(super) struct Pump<'a, R, W> {
     /// `out` ends inside a message and waits for the rest of it, in a
     /// buffer of its own size ([`BufferPool::park`]).
     parked: bool,
+    /// `out` ends inside a message whose rest may have arrived already: it
+    /// is read at once ([`Pump::read_rest`]) before `out` is parked.
+    tail_open: bool,
     write: Write,
     /// A held publish or play, waiting for the auth service. The rest of
     /// `input` waits with it; what came before it is written first.
@@ -53,7 +57,7 @@ pub(super) struct Pump<'a, R, W> {
 
 impl<'a, R, W> Pump<'a, R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + ReadNow + Unpin,
     W: AsyncWrite + Unpin,
 {
     /// Starts with `first`, what was read before the relay began.
@@ -81,6 +85,7 @@ where
             judged: 0,
             out: Vec::new(),
             parked: false,
+            tail_open: false,
             write: Write::default(),
             asking: None,
         }
@@ -90,7 +95,11 @@ where
     /// direction ends.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<PumpEnd> {
         loop {
-            if !self.out.is_empty() && !self.parked {
+            if self.tail_open {
+                if let Some(end) = self.read_rest() {
+                    return Poll::Ready(end);
+                }
+            } else if !self.out.is_empty() && !self.parked {
                 if let Err(end) = ready!(self.poll_write(cx)) {
                     return Poll::Ready(end);
                 }
@@ -131,16 +140,49 @@ where
                 Poll::Ready(Some(PumpEnd::Eof))
             }
             Ok(buf) => {
-                self.relay.activity.touch();
-                if let Some(ack) = self.dir.received(buf.len()) {
-                    self.flow.reply_to_sender.push(ack);
-                }
-                self.input = buf;
-                self.judged = 0;
+                self.take_input(buf);
                 Poll::Ready(None)
             }
             Err(_) => Poll::Ready(Some(PumpEnd::Read)),
         }
+    }
+
+    /// Bytes read from the peer become the input to judge.
+    fn take_input(&mut self, buf: Vec<u8>) {
+        self.relay.activity.touch();
+        if let Some(ack) = self.dir.received(buf.len()) {
+            self.flow.reply_to_sender.push(ack);
+        }
+        self.input = buf;
+        self.judged = 0;
+    }
+
+    /// Output ends inside a message: reads at once what has arrived of
+    /// the rest, and parks the output only if nothing has. The message
+    /// then goes on in one write, as HAProxy's second read before its
+    /// send does; with nginx-rtmp the rest is usually there, released by
+    /// the acknowledgement of the read before.
+    fn read_rest(&mut self) -> Option<PumpEnd> {
+        self.tail_open = false;
+        let pool = self.pool();
+        let mut buf = pool.take();
+        buf.resize(COALESCE, 0);
+        match self.reader.read_now(&mut buf) {
+            Some(Ok(n)) if n > 0 => {
+                buf.truncate(n);
+                self.take_input(buf);
+                // Judged before `out` is written, to join it.
+                return self.judge();
+            }
+            // The end of the stream: what there is goes now, and the next
+            // read sees the end again.
+            Some(Ok(_)) => pool.give(buf),
+            _ => {
+                pool.give(buf);
+                self.parked = pool.park(&mut self.out);
+            }
+        }
+        None
     }
 
     /// Parses and judges the unjudged input into `out`, after what the
@@ -191,7 +233,7 @@ where
             && self.out.len() < COALESCE
             && self.dir.ends_inside_message()
         {
-            self.parked = self.pool().park(&mut self.out);
+            self.tail_open = true;
         }
         self.give_out_buffer_if_empty();
         None
