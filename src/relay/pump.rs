@@ -49,6 +49,8 @@ pub(super) struct Pump<'a, R, W> {
     /// `out` ends inside a message whose rest may have arrived already: it
     /// is read at once ([`Pump::read_rest`]) before `out` is parked.
     tail_open: bool,
+    /// The one read past tokio since tokio's last read was made.
+    rest_read: bool,
     write: Write,
     /// A held publish or play, waiting for the auth service. The rest of
     /// `input` waits with it; what came before it is written first.
@@ -86,6 +88,7 @@ where
             out: Vec::new(),
             parked: false,
             tail_open: false,
+            rest_read: false,
             write: Write::default(),
             asking: None,
         }
@@ -140,6 +143,7 @@ where
                 Poll::Ready(Some(PumpEnd::Eof))
             }
             Ok(buf) => {
+                self.rest_read = false;
                 self.take_input(buf);
                 Poll::Ready(None)
             }
@@ -161,27 +165,38 @@ where
     /// the rest, and parks the output only if nothing has. The message
     /// then goes on in one write, as HAProxy's second read before its
     /// send does; with nginx-rtmp the rest is usually there, released by
-    /// the acknowledgement of the read before.
+    /// the acknowledgement of the read before. Once per read of tokio's:
+    /// a peer that holds a message open while sending other bytes (an
+    /// acknowledgement adds no output) cannot keep the worker reading, as
+    /// tokio's reads spend the task's budget and this one does not.
     fn read_rest(&mut self) -> Option<PumpEnd> {
         self.tail_open = false;
         let pool = self.pool();
-        let mut buf = pool.take();
-        buf.resize(COALESCE, 0);
-        match self.reader.read_now(&mut buf) {
-            Some(Ok(n)) if n > 0 => {
-                buf.truncate(n);
-                self.take_input(buf);
-                // Judged before `out` is written, to join it.
-                return self.judge();
-            }
-            // The end of the stream: what there is goes now, and the next
-            // read sees the end again.
-            Some(Ok(_)) => pool.give(buf),
-            _ => {
-                pool.give(buf);
-                self.parked = pool.park(&mut self.out);
+        if !self.rest_read {
+            self.rest_read = true;
+            let mut buf = pool.take();
+            buf.resize(COALESCE, 0);
+            match self.reader.read_now(&mut buf) {
+                Some(Ok(n)) if n > 0 => {
+                    buf.truncate(n);
+                    self.take_input(buf);
+                    // Judged before `out` is written, to join it.
+                    return self.judge();
+                }
+                // The end of the stream: what there is goes now, and the
+                // next read sees the end again.
+                Some(Ok(_)) => {
+                    pool.give(buf);
+                    return None;
+                }
+                Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    pool.give(buf);
+                    return Some(PumpEnd::Read);
+                }
+                _ => pool.give(buf),
             }
         }
+        self.parked = pool.park(&mut self.out);
         None
     }
 
