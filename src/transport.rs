@@ -124,24 +124,29 @@ pub trait Halves: AsyncRead + AsyncWrite + Unpin + Send {
 /// holds a message's next chunk until the read of the one before is
 /// acknowledged, and that read sent the acknowledgement.
 pub trait ReadNow {
-    /// Reads what has arrived into `buf`, without waiting. `None`: this
-    /// stream cannot (TLS, whose bytes must be decrypted first).
-    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
+    /// Appends to `buf` what has arrived, up to `up_to` bytes, without
+    /// waiting. `None`: this stream cannot (TLS, whose bytes must be
+    /// decrypted first), and `buf` is untouched.
+    fn read_now(&self, buf: &mut Vec<u8>, up_to: usize) -> Option<io::Result<usize>>;
 }
 
 impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
-    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    fn read_now(&self, buf: &mut Vec<u8>, up_to: usize) -> Option<io::Result<usize>> {
         let stream: &TcpStream = self.as_ref();
+        let start = buf.len();
+        buf.resize(start + up_to, 0);
         // The socket is non-blocking: nothing there is `WouldBlock`.
         let socket = socket2::SockRef::from(stream);
-        Some(io::Read::read(&mut &*socket, buf))
+        let read = io::Read::read(&mut &*socket, buf.get_mut(start..).unwrap_or_default());
+        buf.truncate(start + read.as_ref().map_or(0, |n| *n));
+        Some(read)
     }
 }
 
 impl ReadNow for ReadHalf<'_> {
-    fn read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    fn read_now(&self, buf: &mut Vec<u8>, up_to: usize) -> Option<io::Result<usize>> {
         match self {
-            ReadHalf::Plain(s) => s.read_now(buf),
+            ReadHalf::Plain(s) => s.read_now(buf, up_to),
             ReadHalf::Tls(_) | ReadHalf::Closed => None,
         }
     }
@@ -334,9 +339,10 @@ mod tests {
         sender.write_all(b"first").await.unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(read.read(&mut buf).await.unwrap(), 5);
-        let mut nothing = [0u8; 64];
-        let empty = read.read_now(&mut nothing).expect("a plain socket");
+        let mut nothing = Vec::new();
+        let empty = read.read_now(&mut nothing, 64).expect("a plain socket");
         assert_eq!(empty.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(nothing.is_empty());
 
         // Written and arrived, with no await in between for the driver to
         // notice: tokio's own try_read still says there is nothing.
@@ -344,7 +350,12 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let tokio_says = read.try_read(&mut buf);
         assert_eq!(tokio_says.unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        let n = read.read_now(&mut buf).expect("a plain socket").unwrap();
-        assert_eq!(&buf[..n], b"rest");
+        let mut got = b"kept ".to_vec();
+        let n = read
+            .read_now(&mut got, 64)
+            .expect("a plain socket")
+            .unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(got, b"kept rest");
     }
 }

@@ -7,6 +7,7 @@
 //! its socket takes it or `write_timeout` ends the session.
 
 use std::future::{poll_fn, Future};
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
+
+use crate::transport::ReadNow;
 
 /// Bytes one read takes at most.
 pub const READ_SIZE: usize = 64 * 1024;
@@ -123,6 +126,25 @@ impl BufferPool {
             Poll::Pending => {
                 self.give(buf);
                 Poll::Pending
+            }
+        }
+    }
+
+    /// Reads what has already arrived, up to `up_to` bytes, into a pooled
+    /// buffer, without waiting ([`ReadNow`]). As [`BufferPool::poll_read`],
+    /// an empty result is the end of the stream, and the buffer goes back
+    /// on an error. `None`: `reader` cannot read so.
+    pub fn read_now<R: ReadNow>(&self, reader: &R, up_to: usize) -> Option<io::Result<Vec<u8>>> {
+        let mut buf = self.take();
+        match reader.read_now(&mut buf, up_to) {
+            Some(Ok(_)) => Some(Ok(buf)),
+            Some(Err(e)) => {
+                self.give(buf);
+                Some(Err(e))
+            }
+            None => {
+                self.give(buf);
+                None
             }
         }
     }

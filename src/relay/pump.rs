@@ -174,26 +174,22 @@ where
         let pool = self.pool();
         if !self.rest_read {
             self.rest_read = true;
-            let mut buf = pool.take();
-            buf.resize(COALESCE, 0);
-            match self.reader.read_now(&mut buf) {
-                Some(Ok(n)) if n > 0 => {
-                    buf.truncate(n);
+            match pool.read_now(&self.reader, COALESCE) {
+                Some(Ok(buf)) if !buf.is_empty() => {
                     self.take_input(buf);
                     // Judged before `out` is written, to join it.
                     return self.judge();
                 }
                 // The end of the stream: what there is goes now, and the
                 // next read sees the end again.
-                Some(Ok(_)) => {
-                    pool.give(buf);
+                Some(Ok(empty)) => {
+                    pool.give(empty);
                     return None;
                 }
                 Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    pool.give(buf);
-                    return Some(PumpEnd::Read);
+                    return Some(PumpEnd::Read)
                 }
-                _ => pool.give(buf),
+                _ => {}
             }
         }
         self.parked = pool.park(&mut self.out);
