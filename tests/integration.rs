@@ -580,6 +580,53 @@ fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
     );
 }
 
+/// A client that holds a message open while it sends bytes that add no
+/// output (acknowledgements, answered per hop) gets one read past tokio's
+/// readiness per read of tokio's, no more. Tokio's reads spend the task's
+/// budget, so the worker still serves the sessions beside it.
+#[test]
+fn a_message_held_open_under_a_stream_of_acknowledgements_does_not_starve_the_worker() {
+    let h = Harness::on_one_worker(|origin| {
+        hostile::guard_config()
+            .origin(origin)
+            .origin_connect_timeout("1s")
+            .live()
+    });
+    let mut holder = publishing(&h);
+    let (first, _) = video_in_two_parts();
+    holder.send(&first);
+    let batch = control_bytes(Control::Acknowledgement(1)).repeat(4096);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let mut stream = holder.stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let started = std::time::Instant::now();
+            let mut sent = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(10)
+                && sent < (2 << 30)
+                && stream.write_all(&batch).is_ok()
+            {
+                sent += batch.len();
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut beside = RawClient::handshaken(h.addr());
+    beside.publish("cam2");
+    let reached = h.origin.reaches(2, Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    assert!(sent > 1 << 20, "the holder sent only {sent} bytes");
+    assert!(
+        reached,
+        "a session beside it got through while the holder sent {sent} bytes"
+    );
+}
+
 #[test]
 fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
     let h = Harness::new();

@@ -137,6 +137,11 @@ impl Direction {
         self.emitter.ends_inside_message()
     }
 
+    /// How many payload bytes of that message are still to be read.
+    pub fn rest_of_message(&self) -> usize {
+        self.emitter.rest_of_message()
+    }
+
     /// Counts bytes read from the sender; an Acknowledgement it is owed.
     pub fn received(&mut self, n: usize) -> Option<Control> {
         self.acks.received(n).map(Control::Acknowledgement)

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -28,13 +29,36 @@ use crate::verdict::Refusal;
 /// wake-ups. Whole messages before it in the same output wait with it.
 const COALESCE: usize = 16 * 1024;
 
+/// Bytes written that are added to the guard-wide count at once: that
+/// counter is one cache line all workers write, which a write per message
+/// kept taking from the other cores' caches. The guard's total lags a live
+/// session by less than this; the rest is counted when the direction ends.
+/// The session's own count, which only its task writes, is exact.
+const COUNT_BATCH: usize = 64 * 1024;
+
+/// What [`Pump::read_rest`] reads to take the rest of a message of `rest`
+/// payload bytes: with room for the sender's chunk headers at its chunk
+/// size of 128 bytes or more (RTMP's default, below which no real sender
+/// goes), and little of the next message, which goes on with the next
+/// read. A sender with smaller chunks costs a park, not a wrong result.
+/// The read zero-fills what it reads into first, so the bound saves that
+/// too.
+fn rest_read_size(rest: usize) -> usize {
+    (rest + rest / 16 + 64).min(COALESCE)
+}
+
 /// The auth service's answer to a held publish or play, with it.
 type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 
 /// One direction, from `reader` to `writer`.
 pub(super) struct Pump<'a, R, W> {
     relay: &'a Relay<'a>,
-    flow: &'a Flow<'a>,
+    /// Its own copy, as the pool and the stall limit: a pass then reads
+    /// the pump's own memory, not other objects' that have left the cache
+    /// since the session last ran.
+    flow: Flow<'a>,
+    pool: &'a BufferPool,
+    stall: Duration,
     dir: &'a mut Direction,
     reader: R,
     writer: W,
@@ -52,6 +76,8 @@ pub(super) struct Pump<'a, R, W> {
     /// The one read past tokio since tokio's last read was made.
     rest_read: bool,
     write: Write,
+    /// Bytes written and not yet counted ([`COUNT_BATCH`]).
+    uncounted: usize,
     /// A held publish or play, waiting for the auth service. The rest of
     /// `input` waits with it; what came before it is written first.
     asking: Option<Asking<'a>>,
@@ -65,7 +91,7 @@ where
     /// Starts with `first`, what was read before the relay began.
     pub(super) fn new(
         relay: &'a Relay<'a>,
-        flow: &'a Flow<'a>,
+        flow: Flow<'a>,
         dir: &'a mut Direction,
         (reader, writer): (R, W),
         first: Vec<u8>,
@@ -78,6 +104,8 @@ where
         Pump {
             relay,
             flow,
+            pool: &relay.ctx.guard.buffers,
+            stall: relay.ctx.config.server.write_timeout,
             dir,
             reader,
             writer,
@@ -90,6 +118,7 @@ where
             tail_open: false,
             rest_read: false,
             write: Write::default(),
+            uncounted: 0,
             asking: None,
         }
     }
@@ -151,9 +180,9 @@ where
         }
     }
 
-    /// Bytes read from the peer become the input to judge.
+    /// Bytes read from the peer become the input to judge (which records
+    /// the activity).
     fn take_input(&mut self, buf: Vec<u8>) {
-        self.relay.activity.touch();
         if let Some(ack) = self.dir.received(buf.len()) {
             self.flow.reply_to_sender.push(ack);
         }
@@ -174,7 +203,7 @@ where
         let pool = self.pool();
         if !self.rest_read {
             self.rest_read = true;
-            match pool.read_now(&self.reader, COALESCE) {
+            match pool.read_now(&self.reader, rest_read_size(self.dir.rest_of_message())) {
                 Some(Ok(buf)) if !buf.is_empty() => {
                     self.take_input(buf);
                     // Judged before `out` is written, to join it.
@@ -207,9 +236,9 @@ where
             self.dir.own_control(&mut self.out, control);
             owed = true;
         }
+        let now = relay.activity.now();
         while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
-            let now = relay.activity.now();
-            let fed = sink(relay, self.flow, &mut self.out, |sink| {
+            let fed = sink(relay, &self.flow, &mut self.out, |sink| {
                 self.dir.feed(rest, &mut relay.rules(), now, sink)
             });
             self.judged += fed.consumed;
@@ -231,7 +260,7 @@ where
         self.pool().give(std::mem::take(&mut self.input));
         self.judged = 0;
         if self.flow.from == Side::Client {
-            let verdict = relay.rules().on_bytes(read as u64, relay.activity.now());
+            let verdict = relay.rules().on_bytes(read as u64, now);
             if let Err(refusal) = verdict {
                 if relay.enforce(&refusal) {
                     return Some(PumpEnd::Refused(refusal.status));
@@ -253,8 +282,9 @@ where
     /// Applies the auth service's answer to a held publish or play.
     fn resume(&mut self, held: Held, answer: Answer) -> Option<PumpEnd> {
         let relay = self.relay;
+        relay.activity.touch();
         self.take_out_buffer();
-        let stop = sink(relay, self.flow, &mut self.out, |sink| {
+        let stop = sink(relay, &self.flow, &mut self.out, |sink| {
             self.dir.resume(held, answer, &mut relay.rules(), sink)
         });
         self.give_out_buffer_if_empty();
@@ -268,10 +298,15 @@ where
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
         let flow = self.flow;
         flow.writing.store(true, Ordering::Relaxed);
-        let stall = self.relay.ctx.config.server.write_timeout;
-        ready!(self.write.poll(&mut self.writer, &self.out, stall, cx)).map_err(PumpEnd::Write)?;
+        ready!(self.write.poll(&mut self.writer, &self.out, self.stall, cx))
+            .map_err(PumpEnd::Write)?;
         flow.writing.store(false, Ordering::Relaxed);
-        self.relay.count(flow.moved, flow.counter, self.out.len());
+        let n = self.out.len();
+        flow.moved.fetch_add(n as u64, Ordering::Relaxed);
+        self.uncounted += n;
+        if self.uncounted >= COUNT_BATCH {
+            self.count_written();
+        }
         self.relay.activity.touch();
         self.pool().give(std::mem::take(&mut self.out));
         Poll::Ready(Ok(()))
@@ -301,13 +336,21 @@ where
 impl<'a, R, W> Pump<'a, R, W> {
     /// The guard's shared buffer pool.
     fn pool(&self) -> &'a BufferPool {
-        &self.relay.ctx.guard.buffers
+        self.pool
+    }
+
+    /// Adds what was written since the last time to the guard's count.
+    fn count_written(&mut self) {
+        let n = std::mem::take(&mut self.uncounted);
+        self.flow.counter.inc_by(n as u64);
     }
 }
 
 impl<R, W> Drop for Pump<'_, R, W> {
-    /// Buffers in hand go back to the pool when the direction ends.
+    /// Buffers in hand go back to the pool when the direction ends, and
+    /// what it wrote is counted.
     fn drop(&mut self) {
+        self.count_written();
         let pool = self.pool();
         if self.parked {
             pool.forget_parked(&self.out);

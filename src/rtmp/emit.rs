@@ -66,9 +66,9 @@ struct MediaOut {
 pub struct Emitter {
     chunk_size: u32,
     media: Vec<MediaOut>,
-    /// The last bytes appended were a media message's chunks, and more of
-    /// that message is to come.
-    open_tail: bool,
+    /// The last bytes appended were a media message's chunks, and this
+    /// many bytes of its payload are still to come.
+    open_rest: u32,
 }
 
 impl Emitter {
@@ -78,7 +78,7 @@ impl Emitter {
         Emitter {
             chunk_size: chunk_size.max(1),
             media: Vec::new(),
-            open_tail: false,
+            open_rest: 0,
         }
     }
 
@@ -89,7 +89,13 @@ impl Emitter {
     /// True when the output so far ends inside a media message: what was
     /// appended last is part of one, and the rest of it is still to come.
     pub fn ends_inside_message(&self) -> bool {
-        self.open_tail
+        self.open_rest > 0
+    }
+
+    /// How many payload bytes of that message are still to come (0 when
+    /// the output does not end inside one).
+    pub fn rest_of_message(&self) -> usize {
+        self.open_rest as usize
     }
 
     /// Appends one whole message on `csid`.
@@ -100,7 +106,7 @@ impl Emitter {
             ..*header
         };
         let size = self.chunk_size as usize;
-        self.open_tail = false;
+        self.open_rest = 0;
         chunk_header(out, 0, &header);
         let mut chunks = payload.chunks(size);
         if let Some(first) = chunks.next() {
@@ -118,10 +124,11 @@ impl Emitter {
         let before = out.len();
         let index = self.append_media(out, piece)?;
         if out.len() > before {
-            self.open_tail = self
-                .media
-                .get(index)
-                .is_some_and(|m| m.sent < m.header.length);
+            self.open_rest = self.media.get(index).map_or(0, |m| {
+                m.header
+                    .length
+                    .saturating_sub(m.sent + m.staged.len() as u32)
+            });
         }
         Ok(())
     }
@@ -338,6 +345,7 @@ mod tests {
         assert!(!e.ends_inside_message(), "nothing of it written yet");
         e.media(&mut out, &piece(h, 60, &payload[60..130])).unwrap();
         assert!(e.ends_inside_message(), "one chunk of three written");
+        assert_eq!(e.rest_of_message(), 120, "30 bytes of it staged");
         let command = header(3, types::COMMAND_AMF0, 0, 1, 3);
         e.whole(&mut out, COMMAND_CSID, &command, &[1, 2, 3]);
         assert!(!e.ends_inside_message(), "a whole message came last");
@@ -346,6 +354,7 @@ mod tests {
         assert!(e.ends_inside_message(), "a second chunk written");
         e.media(&mut out, &piece(h, 210, &payload[210..])).unwrap();
         assert!(!e.ends_inside_message(), "the message is complete");
+        assert_eq!(e.rest_of_message(), 0);
     }
 
     #[test]

@@ -214,6 +214,25 @@ impl Harness {
         after_connect: Vec<u8>,
         config: impl FnOnce(SocketAddr) -> GuardConfig,
     ) -> Harness {
+        Harness::on(
+            rtmp_guard::workers::Workers::default(),
+            after_connect,
+            config,
+        )
+    }
+
+    /// As [`Harness::with_config`], with the sessions on one worker thread
+    /// of their own, as the guard runs them (`Workers`).
+    pub fn on_one_worker(config: impl FnOnce(SocketAddr) -> GuardConfig) -> Harness {
+        let workers = rtmp_guard::workers::Workers::start(1).unwrap();
+        Harness::on(workers, Vec::new(), config)
+    }
+
+    fn on(
+        workers: rtmp_guard::workers::Workers,
+        after_connect: Vec<u8>,
+        config: impl FnOnce(SocketAddr) -> GuardConfig,
+    ) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -222,7 +241,9 @@ impl Harness {
         let origin = rt.block_on(TestOrigin::replying(after_connect));
         let text = config(origin.addr).build();
         let config = Config::parse(&text, "integration.toml").unwrap();
-        let guard = rt.block_on(rtmp_guard::start(config)).unwrap();
+        let guard = rt
+            .block_on(rtmp_guard::start_with(config, None, workers))
+            .unwrap();
         Harness {
             _rt: rt,
             origin,
