@@ -32,7 +32,7 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
@@ -60,12 +60,10 @@ use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
 pub mod buffers;
 pub mod direction;
 mod pump;
-mod wakes;
 
 use buffers::WriteError;
 use direction::{Direction, Side};
 use pump::Pump;
-use wakes::{Source, Wakes};
 
 /// The chunk size the guard writes to both peers.
 pub const OUT_CHUNK_SIZE: u32 = 4096;
@@ -424,7 +422,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where a direction's bytes go, and how they are counted.
-#[derive(Clone, Copy)]
 struct Flow<'a> {
     from: Side,
     /// This session's count, shown to the operator.
@@ -542,60 +539,44 @@ impl Relay<'_> {
             let down_pending = std::mem::take(down_pending);
             let mut up = Pump::new(
                 self,
-                up_flow,
+                &up_flow,
                 up_dir,
                 (client_read, origin_write),
                 up_pending,
             );
             let mut down = Pump::new(
                 self,
-                down_flow,
+                &down_flow,
                 &mut *down_dir,
                 (origin_read, client_write),
                 down_pending,
             );
             let idle_limit = self.ctx.config.server.idle_timeout;
             let mut idle = pin!(sleep_until(self.activity.last() + idle_limit));
-            // Each pass polls only the sources that woke the task.
-            let wakes = Wakes::new();
             // Each direction goes first on every other pass, so neither
             // can starve the other of the task's budget.
             let mut up_first = false;
             poll_fn(|cx| {
-                let woken = wakes.take(cx.waker());
-                let other = &mut Context::from_waker(wakes.waker(Source::Other));
-                if woken.has(Source::Other) {
-                    if let Poll::Ready(kick) = self.session.poll_kicked(other) {
-                        return Poll::Ready(End::Kicked(kick));
-                    }
+                if let Poll::Ready(kick) = self.session.poll_kicked(cx) {
+                    return Poll::Ready(End::Kicked(kick));
                 }
                 up_first = !up_first;
-                for source in if up_first {
-                    [Source::Up, Source::Down]
-                } else {
-                    [Source::Down, Source::Up]
-                } {
-                    if !woken.has(source) {
-                        continue;
-                    }
-                    let cx = &mut Context::from_waker(wakes.waker(source));
-                    let end = match source {
-                        Source::Up => up.poll(cx).map(|end| from_client(end, &mut refusal)),
-                        _ => down.poll(cx).map(from_origin),
+                for up_now in [up_first, !up_first] {
+                    let end = if up_now {
+                        up.poll(cx).map(|end| from_client(end, &mut refusal))
+                    } else {
+                        down.poll(cx).map(from_origin)
                     };
                     if end.is_ready() {
                         return end;
                     }
                 }
-                // After the pumps, which record what they read.
-                if woken.has(Source::Other) {
-                    while idle.as_mut().poll(other).is_ready() {
-                        let deadline = self.activity.last() + idle_limit;
-                        if Instant::now() >= deadline {
-                            return Poll::Ready(End::Idle);
-                        }
-                        idle.as_mut().reset(deadline);
+                while idle.as_mut().poll(cx).is_ready() {
+                    let deadline = self.activity.last() + idle_limit;
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(End::Idle);
                     }
+                    idle.as_mut().reset(deadline);
                 }
                 Poll::Pending
             })

@@ -53,10 +53,9 @@ type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 /// One direction, from `reader` to `writer`.
 pub(super) struct Pump<'a, R, W> {
     relay: &'a Relay<'a>,
-    /// Its own copy, as the pool and the stall limit: a pass then reads
-    /// the pump's own memory, not other objects' that have left the cache
-    /// since the session last ran.
-    flow: Flow<'a>,
+    flow: &'a Flow<'a>,
+    /// The pool and the stall limit, kept here rather than read through
+    /// the context on every pass.
     pool: &'a BufferPool,
     stall: Duration,
     dir: &'a mut Direction,
@@ -91,7 +90,7 @@ where
     /// Starts with `first`, what was read before the relay began.
     pub(super) fn new(
         relay: &'a Relay<'a>,
-        flow: Flow<'a>,
+        flow: &'a Flow<'a>,
         dir: &'a mut Direction,
         (reader, writer): (R, W),
         first: Vec<u8>,
@@ -238,7 +237,7 @@ where
         }
         let now = relay.activity.now();
         while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
-            let fed = sink(relay, &self.flow, &mut self.out, |sink| {
+            let fed = sink(relay, self.flow, &mut self.out, |sink| {
                 self.dir.feed(rest, &mut relay.rules(), now, sink)
             });
             self.judged += fed.consumed;
@@ -284,7 +283,7 @@ where
         let relay = self.relay;
         relay.activity.touch();
         self.take_out_buffer();
-        let stop = sink(relay, &self.flow, &mut self.out, |sink| {
+        let stop = sink(relay, self.flow, &mut self.out, |sink| {
             self.dir.resume(held, answer, &mut relay.rules(), sink)
         });
         self.give_out_buffer_if_empty();
