@@ -128,6 +128,11 @@ pub trait ReadNow {
     /// waiting. `None`: this stream cannot (TLS, whose bytes must be
     /// decrypted first), and `buf` is untouched.
     fn read_now(&self, buf: &mut Vec<u8>, up_to: usize) -> Option<io::Result<usize>>;
+
+    /// Ready once tokio takes the socket to have something to read (bytes,
+    /// the end, an error); then a read may still find nothing. Always
+    /// ready for a stream that cannot tell before it reads (TLS).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
@@ -141,6 +146,11 @@ impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
         buf.truncate(start + read.as_ref().map_or(0, |n| *n));
         Some(read)
     }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream: &TcpStream = self.as_ref();
+        stream.poll_read_ready(cx)
+    }
 }
 
 impl ReadNow for ReadHalf<'_> {
@@ -148,6 +158,13 @@ impl ReadNow for ReadHalf<'_> {
         match self {
             ReadHalf::Plain(s) => s.read_now(buf, up_to),
             ReadHalf::Tls(_) | ReadHalf::Closed => None,
+        }
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ReadHalf::Plain(s) => s.poll_readable(cx),
+            ReadHalf::Tls(_) | ReadHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -324,6 +341,31 @@ mod tests {
         let mut out = String::new();
         r.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello world");
+    }
+
+    /// The relay waits on this before it takes a buffer for a read.
+    #[tokio::test]
+    async fn a_socket_is_readable_only_once_bytes_come() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (read, _write) = receiver.split();
+        // tokio may take a fresh socket to be readable; a read that finds
+        // nothing teaches it otherwise.
+        let nothing = read.try_read(&mut [0u8; 8]);
+        assert_eq!(nothing.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        let read = ReadHalf::Plain(read);
+        let now = std::future::poll_fn(|cx| Poll::Ready(read.poll_readable(cx))).await;
+        assert!(now.is_pending(), "nothing sent yet");
+        sender.write_all(b"x").await.unwrap();
+        let ready = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| read.poll_readable(cx)),
+        )
+        .await;
+        assert!(matches!(ready, Ok(Ok(()))), "readable once a byte came");
     }
 
     /// After a short read tokio takes the socket to be empty until its
