@@ -627,6 +627,56 @@ fn a_message_held_open_under_a_stream_of_acknowledgements_does_not_starve_the_wo
     );
 }
 
+/// A client refused in the middle of its writes still reads why. ffmpeg
+/// writes releaseStream, FCPublish and createStream back to back and reads
+/// only then; had the guard closed at once, those writes would meet a
+/// closed socket, and the client a reset instead of the `onStatus`.
+#[test]
+fn a_client_refused_while_it_still_writes_reads_the_refusal() {
+    let h = Harness::with_config(|origin| {
+        hostile::guard_config()
+            .origin(origin)
+            .origin_connect_timeout("1s")
+            .app("live", "publish = \"none\"\nblocked_streams = [\"cam7\"]")
+    });
+    let mut c = RawClient::handshaken(h.addr());
+    c.send(&connect_bytes("live"));
+    std::thread::sleep(Duration::from_millis(300));
+    let s = |v: &str| Amf0Value::String(v.into());
+    c.send(&command_bytes(&[
+        s("releaseStream"),
+        Amf0Value::Number(2.0),
+        Amf0Value::Null,
+        s("cam7"),
+    ]));
+    // Refused by now; the client, slow, still writes.
+    std::thread::sleep(Duration::from_millis(100));
+    for txn in 3..6 {
+        let wrote = std::io::Write::write_all(&mut c.stream, &create_stream(f64::from(txn)));
+        assert!(wrote.is_ok(), "write {txn} after the refusal: {wrote:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Closed::Within(_, got) = c.wait_closed(Duration::from_secs(5)) else {
+        panic!("the guard kept the refused connection open");
+    };
+    let why: Vec<String> = commands_in(&got)
+        .iter()
+        .filter(|c| c.name == "onStatus")
+        .filter_map(|c| {
+            c.arguments
+                .first()?
+                .get("description")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        why.iter().any(|d| d.contains("blocked content")),
+        "no refusal in {why:?}"
+    );
+    assert_eq!(h.blocked(Stage::Session, Reason::ContentBlocked), 1);
+}
+
 #[test]
 fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
     let h = Harness::new();

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 use prometheus::IntCounter;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
 use crate::callback::{Callbacks, Reply};
@@ -593,6 +593,8 @@ impl Relay<'_> {
         let client_clean = !to_client_writing.load(Ordering::Relaxed);
         if let Some(denial) = refusal.filter(|_| client_clean) {
             refuse_stream(client, down_dir, &denial).await;
+            // Boxed: a session keeps room for it only once refused.
+            Box::pin(linger(client)).await;
         }
         end
     }
@@ -625,6 +627,32 @@ impl Relay<'_> {
             }
         }
     }
+}
+
+/// What a refused client may still send, and for how long, before the
+/// guard closes on it.
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER: Duration = Duration::from_millis(500);
+
+/// After a refusal's reply: ends the guard's side of the connection, then
+/// reads and drops what the client still sends, until it closes or the
+/// bound. A client refused in the middle of its writes (ffmpeg writes
+/// releaseStream, FCPublish and createStream back to back, and reads only
+/// then) would otherwise write into a closed socket, be reset, and fail
+/// on "Broken pipe" without ever reading why.
+async fn linger<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C) {
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.shutdown()).await;
+    let mut buf = vec![0u8; 4096];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Sends a refused publish or play its `onStatus` error, in the guard's
