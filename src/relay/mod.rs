@@ -593,8 +593,12 @@ impl Relay<'_> {
         let client_clean = !to_client_writing.load(Ordering::Relaxed);
         if let Some(denial) = refusal.filter(|_| client_clean) {
             refuse_stream(client, down_dir, &denial).await;
-            // Boxed: a session keeps room for it only once refused.
-            Box::pin(linger(client)).await;
+            // A refusal was counted and logged when it was made; a kick is
+            // only once the session ends, which must not wait for this.
+            if matches!(end, End::ClientRefused) {
+                // Boxed: a session keeps room for it only once refused.
+                Box::pin(linger(client)).await;
+            }
         }
         end
     }
