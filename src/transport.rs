@@ -343,14 +343,20 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 
+    /// Both ends of a loopback TCP connection: (connecting, accepted).
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sender = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (receiver, _) = listener.accept().await.unwrap();
+        (sender, receiver)
+    }
+
     /// The relay waits on this before it takes a buffer for a read.
     #[tokio::test]
     async fn a_socket_is_readable_only_once_bytes_come() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (mut sender, mut receiver) = connected().await;
         let (read, _write) = receiver.split();
         // tokio may take a fresh socket to be readable; a read that finds
         // nothing teaches it otherwise.
@@ -372,11 +378,7 @@ mod tests {
     /// driver next runs; `read_now` still gets what arrived since.
     #[tokio::test]
     async fn read_now_takes_bytes_that_tokio_has_not_seen_yet() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut sender = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (mut sender, mut receiver) = connected().await;
         let (mut read, _write) = receiver.split();
         sender.write_all(b"first").await.unwrap();
         let mut buf = [0u8; 64];

@@ -635,7 +635,7 @@ impl Relay<'_> {
 
 /// What a refused client may still send, and for how long, before the
 /// guard closes on it.
-const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_BYTES: u64 = 64 * 1024;
 const LINGER: Duration = Duration::from_millis(500);
 
 /// After a refusal's reply: ends the guard's side of the connection, then
@@ -646,17 +646,8 @@ const LINGER: Duration = Duration::from_millis(500);
 /// on "Broken pipe" without ever reading why.
 async fn linger<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C) {
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, client.shutdown()).await;
-    let mut buf = vec![0u8; 4096];
-    let drain = async {
-        let mut left = LINGER_BYTES;
-        while left > 0 {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let mut rest = (&mut *client).take(LINGER_BYTES);
+    let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
 }
 
 /// Sends a refused publish or play its `onStatus` error, in the guard's

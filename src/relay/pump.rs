@@ -54,8 +54,8 @@ type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 pub(super) struct Pump<'a, R, W> {
     relay: &'a Relay<'a>,
     flow: &'a Flow<'a>,
-    /// The pool and the stall limit, kept here rather than read through
-    /// the context on every pass.
+    /// The guard's shared buffer pool, and the stall limit: kept here
+    /// rather than read through the context on every pass.
     pool: &'a BufferPool,
     stall: Duration,
     dir: &'a mut Direction,
@@ -165,7 +165,7 @@ where
         if ready!(self.reader.poll_readable(cx)).is_err() {
             return Poll::Ready(Some(PumpEnd::Read));
         }
-        let pool = self.pool();
+        let pool = self.pool;
         match ready!(pool.poll_read(&mut self.reader, cx)) {
             Ok(buf) if buf.is_empty() => {
                 pool.give(buf);
@@ -206,7 +206,7 @@ where
     /// tokio's reads spend the task's budget and this one does not.
     fn read_rest(&mut self) -> Option<PumpEnd> {
         self.tail_open = false;
-        let pool = self.pool();
+        let pool = self.pool;
         if !self.rest_read {
             self.rest_read = true;
             match pool.read_now(&self.reader, rest_read_size(self.dir.rest_of_message())) {
@@ -263,7 +263,7 @@ where
             }
         }
         let read = self.input.len();
-        self.pool().give(std::mem::take(&mut self.input));
+        self.pool.give(std::mem::take(&mut self.input));
         self.judged = 0;
         if self.flow.from == Side::Client {
             let verdict = relay.rules().on_bytes(read as u64, now);
@@ -314,7 +314,7 @@ where
             self.count_written();
         }
         self.relay.activity.touch();
-        self.pool().give(std::mem::take(&mut self.out));
+        self.pool.give(std::mem::take(&mut self.out));
         Poll::Ready(Ok(()))
     }
 
@@ -323,28 +323,23 @@ where
         if self.parked {
             self.unpark();
         } else if self.out.capacity() == 0 {
-            self.out = self.pool().take();
+            self.out = self.pool.take();
         }
     }
 
     fn unpark(&mut self) {
         self.parked = false;
-        self.pool().unpark(&mut self.out);
+        self.pool.unpark(&mut self.out);
     }
 
     fn give_out_buffer_if_empty(&mut self) {
         if self.out.is_empty() {
-            self.pool().give(std::mem::take(&mut self.out));
+            self.pool.give(std::mem::take(&mut self.out));
         }
     }
 }
 
 impl<'a, R, W> Pump<'a, R, W> {
-    /// The guard's shared buffer pool.
-    fn pool(&self) -> &'a BufferPool {
-        self.pool
-    }
-
     /// Adds what was written since the last time to the guard's count.
     fn count_written(&mut self) {
         let n = std::mem::take(&mut self.uncounted);
@@ -357,7 +352,7 @@ impl<R, W> Drop for Pump<'_, R, W> {
     /// what it wrote is counted.
     fn drop(&mut self) {
         self.count_written();
-        let pool = self.pool();
+        let pool = self.pool;
         if self.parked {
             pool.forget_parked(&self.out);
         }
