@@ -415,10 +415,11 @@ pub async fn resume(guard: &Guard, app: &str) -> Result<bool, RemedyError> {
 pub fn kick(guard: &Guard, id: u64, why: &str) -> bool {
     match guard.sessions.get(id) {
         Some(s) => {
-            s.kick(Kick {
+            let kick = Kick {
                 reason: Reason::Kicked,
                 description: why.to_string(),
-            });
+            };
+            guard.sessions.kick(&s, kick);
             true
         }
         None => false,

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -42,11 +42,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Ends the session; the first kick wins.
-    pub fn kick(&self, kick: Kick) {
-        if self.kick.set(kick).is_ok() {
-            self.kick_waker.wake();
-        }
+    /// Sets the kick; true for the first.
+    fn set_kick(&self, kick: Kick) -> bool {
+        self.kick.set(kick).is_ok()
     }
 
     /// Ready with the kick once the session is kicked; wakes `cx` then.
@@ -78,6 +76,40 @@ impl Session {
 pub struct Sessions {
     next: AtomicU64,
     live: DashMap<u64, Arc<Session>>,
+    /// Kicks made so far, for [`KickWatch`]: a line every session reads
+    /// on every pass and only a kick writes, so it stays in every cache.
+    kicks: Epoch,
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct Epoch(AtomicU64);
+
+/// A session's relay watching for its kick. It reads the session's own
+/// kick only after a kick somewhere, or when its waker changes: the
+/// session's entry is otherwise cold memory, and with thousands of
+/// viewers reading it on every message was a cache miss each.
+pub struct KickWatch<'a> {
+    sessions: &'a Sessions,
+    session: &'a Session,
+    seen: u64,
+    waker: Option<Waker>,
+}
+
+impl KickWatch<'_> {
+    /// Ready with the kick once the session is kicked; wakes `cx` then.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Kick> {
+        // Read before the session's kick: a kick after this read bumps
+        // the count, then wakes, so the next pass looks again.
+        let kicks = self.sessions.kicks.0.load(Ordering::Acquire);
+        let registered = self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if registered && kicks == self.seen {
+            return Poll::Pending;
+        }
+        self.seen = kicks;
+        self.waker = Some(cx.waker().clone());
+        self.session.poll_kicked(cx)
+    }
 }
 
 /// A session's place in the registry; removes it when dropped.
@@ -113,6 +145,24 @@ impl Sessions {
         }
     }
 
+    /// Ends a session; the first kick wins.
+    pub fn kick(&self, session: &Session, kick: Kick) {
+        if session.set_kick(kick) {
+            self.kicks.0.fetch_add(1, Ordering::Release);
+            session.kick_waker.wake();
+        }
+    }
+
+    /// Watches `session`, registered here, for its kick.
+    pub fn watch<'a>(&'a self, session: &'a Session) -> KickWatch<'a> {
+        KickWatch {
+            sessions: self,
+            session,
+            seen: 0,
+            waker: None,
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<Arc<Session>> {
         self.live.get(&id).map(|s| s.clone())
     }
@@ -129,7 +179,7 @@ impl Sessions {
         let mut n = 0;
         for s in self.live.iter() {
             if which(&s) {
-                s.kick(kick.clone());
+                self.kick(&s, kick.clone());
                 n += 1;
             }
         }
@@ -174,5 +224,32 @@ mod tests {
         assert!(pending.await.is_err(), "the other session was not kicked");
         drop(reg);
         assert_eq!(sessions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_its_own_kick_and_not_anothers() {
+        let sessions = Sessions::default();
+        let mine = sessions.register("127.0.0.2:5000".parse().unwrap(), "live");
+        let other = sessions.register("127.0.0.3:5000".parse().unwrap(), "live");
+        let kick = Kick {
+            reason: Reason::Kicked,
+            description: "kicked".into(),
+        };
+        let mut watch = sessions.watch(&mine.session);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(watch.poll(&mut cx).is_pending());
+        sessions.kick(&other.session, kick.clone());
+        assert!(watch.poll(&mut cx).is_pending(), "another session's kick");
+        // Waiting, as the relay does; the kick must wake it.
+        let waiting = poll_fn(|cx| watch.poll(cx));
+        let kicking = async {
+            tokio::task::yield_now().await;
+            sessions.kick(&mine.session, kick.clone());
+        };
+        let both = async { tokio::join!(waiting, kicking) };
+        let (got, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), both)
+            .await
+            .expect("the kick woke the watch");
+        assert_eq!(got, kick);
     }
 }

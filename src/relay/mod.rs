@@ -343,7 +343,14 @@ struct Activity {
     /// expiry only for sessions begun after the step.
     start_unix: Duration,
     last_ms: AtomicU64,
+    /// Bytes moved since [`Activity::moved_before`] last looked.
+    moved: AtomicBool,
 }
+
+/// How close to the idle deadline the relay polls its timer even on a
+/// pass that moved bytes: the timer's clock is not the activity's, and
+/// counts in whole milliseconds.
+const IDLE_MARGIN: Duration = Duration::from_millis(10);
 
 impl Activity {
     fn new() -> Activity {
@@ -353,7 +360,17 @@ impl Activity {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default(),
             last_ms: AtomicU64::new(0),
+            moved: AtomicBool::new(false),
         }
+    }
+
+    /// True if bytes moved since the last call, at a time well before
+    /// `deadline`. The idle timer, set for `deadline`, cannot have fired
+    /// before that time, and if it fires after, it wakes the relay again;
+    /// so a pass that moved bytes need not poll the timer (a cache line
+    /// and a waker registration on every message).
+    fn moved_before(&self, deadline: Instant) -> bool {
+        self.moved.swap(false, Ordering::Relaxed) && self.last() + IDLE_MARGIN < deadline
     }
 
     /// Records that bytes moved now.
@@ -362,7 +379,12 @@ impl Activity {
     }
 
     fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+        self.start + Duration::from_millis(self.last_ms())
+    }
+
+    /// When bytes last moved, in milliseconds of the session.
+    fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
     }
 
     /// The time as the session's rules see it; bytes moved now.
@@ -370,6 +392,7 @@ impl Activity {
         let session = self.start.elapsed();
         self.last_ms
             .store(session.as_millis() as u64, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
         Now {
             session,
             unix: (self.start_unix + session).as_secs(),
@@ -552,12 +575,16 @@ impl Relay<'_> {
                 down_pending,
             );
             let idle_limit = self.ctx.config.server.idle_timeout;
-            let mut idle = pin!(sleep_until(self.activity.last() + idle_limit));
+            let mut idle_at = self.activity.last() + idle_limit;
+            let mut idle = pin!(sleep_until(idle_at));
+            // The first pass polls the timer, which registers it.
+            self.activity.moved.store(false, Ordering::Relaxed);
             // Each direction goes first on every other pass, so neither
             // can starve the other of the task's budget.
             let mut up_first = false;
+            let mut kick = self.ctx.guard.sessions.watch(self.session);
             poll_fn(|cx| {
-                if let Poll::Ready(kick) = self.session.poll_kicked(cx) {
+                if let Poll::Ready(kick) = kick.poll(cx) {
                     return Poll::Ready(End::Kicked(kick));
                 }
                 up_first = !up_first;
@@ -571,12 +598,15 @@ impl Relay<'_> {
                         return end;
                     }
                 }
+                if self.activity.moved_before(idle_at) {
+                    return Poll::Pending;
+                }
                 while idle.as_mut().poll(cx).is_ready() {
-                    let deadline = self.activity.last() + idle_limit;
-                    if Instant::now() >= deadline {
+                    idle_at = self.activity.last() + idle_limit;
+                    if Instant::now() >= idle_at {
                         return Poll::Ready(End::Idle);
                     }
-                    idle.as_mut().reset(deadline);
+                    idle.as_mut().reset(idle_at);
                 }
                 Poll::Pending
             })
