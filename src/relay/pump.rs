@@ -29,12 +29,15 @@ use crate::verdict::Refusal;
 /// wake-ups. Whole messages before it in the same output wait with it.
 const COALESCE: usize = 16 * 1024;
 
-/// Bytes written that are added to the guard-wide count at once: that
-/// counter is one cache line all workers write, which a write per message
-/// kept taking from the other cores' caches. The guard's total lags a live
-/// session by less than this; the rest is counted when the direction ends.
-/// The session's own count, which only its task writes, is exact.
+/// Bytes written are counted (for the session, shown to the operator, and
+/// in the guard's total) once this many are waiting, or [`COUNT_EVERY`]
+/// after the last count. A count per message took, on every message, a
+/// cache line that a relay otherwise never touches (the session's entry)
+/// and one that every worker writes (the guard's total). Both figures lag
+/// a live session by less than this; the rest is counted when the
+/// direction ends, or with its next write.
 const COUNT_BATCH: usize = 64 * 1024;
+const COUNT_EVERY_MS: u64 = 100;
 
 /// What [`Pump::read_rest`] reads to take the rest of a message of `rest`
 /// payload bytes: with room for the sender's chunk headers at its chunk
@@ -75,8 +78,12 @@ pub(super) struct Pump<'a, R, W> {
     /// The one read past tokio since tokio's last read was made.
     rest_read: bool,
     write: Write,
-    /// Bytes written and not yet counted ([`COUNT_BATCH`]).
+    /// The write in progress had to wait for the peer.
+    write_waited: bool,
+    /// Bytes written and not yet counted ([`COUNT_BATCH`]), and when
+    /// they last were (the session's milliseconds).
     uncounted: usize,
+    counted_ms: u64,
     /// A held publish or play, waiting for the auth service. The rest of
     /// `input` waits with it; what came before it is written first.
     asking: Option<Asking<'a>>,
@@ -117,7 +124,9 @@ where
             tail_open: false,
             rest_read: false,
             write: Write::default(),
+            write_waited: false,
             uncounted: 0,
+            counted_ms: 0,
             asking: None,
         }
     }
@@ -304,16 +313,25 @@ where
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
         let flow = self.flow;
         flow.writing.store(true, Ordering::Relaxed);
-        ready!(self.write.poll(&mut self.writer, &self.out, self.stall, cx))
-            .map_err(PumpEnd::Write)?;
+        let written = self.write.poll(&mut self.writer, &self.out, self.stall, cx);
+        let Poll::Ready(written) = written else {
+            self.write_waited = true;
+            return Poll::Pending;
+        };
+        written.map_err(PumpEnd::Write)?;
         flow.writing.store(false, Ordering::Relaxed);
-        let n = self.out.len();
-        flow.moved.fetch_add(n as u64, Ordering::Relaxed);
-        self.uncounted += n;
-        if self.uncounted >= COUNT_BATCH {
+        let activity = &self.relay.activity;
+        // What is written at once moved when it was judged; a write that
+        // waited for the peer moves bytes when it ends.
+        if std::mem::take(&mut self.write_waited) {
+            activity.touch();
+        }
+        self.uncounted += self.out.len();
+        let now_ms = activity.last_ms();
+        if self.uncounted >= COUNT_BATCH || now_ms >= self.counted_ms + COUNT_EVERY_MS {
+            self.counted_ms = now_ms;
             self.count_written();
         }
-        self.relay.activity.touch();
         self.pool.give(std::mem::take(&mut self.out));
         Poll::Ready(Ok(()))
     }
@@ -340,10 +358,14 @@ where
 }
 
 impl<'a, R, W> Pump<'a, R, W> {
-    /// Adds what was written since the last time to the guard's count.
+    /// Adds what was written since the last time to the session's count
+    /// and the guard's.
     fn count_written(&mut self) {
-        let n = std::mem::take(&mut self.uncounted);
-        self.flow.counter.inc_by(n as u64);
+        let n = std::mem::take(&mut self.uncounted) as u64;
+        if n > 0 {
+            self.flow.moved.fetch_add(n, Ordering::Relaxed);
+            self.flow.counter.inc_by(n);
+        }
     }
 }
 
