@@ -445,6 +445,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where a direction's bytes go, and how they are counted.
+#[derive(Clone, Copy)]
 struct Flow<'a> {
     from: Side,
     /// This session's count, shown to the operator.
@@ -562,14 +563,14 @@ impl Relay<'_> {
             let down_pending = std::mem::take(down_pending);
             let mut up = Pump::new(
                 self,
-                &up_flow,
+                up_flow,
                 up_dir,
                 (client_read, origin_write),
                 up_pending,
             );
             let mut down = Pump::new(
                 self,
-                &down_flow,
+                down_flow,
                 &mut *down_dir,
                 (origin_read, client_write),
                 down_pending,

@@ -56,7 +56,8 @@ type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 /// One direction, from `reader` to `writer`.
 pub(super) struct Pump<'a, R, W> {
     relay: &'a Relay<'a>,
-    flow: &'a Flow<'a>,
+    /// Held here, not by reference: one line fewer to read per pass.
+    flow: Flow<'a>,
     /// The guard's shared buffer pool, and the stall limit: kept here
     /// rather than read through the context on every pass.
     pool: &'a BufferPool,
@@ -97,7 +98,7 @@ where
     /// Starts with `first`, what was read before the relay began.
     pub(super) fn new(
         relay: &'a Relay<'a>,
-        flow: &'a Flow<'a>,
+        flow: Flow<'a>,
         dir: &'a mut Direction,
         (reader, writer): (R, W),
         first: Vec<u8>,
@@ -253,7 +254,7 @@ where
         }
         let now = relay.activity.now();
         while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
-            let fed = sink(relay, self.flow, &mut self.out, |sink| {
+            let fed = sink(relay, &self.flow, &mut self.out, |sink| {
                 self.dir.feed(rest, &mut relay.rules(), now, sink)
             });
             self.judged += fed.consumed;
@@ -299,7 +300,7 @@ where
         let relay = self.relay;
         relay.activity.touch();
         self.take_out_buffer();
-        let stop = sink(relay, self.flow, &mut self.out, |sink| {
+        let stop = sink(relay, &self.flow, &mut self.out, |sink| {
             self.dir.resume(held, answer, &mut relay.rules(), sink)
         });
         self.give_out_buffer_if_empty();
@@ -311,7 +312,7 @@ where
 
     /// Writes `out` on, and gives it back to the pool once drained.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
-        let flow = self.flow;
+        let flow = &self.flow;
         flow.writing.store(true, Ordering::Relaxed);
         let written = self.write.poll(&mut self.writer, &self.out, self.stall, cx);
         let Poll::Ready(written) = written else {
