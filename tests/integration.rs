@@ -175,8 +175,9 @@ fn round_robin_skips_a_refusing_server() {
     );
 }
 
-#[test]
-fn idle_session_is_closed_after_idle_timeout() {
+/// Connects with `first` in one write, then sends nothing: the session
+/// must close after its 1 s idle timeout, and not before.
+fn assert_closed_when_idle(first: &[u8]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let origin = rt.block_on(TestOrigin::start());
     let text = GuardConfig::new()
@@ -188,7 +189,7 @@ fn idle_session_is_closed_after_idle_timeout() {
         .block_on(rtmp_guard::start(Config::parse(&text, "t.toml").unwrap()))
         .unwrap();
     let mut c = RawClient::handshaken(running.rtmp_addrs[0]);
-    c.send(&connect_bytes("live"));
+    c.send(first);
     let start = std::time::Instant::now();
     match c.wait_closed(Duration::from_secs(4)) {
         Closed::Within(..) => {}
@@ -200,6 +201,20 @@ fn idle_session_is_closed_after_idle_timeout() {
         "closed too early: {took:?}"
     );
     assert_eq!(origin.accepted(), 1);
+}
+
+#[test]
+fn idle_session_is_closed_after_idle_timeout() {
+    assert_closed_when_idle(&connect_bytes("live"));
+}
+
+/// The relay's first pass then moves bytes (what came with the connect),
+/// and still must arm the idle timer.
+#[test]
+fn a_session_whose_first_pass_moves_bytes_still_idles_out() {
+    let mut first = connect_bytes("live");
+    first.extend(control_bytes(Control::WindowAckSize(2_500_000)));
+    assert_closed_when_idle(&first);
 }
 
 #[test]

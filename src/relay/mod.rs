@@ -29,16 +29,16 @@
 //! waits for it, or nothing moves in either direction for `idle_timeout`.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::task::AtomicWaker;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::callback::{Callbacks, Reply};
 use crate::config::{App, HttpAuth, Mode, OnError};
@@ -578,8 +578,9 @@ impl Relay<'_> {
             let idle_limit = self.ctx.config.server.idle_timeout;
             let mut idle_at = self.activity.last() + idle_limit;
             let mut idle = pin!(sleep_until(idle_at));
-            // The first pass polls the timer, which registers it.
-            self.activity.moved.store(false, Ordering::Relaxed);
+            // The timer's last poll left it registered: its firing wakes
+            // the relay. Not before its first poll.
+            let mut armed = false;
             // Each direction goes first on every other pass, so neither
             // can starve the other of the task's budget.
             let mut up_first = false;
@@ -599,16 +600,19 @@ impl Relay<'_> {
                         return end;
                     }
                 }
-                if self.activity.moved_before(idle_at) {
+                // Read on every pass: it says whether this pass moved bytes.
+                let moved = self.activity.moved_before(idle_at);
+                if armed && moved {
                     return Poll::Pending;
                 }
-                while idle.as_mut().poll(cx).is_ready() {
+                while poll_registering(idle.as_mut(), cx).is_ready() {
                     idle_at = self.activity.last() + idle_limit;
                     if Instant::now() >= idle_at {
                         return Poll::Ready(End::Idle);
                     }
                     idle.as_mut().reset(idle_at);
                 }
+                armed = true;
                 Poll::Pending
             })
             .await
@@ -623,7 +627,12 @@ impl Relay<'_> {
         // between any two of its writes; not if the last one was cut off.
         let client_clean = !to_client_writing.load(Ordering::Relaxed);
         if let Some(denial) = refusal.filter(|_| client_clean) {
-            refuse_stream(client, down_dir, &denial).await;
+            let written = refuse_stream(client, down_dir, &denial).await;
+            self.count(
+                &self.session.upstream_to_client,
+                &self.ctx.guard.metrics.bytes_upstream_to_client,
+                written,
+            );
             // A refusal was counted and logged when it was made; a kick is
             // only once the session ends, which must not wait for this.
             if matches!(end, End::ClientRefused) {
@@ -664,6 +673,12 @@ impl Relay<'_> {
     }
 }
 
+/// Polls a timer outside the task's budget: Pending then always means the
+/// timer holds the waker, which an exhausted budget would not give it.
+fn poll_registering(timer: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<()> {
+    pin!(tokio::task::unconstrained(timer)).poll(cx)
+}
+
 /// What a refused client may still send, and for how long, before the
 /// guard closes on it.
 const LINGER_BYTES: u64 = 64 * 1024;
@@ -683,12 +698,12 @@ async fn linger<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C) {
 
 /// Sends a refused publish or play its `onStatus` error, in the guard's
 /// framing of the client's leg. A failed key or token waits 0.5-1 s first,
-/// so guessing is slow.
+/// so guessing is slow. Returns the bytes written.
 async fn refuse_stream<C: AsyncWrite + Unpin>(
     client: &mut C,
     to_client: &mut Direction,
     denial: &Denial,
-) {
+) -> usize {
     if denial.reason == Reason::Unauthorized {
         let wait = rand::random_range(500..1000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -705,5 +720,8 @@ async fn refuse_stream<C: AsyncWrite + Unpin>(
     );
     let mut out = Vec::new();
     to_client.own_command(&mut out, &header, &payload);
-    let _ = buffers::write_all(client, &out, REFUSAL_WRITE_TIMEOUT).await;
+    match buffers::write_all(client, &out, REFUSAL_WRITE_TIMEOUT).await {
+        Ok(()) => out.len(),
+        Err(_) => 0,
+    }
 }
