@@ -59,10 +59,12 @@ use crate::verdict::{Block, Denial, Reason, Refusal, Stage};
 
 pub mod buffers;
 pub mod direction;
+mod doorbell;
 mod pump;
 
 use buffers::WriteError;
 use direction::{Direction, Side};
+use doorbell::Doorbell;
 use pump::Pump;
 
 /// The chunk size the guard writes to both peers.
@@ -585,14 +587,23 @@ impl Relay<'_> {
             // can starve the other of the task's budget.
             let mut up_first = false;
             let mut kick = self.ctx.guard.sessions.watch(self.session);
+            // The client's direction runs only on passes it was woken for.
+            let up_bell = Doorbell::new();
+            let up_waker = doorbell::waker(&up_bell);
             poll_fn(|cx| {
                 if let Poll::Ready(kick) = kick.poll(cx) {
                     return Poll::Ready(End::Kicked(kick));
                 }
+                let up_rung = up_bell.answer(cx);
                 up_first = !up_first;
                 for up_now in [up_first, !up_first] {
                     let end = if up_now {
-                        up.poll(cx).map(|end| from_client(end, &mut refusal))
+                        if !up_rung {
+                            continue;
+                        }
+                        let mut up_cx = Context::from_waker(&up_waker);
+                        up.poll(&mut up_cx)
+                            .map(|end| from_client(end, &mut refusal))
                     } else {
                         down.poll(cx).map(from_origin)
                     };
