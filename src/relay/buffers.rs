@@ -10,7 +10,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,11 +26,17 @@ pub const READ_SIZE: usize = 64 * 1024;
 /// input usually becomes in the guard's framing.
 const CAPACITY: usize = READ_SIZE + READ_SIZE / 8;
 
-/// Free buffers the pool keeps; more are given back to the allocator. At
-/// any moment only the sessions being polled (one per worker thread), and
-/// those waiting on a slow peer, hold one; a busy guard's bursts need a
-/// few more, and each kept buffer costs its pages for good.
-const KEEP: usize = 16;
+/// Free buffers each shelf keeps; more are given back to the allocator.
+/// At any moment only the sessions being polled (one per worker thread),
+/// and those waiting on a slow peer, hold one; a busy guard's bursts need
+/// a few more, and each kept buffer costs its pages for good.
+const KEEP: usize = 8;
+
+/// Shelves of free buffers. Each thread takes from and gives to its own
+/// (threads beyond this many share): one shelf for the whole guard was
+/// one lock every worker took several times per message, so its cache
+/// line moved between the cores on nearly every message.
+const SHELVES: usize = 8;
 
 /// Output that waits for the rest of its message, guard-wide, at most
 /// (about 64 sessions' worth at nginx-rtmp's 4 KiB chunks). Past it,
@@ -40,15 +46,39 @@ const PARK_BUDGET: usize = 256 * 1024;
 /// The shared pool.
 #[derive(Default)]
 pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    shelves: [Shelf; SHELVES],
     /// Bytes parked now ([`BufferPool::park`]).
     parked: AtomicUsize,
 }
 
+/// One thread's free buffers, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(64))]
+struct Shelf(Mutex<Vec<Vec<u8>>>);
+
+impl Shelf {
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Threads that have used a shelf, to deal them out.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHELF: usize = THREADS.fetch_add(1, Ordering::Relaxed) % SHELVES;
+}
+
 impl BufferPool {
+    /// This thread's shelf.
+    fn shelf(&self) -> &Shelf {
+        let i = SHELF.with(|i| *i);
+        &self.shelves[i % SHELVES]
+    }
+
     /// An empty buffer of at least [`READ_SIZE`] capacity.
     pub fn take(&self) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reused = self.shelf().lock().pop();
         reused.unwrap_or_else(|| Vec::with_capacity(CAPACITY))
     }
 
@@ -59,7 +89,7 @@ impl BufferPool {
             return;
         }
         buf.clear();
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = self.shelf().lock();
         if free.len() < KEEP {
             free.push(buf);
         }
@@ -97,9 +127,9 @@ impl BufferPool {
         self.parked.fetch_sub(out.len(), Ordering::Relaxed);
     }
 
-    /// Free buffers held now.
+    /// Free buffers held now, on every shelf.
     pub fn free(&self) -> usize {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.shelves.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Waits until `reader` has bytes, then reads them into a pooled
@@ -234,6 +264,27 @@ mod tests {
         b.extend_from_slice(b"left over");
         pool.give(b);
         assert!(pool.take().is_empty(), "given back buffers come back empty");
+    }
+
+    #[test]
+    fn a_thread_takes_back_from_its_own_shelf() {
+        let pool = BufferPool::default();
+        let mine = pool.take();
+        let at = mine.as_ptr() as usize;
+        pool.give(mine);
+        let here = SHELF.with(|i| *i);
+        // A thread on another shelf (threads are dealt round them).
+        let got = std::thread::scope(|s| {
+            (0..SHELVES)
+                .find_map(|_| {
+                    let other = || (SHELF.with(|i| *i) != here).then(|| pool.take());
+                    s.spawn(other).join().unwrap()
+                })
+                .expect("a thread on another shelf")
+        });
+        assert_ne!(got.as_ptr() as usize, at, "not this thread's buffer");
+        let again = pool.take();
+        assert_eq!(again.as_ptr() as usize, at, "this thread's again");
     }
 
     #[test]
