@@ -27,23 +27,24 @@ pub const READ_SIZE: usize = 64 * 1024;
 const CAPACITY: usize = READ_SIZE + READ_SIZE / 8;
 
 /// Free buffers each shelf keeps; more are given back to the allocator.
-/// At any moment only the sessions being polled (one per worker thread),
-/// and those waiting on a slow peer, hold one; a busy guard's bursts need
-/// a few more, and each kept buffer costs its pages for good.
-const KEEP: usize = 8;
+/// At any moment only the session a worker is polling (two or three
+/// buffers), and those waiting on a slow peer, hold one; and each kept
+/// buffer costs its pages for good. All shelves together keep 16, as the
+/// single pool before them did.
+const KEEP: usize = 4;
 
-/// Shelves of free buffers. Each thread takes from and gives to its own
-/// (threads beyond this many share): one shelf for the whole guard was
+/// Shelves of free buffers. Each thread takes from and gives to its own,
+/// threads beyond this many sharing: one shelf for the whole guard was
 /// one lock every worker took several times per message, so its cache
 /// line moved between the cores on nearly every message.
-const SHELVES: usize = 8;
+const SHELVES: usize = 4;
 
 /// Output that waits for the rest of its message, guard-wide, at most
 /// (about 64 sessions' worth at nginx-rtmp's 4 KiB chunks). Past it,
 /// output is written as it comes.
 const PARK_BUDGET: usize = 256 * 1024;
 
-/// The shared pool.
+/// The guard's pool.
 #[derive(Default)]
 pub struct BufferPool {
     shelves: [Shelf; SHELVES],
@@ -51,9 +52,10 @@ pub struct BufferPool {
     parked: AtomicUsize,
 }
 
-/// One thread's free buffers, on a cache line of its own.
+/// One thread's free buffers, on cache lines of its own (128 bytes: x86
+/// fetches lines in pairs).
 #[derive(Default)]
-#[repr(align(64))]
+#[repr(align(128))]
 struct Shelf(Mutex<Vec<Vec<u8>>>);
 
 impl Shelf {
@@ -66,7 +68,7 @@ impl Shelf {
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static SHELF: usize = THREADS.fetch_add(1, Ordering::Relaxed) % SHELVES;
+    static SHELF: usize = THREADS.fetch_add(1, Ordering::Relaxed);
 }
 
 impl BufferPool {
@@ -228,19 +230,30 @@ impl Write {
                     self.pos += n;
                     self.deadline = None;
                 }
-                Poll::Pending => {
-                    let timer = self
-                        .deadline
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(WriteError::Stalled));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return self.wait(stall, cx),
             }
+        }
+        // TLS takes bytes it could not yet send to the socket; they go
+        // only with a flush (on plain TCP, a flush does nothing).
+        match Pin::new(&mut *writer).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(WriteError::Failed)),
+            Poll::Pending => return self.wait(stall, cx),
         }
         *self = Write::default();
         Poll::Ready(Ok(()))
+    }
+
+    /// The peer takes nothing now: Pending, or stalled once it has taken
+    /// nothing for `stall`.
+    fn wait(&mut self, stall: Duration, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        let timer = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(WriteError::Stalled));
+        }
+        Poll::Pending
     }
 }
 
@@ -272,12 +285,13 @@ mod tests {
         let mine = pool.take();
         let at = mine.as_ptr() as usize;
         pool.give(mine);
-        let here = SHELF.with(|i| *i);
+        let shelf = || SHELF.with(|i| *i) % SHELVES;
+        let here = shelf();
         // A thread on another shelf (threads are dealt round them).
         let got = std::thread::scope(|s| {
             (0..SHELVES)
                 .find_map(|_| {
-                    let other = || (SHELF.with(|i| *i) != here).then(|| pool.take());
+                    let other = || (shelf() != here).then(|| pool.take());
                     s.spawn(other).join().unwrap()
                 })
                 .expect("a thread on another shelf")
@@ -334,6 +348,50 @@ mod tests {
             pool.read(&mut near).await.unwrap().is_empty(),
             "end of stream"
         );
+    }
+
+    /// A writer that, as TLS, takes bytes at once and sends them only when
+    /// flushed; its first flush finds the socket full.
+    #[derive(Default)]
+    struct Sealed {
+        taken: Vec<u8>,
+        sent: Vec<u8>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Sealed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.taken.extend_from_slice(bytes);
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let taken = std::mem::take(&mut self.taken);
+            self.sent.extend(taken);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_is_done_only_once_the_writer_has_sent_it() {
+        let mut sealed = Sealed::default();
+        let result = write_all(&mut sealed, b"onStatus", Duration::from_secs(10)).await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(sealed.sent, b"onStatus", "flushed to the socket");
+        assert!(sealed.taken.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -168,10 +168,8 @@ where
         if outbox.has_mail() {
             return Poll::Ready(None);
         }
-        // The socket first, then a buffer: the pool is shared by the
-        // workers, and the direction with nothing to read (the viewer's,
-        // on every message to it) would take one and give it back on
-        // every pass.
+        // The socket first, then a buffer: a direction with nothing to
+        // read would otherwise take one and give it back on every pass.
         if ready!(self.reader.poll_readable(cx)).is_err() {
             return Poll::Ready(Some(PumpEnd::Read));
         }
