@@ -297,7 +297,14 @@ fn run(plan: &Plan, rt: &tokio::runtime::Runtime) -> Result<(), String> {
     let origin = Origin::start(plan.viewers);
     let mut results: BTreeMap<PathKind, Vec<Figures>> = BTreeMap::new();
     for round in 1..=plan.rounds {
-        for &path in &plan.paths {
+        // Each round starts one path later, so no path always runs after
+        // the same one (a machine that tires within a round, or sockets
+        // still closing from the path before, would always tax the same
+        // path).
+        let mut order = plan.paths.clone();
+        let shift = (round - 1) % order.len().max(1);
+        order.rotate_left(shift);
+        for path in order {
             println!("round {round}/{}: {path} ...", plan.rounds);
             let figures = run_path(plan, rt, &origin, path)?;
             println!("  {}", figures.brief(plan.latency));
