@@ -30,8 +30,8 @@ use crate::verdict::Refusal;
 const COALESCE: usize = 16 * 1024;
 
 /// Bytes written are counted (for the session, shown to the operator, and
-/// in the guard's total) once this many are waiting, or [`COUNT_EVERY`]
-/// after the last count. A count per message took, on every message, a
+/// in the guard's total) once this many are waiting, or
+/// [`COUNT_EVERY_MS`] after the last count. A count per message took, on every message, a
 /// cache line that a relay otherwise never touches (the session's entry)
 /// and one that every worker writes (the guard's total). Both figures lag
 /// a live session by less than this; the rest is counted when the
@@ -58,7 +58,7 @@ pub(super) struct Pump<'a, R, W> {
     relay: &'a Relay<'a>,
     /// Held here, not by reference: one line fewer to read per pass.
     flow: Flow<'a>,
-    /// The guard's shared buffer pool, and the stall limit: kept here
+    /// The guard's buffer pool, and the stall limit: kept here
     /// rather than read through the context on every pass.
     pool: &'a BufferPool,
     stall: Duration,
@@ -360,10 +360,9 @@ impl<'a, R, W> Pump<'a, R, W> {
     /// Adds what was written since the last time to the session's count
     /// and the guard's.
     fn count_written(&mut self) {
-        let n = std::mem::take(&mut self.uncounted) as u64;
+        let n = std::mem::take(&mut self.uncounted);
         if n > 0 {
-            self.flow.moved.fetch_add(n, Ordering::Relaxed);
-            self.flow.counter.inc_by(n);
+            self.relay.count(self.flow.moved, self.flow.counter, n);
         }
     }
 }
