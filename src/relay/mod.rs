@@ -20,9 +20,10 @@
 //! bytes holds none. Each direction
 //! writes what one read produced before it reads again, so a peer that
 //! reads slowly holds back only its own upstream connection, and the guard
-//! holds at most one buffer of output for it. Output that ends inside a
-//! message may wait for the rest of that message first, so that one send
-//! carries it (`pump.rs`).
+//! holds at most one buffer of output for it. Before it writes, a
+//! direction reads on at once for what its read released from a Nagle
+//! sender (`read_on.rs`), and output that ends inside a message may wait
+//! for the rest of that message, so that one send carries it (`pump.rs`).
 //!
 //! The session ends when either side closes, a peer breaks the rules, the
 //! operator kicks it, a peer takes no byte for `write_timeout` while data
@@ -61,6 +62,7 @@ pub mod buffers;
 pub mod direction;
 mod doorbell;
 mod pump;
+mod read_on;
 
 use buffers::WriteError;
 use direction::{Direction, Side};

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::buffers::{BufferPool, Write};
 use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
+use super::read_on::ReadOn;
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
 use crate::transport::ReadNow;
@@ -50,6 +51,11 @@ fn rest_read_size(rest: usize) -> usize {
     (rest + rest / 16 + 64).min(COALESCE)
 }
 
+/// What [`Pump::read_rest`] reads for the next message: a chunk of
+/// nginx-rtmp's default size with its header. More goes on with the next
+/// read.
+const NEXT_READ: usize = 4096 + 64;
+
 /// The auth service's answer to a held publish or play, with it.
 type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 
@@ -73,11 +79,10 @@ pub(super) struct Pump<'a, R, W> {
     /// `out` ends inside a message and waits for the rest of it, in a
     /// buffer of its own size ([`BufferPool::park`]).
     parked: bool,
-    /// `out` ends inside a message whose rest may have arrived already: it
-    /// is read at once ([`Pump::read_rest`]) before `out` is parked.
+    /// More may have arrived for `out` already: it is read at once
+    /// ([`Pump::read_rest`]) before `out` is written, or parked.
     tail_open: bool,
-    /// The one read past tokio since tokio's last read was made.
-    rest_read: bool,
+    read_on: ReadOn,
     write: Write,
     /// The write in progress had to wait for the peer.
     write_waited: bool,
@@ -123,7 +128,7 @@ where
             out: Vec::new(),
             parked: false,
             tail_open: false,
-            rest_read: false,
+            read_on: ReadOn::default(),
             write: Write::default(),
             write_waited: false,
             uncounted: 0,
@@ -186,7 +191,7 @@ where
                 Poll::Ready(Some(PumpEnd::Eof))
             }
             Ok(buf) => {
-                self.rest_read = false;
+                self.read_on.tokio_read(!self.dir.ends_inside_message());
                 self.take_input(buf);
                 Poll::Ready(None)
             }
@@ -204,21 +209,24 @@ where
         self.judged = 0;
     }
 
-    /// Output ends inside a message: reads at once what has arrived of
-    /// the rest, and parks the output only if nothing has. The message
-    /// then goes on in one write, as HAProxy's second read before its
-    /// send does; with nginx-rtmp the rest is usually there, released by
-    /// the acknowledgement of the read before. Once per read of tokio's:
-    /// a peer that holds a message open while sending other bytes (an
-    /// acknowledgement adds no output) cannot keep the worker reading, as
-    /// tokio's reads spend the task's budget and this one does not.
+    /// Reads at once what has arrived past tokio's view of the socket
+    /// ([`super::read_on`]): the rest of the message `out` ends inside, or
+    /// a next message that the read before released. The bytes join `out`
+    /// and go in the same write. Output inside a message that finds
+    /// nothing is parked for the rest.
     fn read_rest(&mut self) -> Option<PumpEnd> {
         self.tail_open = false;
         let pool = self.pool;
-        if !self.rest_read {
-            self.rest_read = true;
-            match pool.read_now(&self.reader, rest_read_size(self.dir.rest_of_message())) {
+        let inside = self.dir.ends_inside_message();
+        if self.read_on.take() {
+            let size = if inside {
+                rest_read_size(self.dir.rest_of_message())
+            } else {
+                NEXT_READ
+            };
+            match pool.read_now(&self.reader, size) {
                 Some(Ok(buf)) if !buf.is_empty() => {
+                    self.read_on.found(!inside);
                     self.take_input(buf);
                     // Judged before `out` is written, to join it.
                     return self.judge();
@@ -232,10 +240,13 @@ where
                 Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
                     return Some(PumpEnd::Read)
                 }
-                _ => {}
+                // Nothing there, or a stream that cannot read so (TLS).
+                _ => self.read_on.found_nothing(),
             }
         }
-        self.parked = pool.park(&mut self.out);
+        if inside {
+            self.parked = pool.park(&mut self.out);
+        }
         None
     }
 
@@ -285,7 +296,7 @@ where
         if !owed
             && !self.out.is_empty()
             && self.out.len() < COALESCE
-            && self.dir.ends_inside_message()
+            && self.read_on.wanted(self.dir.ends_inside_message())
         {
             self.tail_open = true;
         }
