@@ -595,10 +595,48 @@ fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
     );
 }
 
+/// A peer's last whole messages before a reset still reach the other
+/// side. The guard reads on past tokio after a read that ends at a message
+/// boundary; when that read meets the reset, the direction ends only once
+/// what was judged before it is written. Ten clients, as the reset must
+/// land before the guard's first read for the read past tokio to meet it.
+#[test]
+fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
+    let h = Harness::new();
+    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
+    for n in 1..=10 {
+        let mut c = RawClient::handshaken(h.addr());
+        c.publish("cam");
+        assert!(h.origin.reaches(n, Duration::from_secs(5)));
+        c.send(&audio);
+        socket2::SockRef::from(&c.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+    }
+    let reached = common::wait_for(Duration::from_secs(5), || {
+        let all = h.origin.received.lock().unwrap();
+        let with_audio = all
+            .iter()
+            .filter(|bytes| {
+                messages_in(bytes)
+                    .iter()
+                    .any(|(m, p)| m.type_id == 8 && p == &[0xaf, 0x01])
+            })
+            .count();
+        (with_audio == 10).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "every publisher's audio reached the origin before its reset"
+    );
+}
+
 /// A client that holds a message open while it sends bytes that add no
-/// output (acknowledgements, answered per hop) gets one read past tokio's
-/// readiness per read of tokio's, no more. Tokio's reads spend the task's
-/// budget, so the worker still serves the sessions beside it.
+/// output (acknowledgements, answered per hop) gets reads past tokio's
+/// readiness for a bounded number of bytes per read of tokio's, no more.
+/// Tokio's reads spend the task's budget, so the worker still serves the
+/// sessions beside it.
 #[test]
 fn a_message_held_open_under_a_stream_of_acknowledgements_does_not_starve_the_worker() {
     let h = Harness::on_one_worker(|origin| {

@@ -18,7 +18,7 @@
 //! session keeps room only for its state. Buffers are lent from a shared
 //! pool only while data is in flight ([`buffers`]): a session waiting for
 //! bytes holds none. Each direction
-//! writes what one read produced before it reads again, so a peer that
+//! writes what it has read before it waits for more, so a peer that
 //! reads slowly holds back only its own upstream connection, and the guard
 //! holds at most one buffer of output for it. Before it writes, a
 //! direction reads on at once for what its read released from a Nagle

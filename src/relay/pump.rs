@@ -83,6 +83,8 @@ pub(super) struct Pump<'a, R, W> {
     /// ([`Pump::read_rest`]) before `out` is written, or parked.
     tail_open: bool,
     read_on: ReadOn,
+    /// A read past tokio failed: the direction ends once `out` is written.
+    read_failed: bool,
     write: Write,
     /// The write in progress had to wait for the peer.
     write_waited: bool,
@@ -129,6 +131,7 @@ where
             parked: false,
             tail_open: false,
             read_on: ReadOn::default(),
+            read_failed: false,
             write: Write::default(),
             write_waited: false,
             uncounted: 0,
@@ -159,6 +162,8 @@ where
                 if let Some(end) = self.judge() {
                     return Poll::Ready(end);
                 }
+            } else if self.read_failed {
+                return Poll::Ready(PumpEnd::Read);
             } else if let Some(end) = ready!(self.poll_read(cx)) {
                 return Poll::Ready(end);
             }
@@ -213,17 +218,19 @@ where
     /// ([`super::read_on`]): the rest of the message `out` ends inside, or
     /// a next message that the read before released. The bytes join `out`
     /// and go in the same write. Output inside a message that finds
-    /// nothing is parked for the rest.
+    /// nothing is parked for the rest. An error ends the direction only
+    /// once `out` is written: what was judged before it still goes.
     fn read_rest(&mut self) -> Option<PumpEnd> {
         self.tail_open = false;
         let pool = self.pool;
         let inside = self.dir.ends_inside_message();
-        if self.read_on.take() {
-            let size = if inside {
-                rest_read_size(self.dir.rest_of_message())
-            } else {
-                NEXT_READ
-            };
+        let wanted = if inside {
+            rest_read_size(self.dir.rest_of_message())
+        } else {
+            NEXT_READ
+        };
+        let size = self.read_on.take(wanted);
+        if size > 0 {
             match pool.read_now(&self.reader, size) {
                 Some(Ok(buf)) if !buf.is_empty() => {
                     self.read_on.found(!inside);
@@ -238,10 +245,11 @@ where
                     return None;
                 }
                 Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    return Some(PumpEnd::Read)
+                    self.read_failed = true;
+                    return None;
                 }
-                // Nothing there, or a stream that cannot read so (TLS).
-                _ => self.read_on.found_nothing(),
+                Some(Err(_)) => self.read_on.found_nothing(),
+                None => self.read_on.cannot(),
             }
         }
         if inside {

@@ -11,49 +11,55 @@
 //! it is empty:
 //! - when output ends inside a media message, for the rest of it (a
 //!   7,500-byte message is two chunks, and nginx sends each on its own);
-//! - when the last read began and ended at a message boundary, for the
-//!   next message: the read released it if the guard had fallen behind.
+//! - when the last read began and ended at a message boundary, for a next
+//!   message. nginx holds one only once the guard has fallen behind; when
+//!   it has not, the `recv` finds nothing, and costs a syscall.
 //!
 //! A read that ends a message it began inside of is not followed by
-//! another: the next message is not due yet, and a `recv` that finds
-//! nothing costs a syscall per message. At most [`READS`] reads follow one
-//! of tokio's, which spend the task's budget where these do not, so a peer
-//! that keeps sending cannot keep a worker reading.
+//! another: the next message is not due yet. Reads on after one of
+//! tokio's, which spend the task's budget where these do not, may ask for
+//! [`BUDGET`] bytes in all, so a peer that keeps sending cannot keep a
+//! worker reading.
 
-/// Reads past tokio after one of tokio's, at most.
-pub(super) const READS: u8 = 8;
+/// What the reads on after one of tokio's may ask for, in all: two
+/// messages' rests at the relay's coalescing limit, or several small
+/// messages.
+pub(super) const BUDGET: usize = 32 * 1024;
 
 /// A direction's reading on since tokio's last read.
 #[derive(Debug, Default)]
 pub(super) struct ReadOn {
-    /// Reads past tokio since tokio's last read.
-    reads: u8,
+    /// What reads on may still ask for until tokio's next read.
+    budget: usize,
     /// The last read began at a message boundary.
     from_boundary: bool,
+    /// The stream cannot be read past tokio (TLS): never again.
+    unable: bool,
 }
 
 impl ReadOn {
     /// tokio read bytes, starting at a message boundary or inside one.
     pub(super) fn tokio_read(&mut self, from_boundary: bool) {
-        self.reads = 0;
+        self.budget = BUDGET;
         self.from_boundary = from_boundary;
     }
 
     /// Output now ends inside a message or at a boundary: is a read on
     /// worth a try before it is written? Inside a message always: output
-    /// that cannot read on waits for the rest ([`ReadOn::take`]).
+    /// that cannot read on waits for the rest ([`ReadOn::take`] gives 0).
     pub(super) fn wanted(&self, inside_message: bool) -> bool {
-        inside_message || (self.from_boundary && self.reads < READS)
+        inside_message || (self.from_boundary && self.budget > 0 && !self.unable)
     }
 
-    /// Counts a read on if one may be made now.
-    pub(super) fn take(&mut self) -> bool {
-        if self.reads < READS {
-            self.reads += 1;
-            true
-        } else {
-            false
+    /// How much a read on that wants `size` bytes may ask for now (0: no
+    /// read), taken from the budget.
+    pub(super) fn take(&mut self, size: usize) -> usize {
+        if self.unable {
+            return 0;
         }
+        let size = size.min(self.budget);
+        self.budget -= size;
+        size
     }
 
     /// The read on found bytes, starting where `from_boundary` says.
@@ -61,10 +67,14 @@ impl ReadOn {
         self.from_boundary = from_boundary;
     }
 
-    /// The read on found nothing (or the stream cannot read on): none
-    /// until tokio's next read.
+    /// The read on found nothing: none until tokio's next read.
     pub(super) fn found_nothing(&mut self) {
-        self.reads = READS;
+        self.budget = 0;
+    }
+
+    /// The stream cannot be read past tokio: no read on is tried again.
+    pub(super) fn cannot(&mut self) {
+        self.unable = true;
     }
 }
 
@@ -72,18 +82,20 @@ impl ReadOn {
 mod tests {
     use super::*;
 
+    const NEXT: usize = 4096 + 64;
+
     #[test]
     fn a_whole_message_read_at_once_is_followed_by_a_read_for_the_next() {
         let mut on = ReadOn::default();
         on.tokio_read(true);
         assert!(on.wanted(false), "the next message may have been released");
-        assert!(on.take());
+        assert_eq!(on.take(NEXT), NEXT);
         on.found(true);
         assert!(on.wanted(false), "and the one after it");
-        assert!(on.take());
+        assert_eq!(on.take(NEXT), NEXT);
         on.found_nothing();
         assert!(!on.wanted(false), "the socket is empty: write");
-        assert!(!on.take());
+        assert_eq!(on.take(NEXT), 0);
     }
 
     #[test]
@@ -92,7 +104,7 @@ mod tests {
         // A message's first chunk, then its rest.
         on.tokio_read(true);
         assert!(on.wanted(true), "the rest of the message");
-        assert!(on.take());
+        assert_eq!(on.take(3500), 3500);
         on.found(false);
         assert!(
             !on.wanted(false),
@@ -101,31 +113,43 @@ mod tests {
     }
 
     #[test]
-    fn reads_on_stop_after_the_limit_until_tokio_reads_again() {
+    fn reads_on_ask_for_the_budget_at_most_until_tokio_reads_again() {
         let mut on = ReadOn::default();
         on.tokio_read(true);
-        for _ in 0..READS {
-            assert!(on.wanted(false));
-            assert!(on.take());
+        let mut asked = 0;
+        while on.wanted(false) {
+            let size = on.take(NEXT);
+            assert!(size > 0);
+            asked += size;
             on.found(true);
         }
+        assert_eq!(asked, BUDGET, "a peer that keeps sending waits for tokio");
         assert!(
-            !on.wanted(false),
-            "a peer that keeps sending waits for tokio"
-        );
-        assert!(
-            on.wanted(true) && !on.take(),
+            on.wanted(true) && on.take(16 * 1024) == 0,
             "output inside a message is wanted but cannot read on: it waits"
         );
-        on.tokio_read(true);
-        assert!(on.take(), "tokio's next read starts the count again");
+        on.tokio_read(false);
+        assert_eq!(
+            on.take(16 * 1024),
+            16 * 1024,
+            "tokio's next read refills it"
+        );
+        assert_eq!(
+            on.take(20 * 1024),
+            BUDGET - 16 * 1024,
+            "cut to what is left"
+        );
     }
 
     #[test]
-    fn a_read_that_began_inside_a_message_does_not_read_on_at_its_end() {
+    fn a_stream_that_cannot_read_on_only_parks_inside_a_message() {
         let mut on = ReadOn::default();
-        on.tokio_read(false);
-        assert!(!on.wanted(false));
-        assert!(on.wanted(true));
+        on.tokio_read(true);
+        on.cannot();
+        assert!(!on.wanted(false), "no read at a boundary");
+        assert!(on.wanted(true), "inside a message the output still waits");
+        assert_eq!(on.take(NEXT), 0);
+        on.tokio_read(true);
+        assert!(!on.wanted(false), "not after tokio's next read either");
     }
 }
