@@ -269,7 +269,10 @@ where
             self.dir.own_control(&mut self.out, control);
             owed = true;
         }
+        let before = relay.activity.last_ms();
         let now = relay.activity.now();
+        self.read_on
+            .gap((now.session.as_millis() as u64).saturating_sub(before));
         while let Some(rest) = self.input.get(self.judged..).filter(|r| !r.is_empty()) {
             let fed = sink(relay, &self.flow, &mut self.out, |sink| {
                 self.dir.feed(rest, &mut relay.rules(), now, sink)

@@ -12,8 +12,13 @@
 //! - when output ends inside a media message, for the rest of it (a
 //!   7,500-byte message is two chunks, and nginx sends each on its own);
 //! - when the last read began and ended at a message boundary, for a next
-//!   message. nginx holds one only once the guard has fallen behind; when
-//!   it has not, the `recv` finds nothing, and costs a syscall.
+//!   message, on a session whose bytes come often (less than
+//!   [`OFTEN_MS`] apart). nginx holds a message only when it sends it
+//!   before the guard has read the one before, that is when the guard has
+//!   fallen behind by more than the gap between them; where it has not,
+//!   the `recv` finds nothing and costs a syscall, on every message. A
+//!   stream of 5 messages a second is 200 ms apart, and a worker that far
+//!   behind has worse trouble; one of 100 a second is read on.
 //!
 //! A read that ends a message it began inside of is not followed by
 //! another: the next message is not due yet. Reads on after one of
@@ -26,6 +31,11 @@
 /// messages.
 pub(super) const BUDGET: usize = 32 * 1024;
 
+/// A session whose bytes moved less than this long before tokio's read
+/// reads on at message boundaries: its sender's next message may have
+/// been held for this read's acknowledgement.
+pub(super) const OFTEN_MS: u64 = 50;
+
 /// A direction's reading on since tokio's last read.
 #[derive(Debug, Default)]
 pub(super) struct ReadOn {
@@ -33,6 +43,9 @@ pub(super) struct ReadOn {
     budget: usize,
     /// The last read began at a message boundary.
     from_boundary: bool,
+    /// tokio's last read came less than [`OFTEN_MS`] after the bytes
+    /// before it; `None` until [`ReadOn::gap`] is told.
+    often: Option<bool>,
     /// The stream cannot be read past tokio (TLS): never again.
     unable: bool,
 }
@@ -42,13 +55,21 @@ impl ReadOn {
     pub(super) fn tokio_read(&mut self, from_boundary: bool) {
         self.budget = BUDGET;
         self.from_boundary = from_boundary;
+        self.often = None;
+    }
+
+    /// How long before tokio's last read the session's bytes moved before,
+    /// in milliseconds; only the first call after that read counts.
+    pub(super) fn gap(&mut self, ms: u64) {
+        self.often.get_or_insert(ms < OFTEN_MS);
     }
 
     /// Output now ends inside a message or at a boundary: is a read on
     /// worth a try before it is written? Inside a message always: output
     /// that cannot read on waits for the rest ([`ReadOn::take`] gives 0).
     pub(super) fn wanted(&self, inside_message: bool) -> bool {
-        inside_message || (self.from_boundary && self.budget > 0 && !self.unable)
+        inside_message
+            || (self.from_boundary && self.often == Some(true) && self.budget > 0 && !self.unable)
     }
 
     /// How much a read on that wants `size` bytes may ask for now (0: no
@@ -88,6 +109,7 @@ mod tests {
     fn a_whole_message_read_at_once_is_followed_by_a_read_for_the_next() {
         let mut on = ReadOn::default();
         on.tokio_read(true);
+        on.gap(10);
         assert!(on.wanted(false), "the next message may have been released");
         assert_eq!(on.take(NEXT), NEXT);
         on.found(true);
@@ -103,6 +125,7 @@ mod tests {
         let mut on = ReadOn::default();
         // A message's first chunk, then its rest.
         on.tokio_read(true);
+        on.gap(0);
         assert!(on.wanted(true), "the rest of the message");
         assert_eq!(on.take(3500), 3500);
         on.found(false);
@@ -116,6 +139,7 @@ mod tests {
     fn reads_on_ask_for_the_budget_at_most_until_tokio_reads_again() {
         let mut on = ReadOn::default();
         on.tokio_read(true);
+        on.gap(0);
         let mut asked = 0;
         while on.wanted(false) {
             let size = on.take(NEXT);
@@ -145,6 +169,7 @@ mod tests {
     fn a_stream_that_cannot_read_on_only_parks_inside_a_message() {
         let mut on = ReadOn::default();
         on.tokio_read(true);
+        on.gap(0);
         on.cannot();
         assert!(!on.wanted(false), "no read at a boundary");
         assert!(on.wanted(true), "inside a message the output still waits");
