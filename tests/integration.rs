@@ -596,39 +596,70 @@ fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
 }
 
 /// A peer's last whole messages before a reset still reach the other
-/// side. The guard reads on past tokio after a read that ends at a message
-/// boundary; when that read meets the reset, the direction ends only once
-/// what was judged before it is written. Ten clients, as the reset must
-/// land before the guard's first read for the read past tokio to meet it.
+/// side. On a session whose bytes move often, the guard reads on past
+/// tokio after a read that ends at a message boundary; when that read
+/// meets the reset, the direction ends only once what was judged before
+/// it is written. Ten clients, as the reset must land before the guard's
+/// read of the last message for the read past tokio to meet it.
 #[test]
 fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
     let h = Harness::new();
-    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
+    let audio = |last: u8| [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, last];
     for n in 1..=10 {
         let mut c = RawClient::handshaken(h.addr());
         c.publish("cam");
         assert!(h.origin.reaches(n, Duration::from_secs(5)));
-        c.send(&audio);
+        // Bytes moved just before: the guard reads on after the last one.
+        c.send(&audio(0x01));
+        std::thread::sleep(Duration::from_millis(5));
+        c.send(&audio(0x02));
         socket2::SockRef::from(&c.stream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(c);
     }
-    let reached = common::wait_for(Duration::from_secs(5), || {
+    let with_last = || {
         let all = h.origin.received.lock().unwrap();
-        let with_audio = all
-            .iter()
+        all.iter()
             .filter(|bytes| {
                 messages_in(bytes)
                     .iter()
-                    .any(|(m, p)| m.type_id == 8 && p == &[0xaf, 0x01])
+                    .any(|(m, p)| m.type_id == 8 && p == &[0xaf, 0x02])
             })
-            .count();
-        (with_audio == 10).then_some(())
-    });
+            .count()
+    };
+    let reached = common::wait_for(Duration::from_secs(5), || (with_last() == 10).then_some(()));
     assert!(
         reached.is_some(),
-        "every publisher's audio reached the origin before its reset"
+        "every publisher's last audio reached the origin before its reset ({} of 10)",
+        with_last()
+    );
+}
+
+/// Output parked for the rest of a message still goes when the client
+/// resets instead of closing: the whole audio message before it reaches
+/// the origin.
+#[test]
+fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_resets() {
+    let h = Harness::new();
+    let mut c = publishing(&h);
+    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
+    let (first, _) = video_in_two_parts();
+    c.send(&[&audio[..], &first].concat());
+    // Parked by now: the read past tokio found nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
+        origin_payloads(&h, 8)
+            .contains(&vec![0xaf, 0x01])
+            .then_some(())
+    });
+    assert!(
+        audio_at_origin.is_some(),
+        "the whole audio message was written"
     );
 }
 

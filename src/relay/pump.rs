@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::buffers::{BufferPool, Write};
 use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
-use super::read_on::ReadOn;
+use super::read_on::{self, ReadOn};
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
 use crate::transport::ReadNow;
@@ -51,11 +51,6 @@ fn rest_read_size(rest: usize) -> usize {
     (rest + rest / 16 + 64).min(COALESCE)
 }
 
-/// What [`Pump::read_rest`] reads for the next message: a chunk of
-/// nginx-rtmp's default size with its header. More goes on with the next
-/// read.
-const NEXT_READ: usize = 4096 + 64;
-
 /// The auth service's answer to a held publish or play, with it.
 type Asking<'a> = Pin<Box<dyn Future<Output = (Answer, Held)> + Send + 'a>>;
 
@@ -83,7 +78,7 @@ pub(super) struct Pump<'a, R, W> {
     /// ([`Pump::read_rest`]) before `out` is written, or parked.
     tail_open: bool,
     read_on: ReadOn,
-    /// A read past tokio failed: the direction ends once `out` is written.
+    /// A read failed: the direction ends once `out` is written.
     read_failed: bool,
     write: Write,
     /// The write in progress had to wait for the peer.
@@ -130,7 +125,7 @@ where
             out: Vec::new(),
             parked: false,
             tail_open: false,
-            read_on: ReadOn::default(),
+            read_on: ReadOn::new(),
             read_failed: false,
             write: Write::default(),
             write_waited: false,
@@ -181,7 +176,7 @@ where
         // The socket first, then a buffer: a direction with nothing to
         // read would otherwise take one and give it back on every pass.
         if ready!(self.reader.poll_readable(cx)).is_err() {
-            return Poll::Ready(Some(PumpEnd::Read));
+            return Poll::Ready(self.read_error());
         }
         let pool = self.pool;
         match ready!(pool.poll_read(&mut self.reader, cx)) {
@@ -200,8 +195,22 @@ where
                 self.take_input(buf);
                 Poll::Ready(None)
             }
-            Err(_) => Poll::Ready(Some(PumpEnd::Read)),
+            Err(_) => Poll::Ready(self.read_error()),
         }
+    }
+
+    /// The peer's stream failed. The direction ends once what was judged
+    /// is written: parked output goes as it is, as at the end of the
+    /// stream.
+    fn read_error(&mut self) -> Option<PumpEnd> {
+        if self.parked {
+            self.unpark();
+        }
+        if self.out.is_empty() {
+            return Some(PumpEnd::Read);
+        }
+        self.read_failed = true;
+        None
     }
 
     /// Bytes read from the peer become the input to judge (which records
@@ -227,7 +236,7 @@ where
         let wanted = if inside {
             rest_read_size(self.dir.rest_of_message())
         } else {
-            NEXT_READ
+            read_on::NEXT
         };
         let size = self.read_on.take(wanted);
         if size > 0 {
@@ -245,8 +254,7 @@ where
                     return None;
                 }
                 Some(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    self.read_failed = true;
-                    return None;
+                    return self.read_error();
                 }
                 Some(Err(_)) => self.read_on.found_nothing(),
                 None => self.read_on.cannot(),

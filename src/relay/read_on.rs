@@ -12,13 +12,14 @@
 //! - when output ends inside a media message, for the rest of it (a
 //!   7,500-byte message is two chunks, and nginx sends each on its own);
 //! - when the last read began and ended at a message boundary, for a next
-//!   message, on a session whose bytes come often (less than
-//!   [`OFTEN_MS`] apart). nginx holds a message only when it sends it
-//!   before the guard has read the one before, that is when the guard has
-//!   fallen behind by more than the gap between them; where it has not,
-//!   the `recv` finds nothing and costs a syscall, on every message. A
-//!   stream of 5 messages a second is 200 ms apart, and a worker that far
-//!   behind has worse trouble; one of 100 a second is read on.
+//!   message, if the session's bytes had last moved less than
+//!   [`OFTEN_MS`] before that read (its sender writes often, or the
+//!   worker came back to it late). nginx holds a message only when it
+//!   sends it before the guard has read the one before, that is when the
+//!   guard is behind by the gap between two; where it is not, the `recv`
+//!   finds nothing and costs a syscall, on every message. A stream of 5
+//!   messages a second is 200 ms apart, and a worker that far behind has
+//!   worse trouble; one of 100 a second is read on.
 //!
 //! A read that ends a message it began inside of is not followed by
 //! another: the next message is not due yet. Reads on after one of
@@ -36,8 +37,14 @@ pub(super) const BUDGET: usize = 32 * 1024;
 /// been held for this read's acknowledgement.
 pub(super) const OFTEN_MS: u64 = 50;
 
+/// What a read on at a message boundary asks for: a chunk of nginx-rtmp's
+/// default size with its header. More goes on with the next read. With
+/// less than this left of the budget, none is made: a sliver of the next
+/// message would hold the ones before it back until tokio's next read.
+pub(super) const NEXT: usize = 4096 + 64;
+
 /// A direction's reading on since tokio's last read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ReadOn {
     /// What reads on may still ask for until tokio's next read.
     budget: usize,
@@ -51,6 +58,17 @@ pub(super) struct ReadOn {
 }
 
 impl ReadOn {
+    /// For what was read before the relay began, as for a read of tokio's
+    /// at the start of a stream.
+    pub(super) fn new() -> ReadOn {
+        ReadOn {
+            budget: BUDGET,
+            from_boundary: true,
+            often: None,
+            unable: false,
+        }
+    }
+
     /// tokio read bytes, starting at a message boundary or inside one.
     pub(super) fn tokio_read(&mut self, from_boundary: bool) {
         self.budget = BUDGET;
@@ -58,8 +76,10 @@ impl ReadOn {
         self.often = None;
     }
 
-    /// How long before tokio's last read the session's bytes moved before,
-    /// in milliseconds; only the first call after that read counts.
+    /// How long the session's bytes had not moved when tokio's last read
+    /// was judged, in milliseconds. Only the first call after that read
+    /// counts: later judges (of reads on, of owed control messages) come
+    /// right after it.
     pub(super) fn gap(&mut self, ms: u64) {
         self.often.get_or_insert(ms < OFTEN_MS);
     }
@@ -69,7 +89,10 @@ impl ReadOn {
     /// that cannot read on waits for the rest ([`ReadOn::take`] gives 0).
     pub(super) fn wanted(&self, inside_message: bool) -> bool {
         inside_message
-            || (self.from_boundary && self.often == Some(true) && self.budget > 0 && !self.unable)
+            || (self.from_boundary
+                && self.often == Some(true)
+                && self.budget >= NEXT
+                && !self.unable)
     }
 
     /// How much a read on that wants `size` bytes may ask for now (0: no
@@ -103,13 +126,18 @@ impl ReadOn {
 mod tests {
     use super::*;
 
-    const NEXT: usize = 4096 + 64;
+    /// After a read of tokio's that began at a boundary, `ms` after the
+    /// session's bytes last moved.
+    fn read_at_boundary(ms: u64) -> ReadOn {
+        let mut on = ReadOn::new();
+        on.tokio_read(true);
+        on.gap(ms);
+        on
+    }
 
     #[test]
     fn a_whole_message_read_at_once_is_followed_by_a_read_for_the_next() {
-        let mut on = ReadOn::default();
-        on.tokio_read(true);
-        on.gap(10);
+        let mut on = read_at_boundary(10);
         assert!(on.wanted(false), "the next message may have been released");
         assert_eq!(on.take(NEXT), NEXT);
         on.found(true);
@@ -122,10 +150,8 @@ mod tests {
 
     #[test]
     fn a_message_completed_from_inside_is_written_without_another_read() {
-        let mut on = ReadOn::default();
         // A message's first chunk, then its rest.
-        on.tokio_read(true);
-        on.gap(0);
+        let mut on = read_at_boundary(0);
         assert!(on.wanted(true), "the rest of the message");
         assert_eq!(on.take(3500), 3500);
         on.found(false);
@@ -136,45 +162,76 @@ mod tests {
     }
 
     #[test]
-    fn reads_on_ask_for_the_budget_at_most_until_tokio_reads_again() {
-        let mut on = ReadOn::default();
-        on.tokio_read(true);
+    fn a_read_that_began_inside_a_message_reads_on_only_for_its_rest() {
+        let mut on = ReadOn::new();
+        on.tokio_read(false);
         on.gap(0);
+        assert!(!on.wanted(false));
+        assert!(on.wanted(true));
+    }
+
+    #[test]
+    fn a_session_whose_bytes_came_seldom_does_not_read_on_at_boundaries() {
+        let mut on = read_at_boundary(OFTEN_MS);
+        assert!(!on.wanted(false), "five messages a second: nothing is held");
+        assert!(on.wanted(true), "the rest of a message is still read");
+        on.gap(0);
+        assert!(!on.wanted(false), "only the gap of tokio's read counts");
+        on.tokio_read(true);
+        assert!(!on.wanted(false), "not before the new read's gap is known");
+        on.gap(OFTEN_MS - 1);
+        assert!(on.wanted(false), "a new read, a new gap");
+        on.gap(OFTEN_MS);
+        assert!(on.wanted(false), "later judges do not change it");
+    }
+
+    #[test]
+    fn reads_on_ask_for_the_budget_at_most_until_tokio_reads_again() {
+        let mut on = read_at_boundary(0);
         let mut asked = 0;
         while on.wanted(false) {
             let size = on.take(NEXT);
-            assert!(size > 0);
+            assert_eq!(size, NEXT, "never a sliver of a next message");
             asked += size;
             on.found(true);
         }
-        assert_eq!(asked, BUDGET, "a peer that keeps sending waits for tokio");
         assert!(
-            on.wanted(true) && on.take(16 * 1024) == 0,
-            "output inside a message is wanted but cannot read on: it waits"
+            asked <= BUDGET && BUDGET - asked < NEXT,
+            "a peer that keeps sending waits for tokio ({asked} asked)"
         );
+        let left = BUDGET - asked;
+        assert!(on.wanted(true), "output inside a message still waits");
+        assert_eq!(
+            on.take(16 * 1024),
+            left,
+            "the rest read is cut to what is left"
+        );
+        assert_eq!(on.take(16 * 1024), 0, "then it parks");
         on.tokio_read(false);
         assert_eq!(
             on.take(16 * 1024),
             16 * 1024,
             "tokio's next read refills it"
         );
-        assert_eq!(
-            on.take(20 * 1024),
-            BUDGET - 16 * 1024,
-            "cut to what is left"
-        );
     }
 
     #[test]
     fn a_stream_that_cannot_read_on_only_parks_inside_a_message() {
-        let mut on = ReadOn::default();
-        on.tokio_read(true);
-        on.gap(0);
+        let mut on = read_at_boundary(0);
         on.cannot();
         assert!(!on.wanted(false), "no read at a boundary");
         assert!(on.wanted(true), "inside a message the output still waits");
         assert_eq!(on.take(NEXT), 0);
         on.tokio_read(true);
+        on.gap(0);
         assert!(!on.wanted(false), "not after tokio's next read either");
+        assert_eq!(on.take(NEXT), 0);
+    }
+
+    #[test]
+    fn what_was_read_before_the_relay_began_may_read_on() {
+        let mut on = ReadOn::new();
+        assert!(on.wanted(true));
+        assert!(on.take(3500) > 0, "the rest of a message begun then");
     }
 }
