@@ -573,6 +573,41 @@ fn publishing(h: &Harness) -> RawClient {
     c
 }
 
+/// A whole audio message on csid 4, stream 1, whose payload ends in `last`.
+fn audio(last: u8) -> [u8; 14] {
+    [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, last]
+}
+
+/// Ends the client's connection with a reset rather than a close.
+fn reset(c: RawClient) {
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// A whole audio message, then the start of a video message, then `end`
+/// of the client's connection: the audio still reaches the origin, though
+/// the output that holds it waits for the rest of the video. `end` gives
+/// the client back if it must stay open until the check.
+fn audio_before_an_open_message_reaches_the_origin(
+    end: impl FnOnce(RawClient) -> Option<RawClient>,
+) {
+    let h = Harness::new();
+    let mut c = publishing(&h);
+    let (first, _) = video_in_two_parts();
+    c.send(&[&audio(0x01)[..], &first].concat());
+    let _open = end(c);
+    let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
+        origin_payloads(&h, 8)
+            .contains(&vec![0xaf, 0x01])
+            .then_some(())
+    });
+    assert!(
+        audio_at_origin.is_some(),
+        "the whole audio message was written"
+    );
+}
+
 #[test]
 fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
     let h = Harness::new();
@@ -604,7 +639,6 @@ fn a_message_split_across_reads_goes_on_whole_once_its_rest_arrives() {
 #[test]
 fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
     let h = Harness::new();
-    let audio = |last: u8| [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, last];
     for n in 1..=10 {
         let mut c = RawClient::handshaken(h.addr());
         c.publish("cam");
@@ -613,10 +647,7 @@ fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
         c.send(&audio(0x01));
         std::thread::sleep(Duration::from_millis(5));
         c.send(&audio(0x02));
-        socket2::SockRef::from(&c.stream)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-        drop(c);
+        reset(c);
     }
     let with_last = || {
         let all = h.origin.received.lock().unwrap();
@@ -641,26 +672,12 @@ fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
 /// the origin.
 #[test]
 fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_resets() {
-    let h = Harness::new();
-    let mut c = publishing(&h);
-    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
-    let (first, _) = video_in_two_parts();
-    c.send(&[&audio[..], &first].concat());
-    // Parked by now: the read past tokio found nothing.
-    std::thread::sleep(Duration::from_millis(300));
-    socket2::SockRef::from(&c.stream)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(c);
-    let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
-        origin_payloads(&h, 8)
-            .contains(&vec![0xaf, 0x01])
-            .then_some(())
+    audio_before_an_open_message_reaches_the_origin(|c| {
+        // Parked by now: the read past tokio found nothing.
+        std::thread::sleep(Duration::from_millis(300));
+        reset(c);
+        None
     });
-    assert!(
-        audio_at_origin.is_some(),
-        "the whole audio message was written"
-    );
 }
 
 /// A client that holds a message open while it sends bytes that add no
@@ -763,21 +780,8 @@ fn a_client_refused_while_it_still_writes_reads_the_refusal() {
 
 #[test]
 fn output_waiting_for_the_rest_of_a_message_still_goes_when_the_peer_closes() {
-    let h = Harness::new();
-    let mut c = publishing(&h);
-    // A whole audio message, then the start of a video message, then the
-    // end of the client's stream.
-    let audio = [0x04, 0, 0, 0, 0, 0, 2, 8, 1, 0, 0, 0, 0xaf, 0x01];
-    let (first, _) = video_in_two_parts();
-    c.send(&[&audio[..], &first].concat());
-    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let audio_at_origin = common::wait_for(Duration::from_secs(5), || {
-        origin_payloads(&h, 8)
-            .contains(&vec![0xaf, 0x01])
-            .then_some(())
+    audio_before_an_open_message_reaches_the_origin(|c| {
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        Some(c)
     });
-    assert!(
-        audio_at_origin.is_some(),
-        "the whole audio message was written"
-    );
 }
