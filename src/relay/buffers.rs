@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
-use crate::transport::ReadNow;
+use crate::transport::{ReadNow, WriteNow};
 
 /// Bytes one read takes at most.
 pub const READ_SIZE: usize = 64 * 1024;
@@ -242,6 +242,19 @@ impl Write {
         }
         *self = Write::default();
         Poll::Ready(Ok(()))
+    }
+
+    /// Sends what `writer` takes at once of a write not yet begun, past
+    /// tokio ([`WriteNow`]); [`Write::poll`] then writes the rest, if any,
+    /// and finds a failure again. A write that had to wait is left to
+    /// tokio, which holds the task's waker for it.
+    pub fn now<W: WriteNow>(&mut self, writer: &W, bytes: &[u8]) {
+        if self.pos > 0 || self.deadline.is_some() {
+            return;
+        }
+        if let Some(Ok(n)) = writer.write_now(bytes) {
+            self.pos = n.min(bytes.len());
+        }
     }
 
     /// The peer takes nothing now: Pending, or stalled once it has taken

@@ -19,7 +19,7 @@ use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
 use super::read_on::{self, ReadOn};
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
-use crate::transport::ReadNow;
+use crate::transport::{ReadNow, WriteNow};
 use crate::verdict::Refusal;
 
 /// Output below this size that ends inside a media message waits for the
@@ -95,7 +95,7 @@ pub(super) struct Pump<'a, R, W> {
 impl<'a, R, W> Pump<'a, R, W>
 where
     R: AsyncRead + ReadNow + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + WriteNow + Unpin,
 {
     /// Starts with `first`, what was read before the relay began.
     pub(super) fn new(
@@ -342,6 +342,7 @@ where
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpEnd>> {
         let flow = &self.flow;
         flow.writing.store(true, Ordering::Relaxed);
+        self.write.now(&self.writer, &self.out);
         let written = self.write.poll(&mut self.writer, &self.out, self.stall, cx);
         let Poll::Ready(written) = written else {
             self.write_waited = true;
