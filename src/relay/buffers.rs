@@ -247,8 +247,8 @@ impl Write {
     /// Sends what `writer` takes at once of a write not yet begun, past
     /// tokio ([`WriteNow`]); [`Write::poll`] then writes the rest, if any.
     /// A failed send is left to tokio's, which fails too (a reset socket
-    /// answers `EPIPE` after the `ECONNRESET`), or waits. A write that had to wait is left to
-    /// tokio, which holds the task's waker for it.
+    /// answers `EPIPE` after the `ECONNRESET`) or waits. A write that had
+    /// to wait is left to tokio, which holds the task's waker for it.
     pub fn now<W: WriteNow>(&mut self, writer: &W, bytes: &[u8]) {
         if self.pos > 0 || self.deadline.is_some() {
             return;
