@@ -217,6 +217,54 @@ fn a_session_whose_first_pass_moves_bytes_still_idles_out() {
     assert_closed_when_idle(&first);
 }
 
+/// What a cut-off write had handed to the socket is counted: a session
+/// kicked while its write to a client that reads nothing waits counts
+/// exactly the bytes the client then finds before the end.
+#[test]
+fn a_cut_off_write_is_counted() {
+    let big = vec![
+        Amf0Value::String("onBig".into()),
+        Amf0Value::Number(0.0),
+        Amf0Value::Null,
+        Amf0Value::String("x".repeat(30_000)),
+    ];
+    let mut commands = vec![connect_success()];
+    // 6 MB: more than the socket buffers between the guard and a client
+    // that reads nothing can hold.
+    commands.extend(std::iter::repeat_n(big, 200));
+    let h = Harness::replying(origin_commands(&commands), |origin| {
+        GuardConfig::new().origin(origin).live()
+    });
+    let mut c = RawClient::handshaken(h.addr());
+    c.send(&connect_bytes("live"));
+    let metrics = &h.guard.guard.metrics;
+    let counted = || metrics.bytes_upstream_to_client.get();
+    // The client reads nothing: the guard's write to it waits, cut short
+    // by a full socket, once the count stops moving.
+    let mut last = 0;
+    let stuck = common::wait_for(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = counted();
+        let still = now > 0 && now == last;
+        last = now;
+        still.then_some(())
+    });
+    assert!(stuck.is_some(), "the guard's write never waited");
+    let kick = rtmp_guard::control::sessions::Kick {
+        reason: Reason::Kicked,
+        description: "test".into(),
+    };
+    assert_eq!(h.guard.guard.sessions.kick_where(|_| true, &kick), 1);
+    let Closed::Within(_, got) = c.wait_closed(Duration::from_secs(10)) else {
+        panic!("the kicked session stayed open");
+    };
+    assert_eq!(
+        counted(),
+        got.len() as u64,
+        "counted against received after the handshake"
+    );
+}
+
 #[test]
 fn session_stage_violation_closes_a_relaying_session() {
     let h = Harness::new();

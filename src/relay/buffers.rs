@@ -244,6 +244,11 @@ impl Write {
         Poll::Ready(Ok(()))
     }
 
+    /// Bytes of this write the socket has taken so far.
+    pub fn sent(&self) -> usize {
+        self.pos
+    }
+
     /// Sends what `writer` takes at once of a write not yet begun, past
     /// tokio ([`WriteNow`]); [`Write::poll`] then writes the rest, if any.
     /// A failed send is left to tokio's, which fails too (a reset socket

@@ -400,8 +400,10 @@ impl<'a, R, W> Pump<'a, R, W> {
 
 impl<R, W> Drop for Pump<'_, R, W> {
     /// Buffers in hand go back to the pool when the direction ends, and
-    /// what it wrote is counted.
+    /// what it wrote is counted: a write cut off (failed, or its session
+    /// ended) for what the socket had taken of it.
     fn drop(&mut self) {
+        self.uncounted += self.write.sent();
         self.count_written();
         let pool = self.pool;
         if self.parked {
