@@ -232,9 +232,9 @@ fn a_cut_off_write_is_counted() {
     // 6 MB: more than the socket buffers between the guard and a client
     // that reads nothing can hold.
     commands.extend(std::iter::repeat_n(big, 200));
-    let h = Harness::replying(origin_commands(&commands), |origin| {
-        GuardConfig::new().origin(origin).live()
-    });
+    let sent = origin_commands(&commands);
+    let origin_bytes = sent.len() as u64;
+    let h = Harness::replying(sent, |origin| GuardConfig::new().origin(origin).live());
     let mut c = RawClient::handshaken(h.addr());
     c.send(&connect_bytes("live"));
     let metrics = &h.guard.guard.metrics;
@@ -250,6 +250,10 @@ fn a_cut_off_write_is_counted() {
         still.then_some(())
     });
     assert!(stuck.is_some(), "the guard's write never waited");
+    assert!(
+        counted() + 100_000 < origin_bytes,
+        "the buffers took all the origin sent: no write was left waiting"
+    );
     let kick = rtmp_guard::control::sessions::Kick {
         reason: Reason::Kicked,
         description: "test".into(),
