@@ -606,9 +606,12 @@ fn video_in_two_parts() -> (Vec<u8>, Vec<u8>) {
 /// The payloads of type `type_id` the origin read on its first connection.
 fn origin_payloads(h: &Harness, type_id: u8) -> Vec<Vec<u8>> {
     let all = h.origin.received.lock().unwrap();
-    let Some(bytes) = all.first() else {
-        return Vec::new();
-    };
+    all.first()
+        .map_or_else(Vec::new, |bytes| payloads(bytes, type_id))
+}
+
+/// The payloads of type `type_id` in what one connection carried.
+fn payloads(bytes: &[u8], type_id: u8) -> Vec<Vec<u8>> {
     messages_in(bytes)
         .into_iter()
         .filter(|(h, _)| h.type_id == type_id)
@@ -704,11 +707,7 @@ fn a_publishers_last_message_before_a_reset_reaches_the_origin() {
     let with_last = || {
         let all = h.origin.received.lock().unwrap();
         all.iter()
-            .filter(|bytes| {
-                messages_in(bytes)
-                    .iter()
-                    .any(|(m, p)| m.type_id == 8 && p == &[0xaf, 0x02])
-            })
+            .filter(|bytes| payloads(bytes, 8).contains(&vec![0xaf, 0x02]))
             .count()
     };
     let reached = common::wait_for(Duration::from_secs(5), || (with_last() == 10).then_some(()));
