@@ -133,6 +133,10 @@ pub trait ReadNow {
     /// the end, an error); then a read may still find nothing. Always
     /// ready for a stream that cannot tell before it reads (TLS).
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Starts loading the socket's state into the cache
+    /// ([`crate::rtmp::cache::prefetch`]).
+    fn prefetch(&self) {}
 }
 
 /// A writing half that can send without asking tokio first whether the
@@ -146,6 +150,10 @@ pub trait WriteNow {
     /// `WouldBlock` included, leaves the write to tokio, which tries it
     /// again and waits or fails as it would have.
     fn write_now(&self, bytes: &[u8]) -> Option<io::Result<usize>>;
+
+    /// Starts loading the socket's state into the cache
+    /// ([`crate::rtmp::cache::prefetch`]).
+    fn prefetch(&self) {}
 }
 
 impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
@@ -157,6 +165,10 @@ impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
         let socket = socket2::SockRef::from(stream);
         Some(socket.send_with_flags(bytes, libc::MSG_NOSIGNAL))
     }
+
+    fn prefetch(&self) {
+        crate::rtmp::cache::prefetch(std::slice::from_ref::<TcpStream>(self.as_ref()));
+    }
 }
 
 impl WriteNow for WriteHalf<'_> {
@@ -164,6 +176,12 @@ impl WriteNow for WriteHalf<'_> {
         match self {
             WriteHalf::Plain(s) => s.write_now(bytes),
             WriteHalf::Tls(_) | WriteHalf::Closed => None,
+        }
+    }
+
+    fn prefetch(&self) {
+        if let WriteHalf::Plain(s) = self {
+            s.prefetch();
         }
     }
 }
@@ -184,6 +202,10 @@ impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
         let stream: &TcpStream = self.as_ref();
         stream.poll_read_ready(cx)
     }
+
+    fn prefetch(&self) {
+        crate::rtmp::cache::prefetch(std::slice::from_ref::<TcpStream>(self.as_ref()));
+    }
 }
 
 impl ReadNow for ReadHalf<'_> {
@@ -198,6 +220,12 @@ impl ReadNow for ReadHalf<'_> {
         match self {
             ReadHalf::Plain(s) => s.poll_readable(cx),
             ReadHalf::Tls(_) | ReadHalf::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn prefetch(&self) {
+        if let ReadHalf::Plain(s) = self {
+            s.prefetch();
         }
     }
 }

@@ -22,6 +22,7 @@
 use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
 use crate::policy::AuthQuery;
 use crate::rtmp::aggregate::{sub_messages, MAX_AGGREGATE};
+use crate::rtmp::cache::prefetch;
 use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
 use crate::rtmp::command;
 use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
@@ -129,6 +130,13 @@ impl Direction {
     /// Writes one of the guard's own commands to the peer.
     pub fn own_command(&mut self, out: &mut Vec<u8>, header: &MessageHeader, payload: &[u8]) {
         self.emitter.whole(out, COMMAND_CSID, header, payload);
+    }
+
+    /// Starts loading this direction's per-stream state into the cache.
+    pub fn prefetch(&self) {
+        self.parser.prefetch();
+        self.emitter.prefetch();
+        prefetch(self.media.get(..4).unwrap_or(&self.media));
     }
 
     /// True when the output so far ends inside a media message whose rest

@@ -51,6 +51,7 @@ use crate::metrics::upstream_kind;
 use crate::policy::session::{Answer, Now, SessionRules};
 use crate::policy::{AuthQuery, StreamPolicy};
 use crate::report::{self, Closed};
+use crate::rtmp::cache;
 use crate::rtmp::chunk::{types, ChunkParser, MessageHeader};
 use crate::rtmp::control::Control;
 use crate::rtmp::reply;
@@ -593,10 +594,19 @@ impl Relay<'_> {
             let up_bell = Doorbell::new();
             let up_waker = doorbell::waker(&up_bell);
             poll_fn(|cx| {
+                // With thousands of sessions, a session's state has left
+                // the cache between two messages: its misses overlap when
+                // asked for at once, rather than each in turn as a pass
+                // reaches it. The origin's direction runs on every pass.
+                down.prefetch();
+                cache::prefetch(std::slice::from_ref(&*up_bell));
                 if let Poll::Ready(kick) = kick.poll(cx) {
                     return Poll::Ready(End::Kicked(kick));
                 }
                 let up_rung = up_bell.answer(cx);
+                if up_rung {
+                    up.prefetch();
+                }
                 up_first = !up_first;
                 for up_now in [up_first, !up_first] {
                     let end = if up_now {

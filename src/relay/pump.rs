@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::slice::from_ref;
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use super::direction::{Direction, Held, Side, Sink, Stop as DirStop};
 use super::read_on::{self, ReadOn};
 use super::{Flow, PumpEnd, Relay};
 use crate::policy::session::Answer;
+use crate::rtmp::cache::prefetch;
 use crate::transport::{ReadNow, WriteNow};
 use crate::verdict::Refusal;
 
@@ -133,6 +135,19 @@ where
             counted_ms: 0,
             asking: None,
         }
+    }
+
+    /// Starts loading into the cache, all at once, the state that a
+    /// message through this direction reads ([`prefetch`]).
+    pub(super) fn prefetch(&self) {
+        prefetch(from_ref(self));
+        prefetch(from_ref(&self.relay.activity));
+        prefetch(from_ref(self.flow.outbox));
+        prefetch(from_ref(&self.relay.rules));
+        prefetch(from_ref(&*self.dir));
+        self.dir.prefetch();
+        self.reader.prefetch();
+        self.writer.prefetch();
     }
 
     /// Moves bytes until nothing more can be done now (`Pending`) or the

@@ -303,6 +303,12 @@ impl ChunkParser {
         }
     }
 
+    /// Starts loading the state of the first chunk streams into the cache
+    /// ([`super::cache::prefetch`]).
+    pub fn prefetch(&self) {
+        super::cache::prefetch(self.streams.get(..4).unwrap_or(&self.streams));
+    }
+
     /// The chunk size the sender last announced.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size

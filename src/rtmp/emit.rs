@@ -82,6 +82,12 @@ impl Emitter {
         }
     }
 
+    /// Starts loading the state of the first media streams into the cache
+    /// ([`super::cache::prefetch`]).
+    pub fn prefetch(&self) {
+        super::cache::prefetch(self.media.get(..4).unwrap_or(&self.media));
+    }
+
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod amf0;
+pub mod cache;
 pub mod chunk;
 pub mod command;
 pub mod control;
