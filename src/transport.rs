@@ -134,8 +134,8 @@ pub trait ReadNow {
     /// ready for a stream that cannot tell before it reads (TLS).
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
-    /// Starts loading the socket's state into the cache
-    /// ([`crate::rtmp::cache::prefetch`]).
+    /// Starts loading tokio's handle for the socket (its descriptor and
+    /// registration) into the cache ([`crate::rtmp::cache::prefetch`]).
     fn prefetch(&self) {}
 }
 
@@ -151,9 +151,14 @@ pub trait WriteNow {
     /// again and waits or fails as it would have.
     fn write_now(&self, bytes: &[u8]) -> Option<io::Result<usize>>;
 
-    /// Starts loading the socket's state into the cache
-    /// ([`crate::rtmp::cache::prefetch`]).
+    /// Starts loading tokio's handle for the socket (its descriptor and
+    /// registration) into the cache ([`crate::rtmp::cache::prefetch`]).
     fn prefetch(&self) {}
+}
+
+/// Starts loading tokio's handle for `stream` into the cache.
+fn prefetch_stream(stream: &TcpStream) {
+    crate::rtmp::cache::prefetch(std::slice::from_ref(stream));
 }
 
 impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
@@ -167,7 +172,7 @@ impl WriteNow for tokio::net::tcp::WriteHalf<'_> {
     }
 
     fn prefetch(&self) {
-        crate::rtmp::cache::prefetch(std::slice::from_ref::<TcpStream>(self.as_ref()));
+        prefetch_stream(self.as_ref());
     }
 }
 
@@ -204,7 +209,7 @@ impl ReadNow for tokio::net::tcp::ReadHalf<'_> {
     }
 
     fn prefetch(&self) {
-        crate::rtmp::cache::prefetch(std::slice::from_ref::<TcpStream>(self.as_ref()));
+        prefetch_stream(self.as_ref());
     }
 }
 

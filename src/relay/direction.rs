@@ -22,7 +22,7 @@
 use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
 use crate::policy::AuthQuery;
 use crate::rtmp::aggregate::{sub_messages, MAX_AGGREGATE};
-use crate::rtmp::cache::prefetch;
+use crate::rtmp::cache::prefetch_first;
 use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
 use crate::rtmp::command;
 use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
@@ -136,7 +136,7 @@ impl Direction {
     pub fn prefetch(&self) {
         self.parser.prefetch();
         self.emitter.prefetch();
-        prefetch(self.media.get(..4).unwrap_or(&self.media));
+        prefetch_first(&self.media);
     }
 
     /// True when the output so far ends inside a media message whose rest

@@ -7,6 +7,11 @@
 /// A cache line's size on the CPUs the guard runs on.
 const LINE: usize = 64;
 
+/// How many entries of a per-stream table [`prefetch_first`] asks for. A
+/// live stream's messages use a handful of chunk streams (audio, video,
+/// data, commands), and a table lists them in the order they first came.
+const FIRST: usize = 4;
+
 /// Asks the CPU to start loading the memory of `items` into its cache.
 /// Asked for together, the misses of several blocks overlap, instead of
 /// each stalling the code that reaches it in turn. A hint only: it reads
@@ -16,6 +21,13 @@ pub fn prefetch<T>(items: &[T]) {
     for line in lines(items) {
         hint(line);
     }
+}
+
+/// [`prefetch`] for the first entries of a per-stream table ([`FIRST`]):
+/// the ones a message is likely to look up.
+#[inline(always)]
+pub fn prefetch_first<T>(items: &[T]) {
+    prefetch(items.get(..FIRST).unwrap_or(items));
 }
 
 /// The start of each cache line that `items` occupies, first to last.
@@ -37,7 +49,9 @@ fn lines<T>(items: &[T]) -> impl Iterator<Item = *const i8> {
 fn hint(line: *const i8) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     // SAFETY: SSE is part of every x86_64 CPU. A prefetch changes no memory
-    // and no register, and is dropped for an address that is not mapped.
+    // and no register, and is dropped for an address that is not mapped;
+    // so `line` may lie outside any allocation (the start of the first
+    // line may come before the slice), as Rust's own prefetch hints allow.
     unsafe { _mm_prefetch::<_MM_HINT_T0>(line) };
 }
 
@@ -68,6 +82,7 @@ mod tests {
     fn every_line_a_slice_touches_and_no_other() {
         let buf = Lines([0; 4 * LINE]);
         assert_eq!(spanned(&buf, 0, 0), Vec::<usize>::new());
+        assert_eq!(spanned(&buf, 5, 0), Vec::<usize>::new());
         assert_eq!(spanned(&buf, 0, 1), [0]);
         assert_eq!(spanned(&buf, 0, LINE), [0]);
         assert_eq!(spanned(&buf, 0, LINE + 1), [0, 1]);
@@ -75,6 +90,22 @@ mod tests {
         assert_eq!(spanned(&buf, 40, 100), [0, 1, 2]);
         assert_eq!(spanned(&buf, LINE, LINE), [1]);
         assert_eq!(spanned(&buf, 1, 4 * LINE - 1), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn lines_count_bytes_not_items() {
+        let words = [0u64; 24];
+        let base = words.as_ptr().addr();
+        let span = |from: usize, to: usize| {
+            let first = lines(&words[from..to]).next().map(|l| l.addr());
+            (lines(&words[from..to]).count(), first)
+        };
+        // 8 words are a line's 64 bytes, wherever the array starts.
+        let (count, first) = span(0, 8);
+        assert_eq!(count, if base % LINE == 0 { 1 } else { 2 });
+        assert_eq!(first, Some(base - base % LINE));
+        assert_eq!(span(0, 24).0, 3 + usize::from(base % LINE != 0));
+        assert_eq!(span(3, 3).0, 0);
     }
 
     #[test]

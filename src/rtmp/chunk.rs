@@ -304,9 +304,9 @@ impl ChunkParser {
     }
 
     /// Starts loading the state of the first chunk streams into the cache
-    /// ([`super::cache::prefetch`]).
+    /// ([`super::cache::prefetch_first`]).
     pub fn prefetch(&self) {
-        super::cache::prefetch(self.streams.get(..4).unwrap_or(&self.streams));
+        super::cache::prefetch_first(&self.streams);
     }
 
     /// The chunk size the sender last announced.

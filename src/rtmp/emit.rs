@@ -83,9 +83,9 @@ impl Emitter {
     }
 
     /// Starts loading the state of the first media streams into the cache
-    /// ([`super::cache::prefetch`]).
+    /// ([`super::cache::prefetch_first`]).
     pub fn prefetch(&self) {
-        super::cache::prefetch(self.media.get(..4).unwrap_or(&self.media));
+        super::cache::prefetch_first(&self.media);
     }
 
     pub fn chunk_size(&self) -> u32 {
