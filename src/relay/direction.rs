@@ -22,7 +22,7 @@
 use crate::policy::session::{Answer, FromOrigin, Now, SessionRules};
 use crate::policy::AuthQuery;
 use crate::rtmp::aggregate::{sub_messages, MAX_AGGREGATE};
-use crate::rtmp::cache::prefetch_first;
+use crate::rtmp::cache::{prefetch, prefetch_first};
 use crate::rtmp::chunk::{types, ChunkParser, MediaPiece, Message, MessageClass, MessageHeader};
 use crate::rtmp::command;
 use crate::rtmp::control::{self, AckWindow, Control, UserEvent};
@@ -132,8 +132,10 @@ impl Direction {
         self.emitter.whole(out, COMMAND_CSID, header, payload);
     }
 
-    /// Starts loading this direction's per-stream state into the cache.
+    /// Starts loading this direction's state into the cache: its own, and
+    /// its per-stream tables'.
     pub fn prefetch(&self) {
+        prefetch(std::slice::from_ref(self));
         self.parser.prefetch();
         self.emitter.prefetch();
         prefetch_first(&self.media);

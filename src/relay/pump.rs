@@ -144,7 +144,6 @@ where
         prefetch(from_ref(&self.relay.activity));
         prefetch(from_ref(self.flow.outbox));
         prefetch(from_ref(&self.relay.rules));
-        prefetch(from_ref(&*self.dir));
         self.dir.prefetch();
         self.reader.prefetch();
         self.writer.prefetch();
