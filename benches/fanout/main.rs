@@ -7,6 +7,7 @@
 //! cargo bench --bench fanout -- latency --viewers 100 --rate 100
 //! cargo bench --bench fanout -- fanout --viewers 300 --paths guard --rounds 3
 //! cargo bench --bench fanout -- fanout --viewers 1000 --paths guard,guard-tls
+//! cargo bench --bench fanout -- fanout --viewers 10000 --kbps 100 --procs 2 --paths haproxy,guard
 //! ```
 //!
 //! The generator is this process, on tokio ([`client`]): one RTMP publisher
@@ -55,7 +56,12 @@
 //! `[tls]` table for `guard-tls` with its timeouts at their defaults; the
 //! shipped defaults are untouched. It raises
 //! RLIMIT_NOFILE to the hard limit, which the peers inherit, and clamps N
-//! (loudly) to what a proxy's two fds per viewer allow.
+//! (loudly) to what a proxy's two fds per viewer allow. With `--procs P`
+//! each proxy, HAProxy and the guard alike, runs as P processes on their
+//! own ports, each sized for N / P viewers, and the viewers take them in
+//! turn (as behind a layer-4 split): RSS, CPU and the guard's counters are
+//! summed over the processes. That is how N goes past one process's fd
+//! limit; `guard-tls` runs one process only.
 //!
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
@@ -125,6 +131,10 @@ struct Opts {
     /// Viewers opened at a time.
     #[arg(long, default_value_t = 200)]
     batch: usize,
+    /// Processes per proxy (HAProxy and the guard alike), the viewers
+    /// taking them in turn: where one process cannot hold 2 fds per viewer.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,6 +168,8 @@ struct Plan {
     paths: Vec<PathKind>,
     rounds: usize,
     batch: usize,
+    /// Processes per proxy.
+    procs: usize,
     /// RLIMIT_NOFILE the peers inherit.
     fds: u64,
 }
@@ -193,6 +205,7 @@ impl Plan {
             paths: o.paths.unwrap_or(default_paths),
             rounds: o.rounds.max(1),
             batch: o.batch.max(1),
+            procs: o.procs.max(1),
             fds: 1024,
         }
     }
@@ -239,7 +252,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "plan: {} viewers per path, {} msg/s of {} bytes ({:.0} kbit/s), {} s window, paths {}, {} round(s)\n",
+        "plan: {} viewers per path, {} msg/s of {} bytes ({:.0} kbit/s), {} s window, paths {}, {} round(s), {} process(es) per proxy\n",
         plan.viewers,
         plan.rate,
         plan.payload,
@@ -250,7 +263,8 @@ fn main() -> ExitCode {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(","),
-        plan.rounds
+        plan.rounds,
+        plan.procs
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -275,18 +289,20 @@ fn raise_fd_limit() -> u64 {
     })
 }
 
-/// A proxy holds two fds per viewer: fewer viewers if they do not fit.
+/// A proxy process holds two fds per viewer: fewer viewers if they do
+/// not fit in its processes.
 fn clamp_viewers(plan: &mut Plan, fds: u64) {
     plan.fds = fds;
-    let fit = (fds.saturating_sub(FD_RESERVE) / 2) as usize;
+    let fit = (fds.saturating_sub(FD_RESERVE) / 2) as usize * plan.procs;
     if plan.viewers > fit {
         let line = "!".repeat(78);
         println!("{line}");
         println!(
             "!! --viewers {} does not fit: RLIMIT_NOFILE is {fds} (hard limit; raising it needs\n\
-             !! CAP_SYS_RESOURCE) and a proxy needs 2 fds per viewer + {FD_RESERVE}.\n\
+             !! CAP_SYS_RESOURCE) and a proxy process needs 2 fds per viewer + {FD_RESERVE}\n\
+             !! ({} process(es); --procs spreads the viewers over more).\n\
              !! CLAMPED to {fit} viewers.",
-            plan.viewers
+            plan.viewers, plan.procs
         );
         println!("{line}");
         plan.viewers = fit;

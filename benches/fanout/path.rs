@@ -11,9 +11,7 @@ use tokio::sync::watch;
 use crate::client::{publish, view, Failure, Failures, Target, ViewerEnd};
 use crate::common;
 use crate::common::procs::{cpu_seconds, rss_kib, GuardProc};
-use crate::peers::{
-    guard_blocked, guard_refusals, Origin, Peer, SESSIONS_ACTIVE, UPSTREAM_TO_CLIENT,
-};
+use crate::peers::{Origin, Peer, SESSIONS_ACTIVE, UPSTREAM_TO_CLIENT};
 use crate::{PathKind, Plan, WARM_UP};
 
 /// After the publisher stops, how long viewers may still be receiving.
@@ -103,7 +101,7 @@ pub fn run_path(
     origin: &Origin,
     path: PathKind,
 ) -> Result<Figures, String> {
-    let peer = Peer::start(path, origin, plan.viewers, plan.fds)?;
+    let peer = Peer::start(path, origin, plan.viewers, plan.fds, plan.procs)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let publisher = rt.spawn(publish(origin.rtmp, plan.payload, plan.rate, stop_rx));
     common::wait_for(Duration::from_secs(10), || {
@@ -115,9 +113,9 @@ pub fn run_path(
         viewers: plan.viewers,
         ..Figures::default()
     };
-    fig.rss0_kib = peer.pid().and_then(rss_kib).unwrap_or(0) as f64;
-    let counter_before = peer.guard().map(|g| g.metric(UPSTREAM_TO_CLIENT) as u64);
-    let blocked_before = peer.guard().map(guard_blocked);
+    fig.rss0_kib = rss(&peer);
+    let counter_before = peer.guard_sum(UPSTREAM_TO_CLIENT);
+    let blocked_before = peer.guard_blocked();
     let handshakes_before = peer.tls_handshakes();
 
     let state = Arc::new(PathState::default());
@@ -130,15 +128,18 @@ pub fn run_path(
     };
     let driven = run.drive(&mut fig, publisher, stop_tx);
     if let Err(why) = driven {
-        let refusals = peer.guard().map(guard_refusals).unwrap_or_default();
-        return Err(format!("{path}: {why}. {refusals}"));
+        return Err(format!("{path}: {why}. {}", peer.guard_refusals()));
     }
-    if let (Some(guard), Some(before)) = (peer.guard(), counter_before) {
-        fig.counter_delta = Some(guard_settled(guard)?.saturating_sub(before));
+    if let Some(before) = counter_before {
+        let mut settled = 0;
+        for guard in peer.guards() {
+            settled += guard_settled(guard)?;
+        }
+        fig.counter_delta = Some(settled.saturating_sub(before));
     }
-    if let (Some(guard), Some(before)) = (peer.guard(), blocked_before) {
-        if guard_blocked(guard) > before {
-            return Err(format!("{path}: {}", guard_refusals(guard)));
+    if let (Some(after), Some(before)) = (peer.guard_blocked(), blocked_before) {
+        if after > before {
+            return Err(format!("{path}: {}", peer.guard_refusals()));
         }
     }
     if let (Some(after), Some(before)) = (peer.tls_handshakes(), handshakes_before) {
@@ -179,7 +180,11 @@ impl Run<'_> {
         let handles = ramp(
             self.plan,
             self.rt,
-            Arc::new(self.peer.target(self.origin)),
+            self.peer
+                .targets(self.origin)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
             self.state,
             &phase_rx,
         )?;
@@ -203,14 +208,18 @@ impl Run<'_> {
 fn ramp(
     plan: &Plan,
     rt: &tokio::runtime::Runtime,
-    target: Arc<Target>,
+    targets: Vec<Arc<Target>>,
     state: &Arc<PathState>,
     phase: &watch::Receiver<Phase>,
 ) -> Result<Vec<ViewerTask>, String> {
+    if targets.is_empty() {
+        return Err("the path has no address to connect to".into());
+    }
     let mut handles = Vec::with_capacity(plan.viewers);
+    let mut turn = targets.iter().cycle();
     while handles.len() < plan.viewers {
         let batch = plan.batch.min(plan.viewers - handles.len());
-        for _ in 0..batch {
+        for target in turn.by_ref().take(batch) {
             handles.push(rt.spawn(view(target.clone(), state.clone(), phase.clone())));
         }
         let opened = handles.len();
@@ -252,7 +261,7 @@ fn measure(
         .record_from
         .store(now_ns() + warm_up.as_nanos() as u64, Ordering::Relaxed);
     let bytes0 = state.bytes.load(Ordering::Relaxed);
-    let cpu0 = peer.pid().map_or(0.0, cpu_seconds);
+    let cpu0 = cpu(peer);
     let end = start + plan.window;
     while Instant::now() < end {
         std::thread::sleep(
@@ -264,10 +273,10 @@ fn measure(
         }
     }
     state.record_until.store(now_ns(), Ordering::Relaxed);
-    fig.cpu_s = peer.pid().map_or(0.0, cpu_seconds) - cpu0;
+    fig.cpu_s = cpu(peer) - cpu0;
     fig.window_bytes = (state.bytes.load(Ordering::Relaxed) - bytes0) as f64;
     fig.window_s = start.elapsed().as_secs_f64();
-    fig.rssn_kib = peer.pid().and_then(rss_kib).unwrap_or(0) as f64;
+    fig.rssn_kib = rss(peer);
     fig.nginx_dropped = origin.dropped();
     let h = &state.delays;
     fig.samples = h.count();
@@ -276,6 +285,16 @@ fn measure(
     fig.p999 = h.percentile(0.999);
     fig.max = h.percentile(1.0);
     Ok(())
+}
+
+/// The proxy's resident memory, over its processes.
+fn rss(peer: &Peer) -> f64 {
+    peer.pids().into_iter().filter_map(rss_kib).sum::<u64>() as f64
+}
+
+/// The proxy's CPU seconds so far, over its processes.
+fn cpu(peer: &Peer) -> f64 {
+    peer.pids().into_iter().map(cpu_seconds).sum()
 }
 
 /// After the publisher stopped: waits until every viewer has been quiet

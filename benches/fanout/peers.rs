@@ -267,81 +267,136 @@ impl GuardTls {
     }
 }
 
-/// A path under test, its proxy running.
+/// A path under test, its proxy running: one process, or several with the
+/// viewers spread over them (`--procs`).
 pub enum Peer {
     Direct,
-    Haproxy(Haproxy),
+    Haproxy(Vec<Haproxy>),
     /// The guard; with `tls`, its viewers come in over RTMPS.
     Guard {
-        proc: GuardProc,
+        procs: Vec<GuardProc>,
         tls: Option<GuardTls>,
     },
 }
 
 impl Peer {
+    /// `procs` processes of the proxy, each sized for its share of
+    /// `viewers`.
     pub fn start(
         path: PathKind,
         origin: &Origin,
         viewers: usize,
         fds: u64,
+        procs: usize,
     ) -> Result<Peer, String> {
+        let n = procs.max(1);
+        let share = viewers.div_ceil(n);
         Ok(match path {
             PathKind::Direct => Peer::Direct,
-            PathKind::Haproxy => Peer::Haproxy(Haproxy::start(origin.rtmp, viewers, fds)),
+            PathKind::Haproxy => Peer::Haproxy(
+                (0..n)
+                    .map(|_| Haproxy::start(origin.rtmp, share, fds))
+                    .collect(),
+            ),
             PathKind::Guard | PathKind::GuardTls => {
-                let config = guard_config(origin.rtmp, viewers);
+                let config = guard_config(origin.rtmp, share);
                 let (config, tls) = if path == PathKind::GuardTls {
+                    if n > 1 {
+                        return Err("guard-tls runs one guard process only".into());
+                    }
                     let (tls, table) = GuardTls::new();
                     (config.tables(&table), Some(tls))
                 } else {
                     (config, None)
                 };
-                check_guard_config(&config, viewers, tls.is_some())?;
+                check_guard_config(&config, share, tls.is_some())?;
                 Peer::Guard {
-                    proc: GuardProc::start(config),
+                    procs: (0..n).map(|_| GuardProc::start(config.clone())).collect(),
                     tls,
                 }
             }
         })
     }
 
-    /// Where the viewers connect, and how.
-    pub fn target(&self, origin: &Origin) -> Target {
+    /// Where the viewers connect, and how: one target per process, the
+    /// viewers taking them in turn.
+    pub fn targets(&self, origin: &Origin) -> Vec<Target> {
         let plain = |addr| Target { addr, tls: None };
         match self {
-            Peer::Direct => plain(origin.rtmp),
-            Peer::Haproxy(h) => plain(h.addr),
-            Peer::Guard { proc, tls: None } => plain(proc.rtmp),
-            Peer::Guard { tls: Some(t), .. } => Target {
+            Peer::Direct => vec![plain(origin.rtmp)],
+            Peer::Haproxy(hs) => hs.iter().map(|h| plain(h.addr)).collect(),
+            Peer::Guard { procs, tls: None } => procs.iter().map(|g| plain(g.rtmp)).collect(),
+            Peer::Guard { tls: Some(t), .. } => vec![Target {
                 addr: t.addr,
                 tls: Some((
                     t.connector.clone(),
                     ServerName::try_from(TLS_NAME).expect("a DNS name"),
                 )),
-            },
+            }],
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    /// The proxy's processes; none for the direct path.
+    pub fn pids(&self) -> Vec<u32> {
         match self {
-            Peer::Direct => None,
-            Peer::Haproxy(h) => Some(h.proc.child.id()),
-            Peer::Guard { proc, .. } => Some(proc.pid()),
+            Peer::Direct => Vec::new(),
+            Peer::Haproxy(hs) => hs.iter().map(|h| h.proc.child.id()).collect(),
+            Peer::Guard { procs, .. } => procs.iter().map(GuardProc::pid).collect(),
         }
     }
 
-    pub fn guard(&self) -> Option<&GuardProc> {
+    /// The guard's processes; none on the other paths.
+    pub fn guards(&self) -> &[GuardProc] {
         match self {
-            Peer::Guard { proc, .. } => Some(proc),
-            _ => None,
+            Peer::Guard { procs, .. } => procs,
+            _ => &[],
         }
+    }
+
+    /// A figure of each guard process, summed; None off the guard.
+    fn over_guards<T: std::iter::Sum>(&self, each: impl Fn(&GuardProc) -> T) -> Option<T> {
+        let guards = self.guards();
+        (!guards.is_empty()).then(|| guards.iter().map(each).sum())
+    }
+
+    /// A guard counter summed over its processes; None off the guard.
+    pub fn guard_sum(&self, sample: &str) -> Option<u64> {
+        self.over_guards(|g| g.metric(sample) as u64)
     }
 
     /// The guard's successful TLS handshakes so far, on an RTMPS run.
     pub fn tls_handshakes(&self) -> Option<u64> {
         match self {
-            Peer::Guard { proc, tls: Some(_) } => Some(proc.metric(TLS_HANDSHAKES) as u64),
+            Peer::Guard { tls: Some(_), .. } => self.guard_sum(TLS_HANDSHAKES),
             _ => None,
+        }
+    }
+
+    /// Connections the guard refused so far, all stages and reasons, over
+    /// its processes; None off the guard.
+    pub fn guard_blocked(&self) -> Option<f64> {
+        self.over_guards(|g| metric_sum(&g.metrics_text().unwrap_or_default(), BLOCKED))
+    }
+
+    /// Nonzero refusal counters, for a failure report.
+    pub fn guard_refusals(&self) -> String {
+        let lines: Vec<String> = self
+            .guards()
+            .iter()
+            .flat_map(|g| {
+                let text = g.metrics_text().unwrap_or_default();
+                text.lines()
+                    .filter(|l| l.starts_with(BLOCKED) && !l.ends_with(" 0"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if self.guards().is_empty() {
+            String::new()
+        } else if lines.is_empty() {
+            "the guard counted no refusal".into()
+        } else {
+            format!("the guard refused: {}", lines.join("; "))
         }
     }
 }
@@ -352,23 +407,4 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
         .sum()
-}
-
-/// Connections the guard refused so far, all stages and reasons.
-pub fn guard_blocked(guard: &GuardProc) -> f64 {
-    metric_sum(&guard.metrics_text().unwrap_or_default(), BLOCKED)
-}
-
-/// Nonzero refusal counters, for a failure report.
-pub fn guard_refusals(guard: &GuardProc) -> String {
-    let text = guard.metrics_text().unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with(BLOCKED) && !l.ends_with(" 0"))
-        .collect();
-    if lines.is_empty() {
-        "the guard counted no refusal".into()
-    } else {
-        format!("the guard refused: {}", lines.join("; "))
-    }
 }
