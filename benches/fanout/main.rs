@@ -89,6 +89,8 @@ const LATENCY_PAYLOAD: usize = 200;
 const WARM_UP: Duration = Duration::from_secs(1);
 /// File descriptors a proxy needs besides two per viewer.
 const FD_RESERVE: u64 = 40;
+/// Most processes `--procs` may start per proxy.
+const MAX_PROCS: usize = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -210,6 +212,24 @@ impl Plan {
         }
     }
 
+    /// Settings that cannot run, refused before anything starts.
+    fn check(&self) -> Result<(), String> {
+        if self.procs > MAX_PROCS.min(self.viewers) {
+            return Err(format!(
+                "--procs {} is more than {} (at most {MAX_PROCS}, and no more than the viewers)",
+                self.procs,
+                MAX_PROCS.min(self.viewers)
+            ));
+        }
+        if self.procs > 1 && self.paths.contains(&PathKind::GuardTls) {
+            return Err(
+                "guard-tls runs one guard process: give --procs 1, or --paths without guard-tls"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     fn kbps(&self) -> f64 {
         (self.payload as f64 * 8.0 * f64::from(self.rate)) / 1000.0
     }
@@ -230,6 +250,11 @@ fn main() -> ExitCode {
         }
     };
     let mut plan = Plan::new(cli.mode);
+    if let Err(why) = plan.check() {
+        println!("FAILED: {why}");
+        eprintln!("FAILED: {why}");
+        return ExitCode::FAILURE;
+    }
     let fds = raise_fd_limit();
     clamp_viewers(&mut plan, fds);
     println!(
@@ -289,18 +314,20 @@ fn raise_fd_limit() -> u64 {
     })
 }
 
-/// A proxy process holds two fds per viewer: fewer viewers if they do
-/// not fit in its processes.
+/// A proxy process holds two fds per viewer, and the generator and nginx
+/// (one process each) one: fewer viewers if they do not fit.
 fn clamp_viewers(plan: &mut Plan, fds: u64) {
     plan.fds = fds;
-    let fit = (fds.saturating_sub(FD_RESERVE) / 2) as usize * plan.procs;
+    let room = fds.saturating_sub(FD_RESERVE) as usize;
+    let fit = (room / 2).saturating_mul(plan.procs).min(room);
     if plan.viewers > fit {
         let line = "!".repeat(78);
         println!("{line}");
         println!(
             "!! --viewers {} does not fit: RLIMIT_NOFILE is {fds} (hard limit; raising it needs\n\
              !! CAP_SYS_RESOURCE) and a proxy process needs 2 fds per viewer + {FD_RESERVE}\n\
-             !! ({} process(es); --procs spreads the viewers over more).\n\
+             !! ({} process(es); --procs spreads the viewers over more), nginx and this\n\
+             !! generator one each.\n\
              !! CLAMPED to {fit} viewers.",
             plan.viewers, plan.procs
         );

@@ -114,9 +114,9 @@ pub fn run_path(
         ..Figures::default()
     };
     fig.rss0_kib = rss(&peer);
-    let counter_before = peer.guard_sum(UPSTREAM_TO_CLIENT);
-    let blocked_before = peer.guard_blocked();
-    let handshakes_before = peer.tls_handshakes();
+    let counter_before = scraped(path, peer.guard_sum(UPSTREAM_TO_CLIENT))?;
+    let blocked_before = scraped(path, peer.guard_blocked())?;
+    let handshakes_before = scraped(path, peer.tls_handshakes())?;
 
     let state = Arc::new(PathState::default());
     let run = Run {
@@ -137,12 +137,13 @@ pub fn run_path(
         }
         fig.counter_delta = Some(settled.saturating_sub(before));
     }
-    if let (Some(after), Some(before)) = (peer.guard_blocked(), blocked_before) {
+    if let (Some(after), Some(before)) = (scraped(path, peer.guard_blocked())?, blocked_before) {
         if after > before {
             return Err(format!("{path}: {}", peer.guard_refusals()));
         }
     }
-    if let (Some(after), Some(before)) = (peer.tls_handshakes(), handshakes_before) {
+    if let (Some(after), Some(before)) = (scraped(path, peer.tls_handshakes())?, handshakes_before)
+    {
         // Every viewer, and nothing else, came in over TLS.
         fig.tls_handshakes = Some(after - before);
         if after - before != plan.viewers as u64 {
@@ -154,6 +155,11 @@ pub fn run_path(
         }
     }
     Ok(fig)
+}
+
+/// A guard metric, or why it could not be read on `path`.
+fn scraped<T>(path: PathKind, what: Result<T, String>) -> Result<T, String> {
+    what.map_err(|e| format!("{path}: {e}"))
 }
 
 type ViewerTask = tokio::task::JoinHandle<Result<ViewerEnd, Failure>>;

@@ -301,9 +301,6 @@ impl Peer {
             PathKind::Guard | PathKind::GuardTls => {
                 let config = guard_config(origin.rtmp, share);
                 let (config, tls) = if path == PathKind::GuardTls {
-                    if n > 1 {
-                        return Err("guard-tls runs one guard process only".into());
-                    }
                     let (tls, table) = GuardTls::new();
                     (config.tables(&table), Some(tls))
                 } else {
@@ -353,29 +350,45 @@ impl Peer {
         }
     }
 
-    /// A figure of each guard process, summed; None off the guard.
-    fn over_guards<T: std::iter::Sum>(&self, each: impl Fn(&GuardProc) -> T) -> Option<T> {
+    /// A figure from each guard process's metrics, summed; None off the
+    /// guard. A process whose metrics cannot be read fails the run rather
+    /// than counting as 0.
+    fn over_guards<T: std::iter::Sum>(
+        &self,
+        each: impl Fn(&str) -> T,
+    ) -> Result<Option<T>, String> {
         let guards = self.guards();
-        (!guards.is_empty()).then(|| guards.iter().map(each).sum())
+        if guards.is_empty() {
+            return Ok(None);
+        }
+        let texts = guards
+            .iter()
+            .map(|g| {
+                g.metrics_text()
+                    .ok_or("the guard's /metrics did not answer")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(texts.iter().map(|t| each(t)).sum()))
     }
 
-    /// A guard counter summed over its processes; None off the guard.
-    pub fn guard_sum(&self, sample: &str) -> Option<u64> {
-        self.over_guards(|g| g.metric(sample) as u64)
+    /// A guard counter summed over its processes (0 where a process has
+    /// no such sample yet); None off the guard.
+    pub fn guard_sum(&self, sample: &str) -> Result<Option<u64>, String> {
+        self.over_guards(|text| common::metric(text, sample).unwrap_or(0.0) as u64)
     }
 
     /// The guard's successful TLS handshakes so far, on an RTMPS run.
-    pub fn tls_handshakes(&self) -> Option<u64> {
+    pub fn tls_handshakes(&self) -> Result<Option<u64>, String> {
         match self {
             Peer::Guard { tls: Some(_), .. } => self.guard_sum(TLS_HANDSHAKES),
-            _ => None,
+            _ => Ok(None),
         }
     }
 
     /// Connections the guard refused so far, all stages and reasons, over
     /// its processes; None off the guard.
-    pub fn guard_blocked(&self) -> Option<f64> {
-        self.over_guards(|g| metric_sum(&g.metrics_text().unwrap_or_default(), BLOCKED))
+    pub fn guard_blocked(&self) -> Result<Option<f64>, String> {
+        self.over_guards(|text| metric_sum(text, BLOCKED))
     }
 
     /// Nonzero refusal counters, for a failure report.
