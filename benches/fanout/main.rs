@@ -251,9 +251,7 @@ fn main() -> ExitCode {
     };
     let mut plan = Plan::new(cli.mode);
     if let Err(why) = plan.check() {
-        println!("FAILED: {why}");
-        eprintln!("FAILED: {why}");
-        return ExitCode::FAILURE;
+        return failed(&why);
     }
     let fds = raise_fd_limit();
     clamp_viewers(&mut plan, fds);
@@ -297,12 +295,15 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match run(&plan, &rt) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(why) => {
-            println!("\nFAILED: {why}");
-            eprintln!("FAILED: {why}");
-            ExitCode::FAILURE
-        }
+        Err(why) => failed(&why),
     }
+}
+
+/// Says why the bench failed, in its report and on stderr.
+fn failed(why: &str) -> ExitCode {
+    println!("\nFAILED: {why}");
+    eprintln!("FAILED: {why}");
+    ExitCode::FAILURE
 }
 
 /// Raises the soft fd limit to the hard one, for this process and the
