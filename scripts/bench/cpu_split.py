@@ -17,7 +17,11 @@ Reads /proc/PID/stat (utime, stime) of each process of that name.
 
 import argparse
 import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from relay import cpu_times  # noqa: E402
 
 
 def pids(name):
@@ -35,15 +39,6 @@ def pids(name):
     return found
 
 
-def times(pid):
-    """User and system CPU seconds so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces: fields count from after it.
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="process name, as in /proc/PID/comm")
@@ -52,11 +47,11 @@ def main():
     found = pids(args.name)
     if not found:
         raise SystemExit(f"no process named {args.name}")
-    before = {pid: times(pid) for pid in found}
+    before = {pid: cpu_times(pid) for pid in found}
     time.sleep(args.seconds)
     for pid in found:
         user0, sys0 = before[pid]
-        user1, sys1 = times(pid)
+        user1, sys1 = cpu_times(pid)
         user, system = user1 - user0, sys1 - sys0
         total = user + system
         share = user / total if total else 0.0

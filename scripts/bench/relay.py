@@ -59,12 +59,18 @@ def stop_all(procs):
             p.kill()
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process, in seconds."""
+def cpu_times(pid):
+    """utime and stime of a process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces: fields count from after it.
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    return sum(cpu_times(pid))
 
 
 def make_source(path, seconds):
