@@ -391,10 +391,14 @@ impl Peer {
         self.over_guards(|text| metric_sum(text, BLOCKED))
     }
 
-    /// Nonzero refusal counters, for a failure report.
+    /// Nonzero refusal counters, for a failure report; empty off the
+    /// guard.
     pub fn guard_refusals(&self) -> String {
-        let lines: Vec<String> = self
-            .guards()
+        let guards = self.guards();
+        if guards.is_empty() {
+            return String::new();
+        }
+        let lines: Vec<String> = guards
             .iter()
             .flat_map(|g| {
                 let text = g.metrics_text().unwrap_or_default();
@@ -404,9 +408,7 @@ impl Peer {
                     .collect::<Vec<_>>()
             })
             .collect();
-        if self.guards().is_empty() {
-            String::new()
-        } else if lines.is_empty() {
+        if lines.is_empty() {
             "the guard counted no refusal".into()
         } else {
             format!("the guard refused: {}", lines.join("; "))
